@@ -1,0 +1,38 @@
+"""cxrgan: generative adversarial networks for chest X-ray synthesis, augmentation and decomposition.
+
+The stages, each a function here and a CLI verb: ``prepare`` (sources -> prepared dataset), ``train``
+(dataset -> run directory), ``sample`` (run -> synthetic set), ``compare`` (runs -> comparative study).
+Heavy modules (torch) are imported on first use, so ``import cxrgan`` is cheap.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from typing import Any
+
+__all__ = ["__version__", "prepare", "PreparedDataset", "train", "sample", "compare", "CxrganError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("prepare", "PreparedDataset"):
+        from . import data
+
+        return getattr(data, name)
+    if name == "CxrganError":
+        from .errors import CxrganError
+
+        return CxrganError
+    if name == "train":
+        from .train.loop import train
+
+        return train
+    if name == "sample":
+        from .sample import sample
+
+        return sample
+    if name == "compare":
+        from .report.compare import compare
+
+        return compare
+    raise AttributeError(f"module 'cxrgan' has no attribute {name!r}")

@@ -1,0 +1,166 @@
+"""The ``cxrgan`` command: thin verbs over the library (parse, call, print).
+
+User errors (:class:`~cxrgan.errors.CxrganError`) are printed as one line ``cxrgan: error: ...`` with
+exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import CxrganError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _csv_list(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+# --------------------------------------------------------------------------------------------- data
+def _add_prepare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("prepare", help="read images (folder, CSV, DICOM, npz, parquet, phantom) into a prepared dataset",
+                       description="Read SOURCE and write a prepared dataset to --out. SOURCE is a folder with one "
+                       "sub-folder per class (optionally under train/val/test), a flat folder with --labels CSV, a "
+                       "MedMNIST-style .npz, a Hugging Face .parquet file or folder, or 'phantom'.")
+    p.add_argument("source")
+    p.add_argument("--out", required=True, help="output dataset directory (must not exist unless --overwrite)")
+    p.add_argument("--size", type=int, default=64, help="output side in px: 32, 64, 128 or 256 (default 64)")
+    p.add_argument("--fit", choices=("crop", "pad"), default="crop", help="square by centre crop or by padding")
+    p.add_argument("--equalize", action="store_true", help="histogram-equalize after resizing")
+    p.add_argument("--intensity", choices=("auto", "minmax", "percentile"), default="auto")
+    p.add_argument("--classes", help="comma-separated classes to keep, in this order (default: all)")
+    p.add_argument("--labels", dest="labels_csv", help="labels CSV for a flat folder (NIH Data_Entry_2017.csv style)")
+    p.add_argument("--image-column")
+    p.add_argument("--label-column")
+    p.add_argument("--patient-column")
+    p.add_argument("--patient-regex", help=r"regex whose first group is a patient id in a file path, e.g. '(person\d+)_'")
+    p.add_argument("--multilabel", action="store_true", help="keep multi-finding images as multi-hot labels")
+    p.add_argument("--class-names", help="comma-separated names for integer labels (npz/parquet without names)")
+    p.add_argument("--split", default="0.7,0.15,0.15", help="train,val,test fractions when the source has no splits")
+    p.add_argument("--seed", type=int, default=0, help="seed for splits and the phantom")
+    p.add_argument("--count", type=int, default=1200, help="phantom: number of images")
+    p.add_argument("--mix", help="phantom: class fractions NORMAL,PNEUMONIA,COVID (default 0.4,0.3,0.3)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unusable file instead of skipping it")
+    p.add_argument("--overwrite", action="store_true", help="replace --out once the new dataset is complete")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per core)")
+    p.set_defaults(func=_cmd_prepare)
+
+
+def _cmd_prepare(a: argparse.Namespace) -> int:
+    from .data import Preprocess, SourceOptions, SplitOptions, prepare
+    from .data.splits import parse_fractions
+    from .data.summary import info_text
+
+    mix = None
+    if a.mix:
+        try:
+            mix = [float(v) for v in a.mix.split(",")]
+        except ValueError:
+            raise CxrganError(f"--mix {a.mix!r}: expected fractions like 0.4,0.3,0.3") from None
+    opts = SourceOptions(
+        classes=_csv_list(a.classes), labels_csv=a.labels_csv, image_column=a.image_column,
+        label_column=a.label_column, patient_column=a.patient_column, patient_regex=a.patient_regex,
+        multilabel=a.multilabel, class_names=_csv_list(a.class_names), count=a.count, mix=mix, seed=a.seed,
+    )
+    ds = prepare(a.source, a.out, Preprocess(a.size, a.fit, a.equalize, a.intensity), opts,
+                 SplitOptions(parse_fractions(a.split), a.seed), strict=a.strict, overwrite=a.overwrite,
+                 workers=a.workers, progress=not a.quiet)
+    print(info_text(ds))
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="print counts per class and split, and the preprocessing, of a dataset")
+    p.add_argument("dataset")
+    p.set_defaults(func=_cmd_info)
+
+
+def _cmd_info(a: argparse.Namespace) -> int:
+    from .data import PreparedDataset
+    from .data.summary import info_text
+
+    print(info_text(PreparedDataset.open(a.dataset)))
+    return 0
+
+
+def _add_preview(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("preview", help="write a labelled grid PNG of a dataset (one row per class)")
+    p.add_argument("dataset")
+    p.add_argument("--out", help="PNG path (default DATASET/preview.png)")
+    p.add_argument("--per-class", type=int, default=8)
+    p.add_argument("--split", default="train", help="train, val, test or all")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_preview)
+
+
+def _cmd_preview(a: argparse.Namespace) -> int:
+    from .data import PreparedDataset
+    from .data.summary import preview
+
+    ds = PreparedDataset.open(a.dataset)
+    out = preview(ds, a.out or Path(a.dataset) / "preview.png", a.per_class, None if a.split == "all" else a.split, a.seed)
+    print(f"wrote {out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- demo
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the main job on the embedded phantom data (the README's first command)")
+    p.add_argument("--out", default="demo", help="output folder (default ./demo)")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--count", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=None, help="DCGAN training steps (default: a few minutes on a CPU)")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(a.out), size=a.size, count=a.count, steps=a.steps, quiet=a.quiet)
+    return 0
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_info, _add_preview, _add_demo]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxrgan", description="GANs for chest X-ray synthesis, augmentation and decomposition.")
+    parser.add_argument("--version", action="version", version=f"cxrgan {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars; plain log lines")
+    # The global flags work after the verb too (``cxrgan train ... --quiet``).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    plain_add = sub.add_parser
+    sub.add_parser = lambda *a, **k: plain_add(*a, parents=[common], **k)  # type: ignore[method-assign]
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cxrgan`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CxrganError as exc:
+        if args.debug:
+            raise
+        print(f"cxrgan: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cxrgan: interrupted", file=sys.stderr)
+        return 130

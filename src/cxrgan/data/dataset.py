@@ -1,0 +1,209 @@
+"""The prepared-dataset format: the only thing models ever see.
+
+A prepared dataset is one directory::
+
+    DATASET/
+      images.npy     (N, S, S) uint8, memory-mappable (bright = dense)
+      labels.npy     (N,) int64 class index, or (N, C) uint8 multi-hot for multi-label data
+      splits.npy     (N,) uint8: 0 train, 1 val, 2 test
+      masks.npy      (N, S, S) uint8 lesion masks (optional; the phantom has them)
+      manifest.json  source, preprocessing, class names, counts, per-image origin and content hash,
+                     skipped files with reasons
+
+It is written by :class:`DatasetWriter` into a temporary directory and renamed into place when complete,
+and opened by :class:`PreparedDataset` (memory-mapped by default, so a dataset larger than RAM works).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import __version__
+from ..errors import CxrganError
+from ..utils.io import sha256_file, write_json_atomic
+from .splits import SPLIT_NAMES
+
+FORMAT = "cxrgan-dataset"
+FORMAT_VERSION = 1
+ARRAYS = ("images.npy", "labels.npy", "splits.npy")
+
+
+class DatasetWriter:
+    """Streams images into ``(capacity, S, S)`` memory-mapped arrays in ``directory``.
+
+    ``append`` stores one image (and mask); ``finalize`` trims to the number appended and writes labels,
+    splits and the manifest. Peak memory does not grow with the number of images.
+    """
+
+    def __init__(self, directory: Path, capacity: int, size: int, with_masks: bool) -> None:
+        self.dir = Path(directory)
+        self.capacity, self.size, self.count = capacity, size, 0
+        shape = (max(capacity, 1), size, size)
+        self.images = np.lib.format.open_memmap(self.dir / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        self.masks = (
+            np.lib.format.open_memmap(self.dir / "masks.npy", mode="w+", dtype=np.uint8, shape=shape) if with_masks else None
+        )
+
+    def append(self, image: np.ndarray, mask: np.ndarray | None = None) -> None:
+        if self.count >= self.capacity:
+            raise RuntimeError("DatasetWriter capacity exceeded")
+        self.images[self.count] = image
+        if self.masks is not None:
+            self.masks[self.count] = mask if mask is not None else 0
+        self.count += 1
+
+    def _trim(self, name: str, arr: np.memmap) -> None:
+        arr.flush()
+        if self.count == arr.shape[0]:
+            return
+        path = self.dir / name
+        tmp = self.dir / f".{name}.trim"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=(self.count,) + arr.shape[1:])
+        step = max(1, (64 << 20) // max(1, arr[0].nbytes))
+        for i in range(0, self.count, step):
+            out[i : i + step] = arr[i : min(i + step, self.count)]
+        out.flush()
+        del out
+        tmp.replace(path)
+
+    def finalize(self, labels: np.ndarray, splits: np.ndarray, manifest: dict[str, Any]) -> None:
+        if len(labels) != self.count or len(splits) != self.count:
+            raise RuntimeError("labels/splits length does not match the images written")
+        self._trim("images.npy", self.images)
+        if self.masks is not None:
+            self._trim("masks.npy", self.masks)
+        del self.images, self.masks
+        np.save(self.dir / "labels.npy", labels)
+        np.save(self.dir / "splits.npy", splits.astype(np.uint8))
+        manifest = dict(manifest)
+        manifest["arrays_sha256"] = {n: sha256_file(self.dir / n) for n in ARRAYS}
+        write_json_atomic(self.dir / "manifest.json", manifest)
+
+
+def base_manifest(
+    *, source: dict[str, Any], preprocess: dict[str, Any], class_names: Sequence[str], multilabel: bool,
+    size: int, labels: np.ndarray, splits: np.ndarray, items: list[dict[str, Any]], skipped: list[dict[str, str]],
+    split_info: dict[str, Any], has_masks: bool,
+) -> dict[str, Any]:
+    """The manifest every prepared dataset carries (see the module docstring)."""
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "cxrgan_version": __version__,
+        "source": source,
+        "preprocess": preprocess,
+        "size": size,
+        "class_names": list(class_names),
+        "task": "multilabel" if multilabel else "multiclass",
+        "count": int(len(labels)),
+        "counts": count_table(labels, splits, class_names, multilabel),
+        "has_masks": has_masks,
+        "splits": split_info,
+        "skipped_count": len(skipped),
+        "skipped": skipped,
+        "items": items,
+    }
+
+
+def count_table(labels: np.ndarray, splits: np.ndarray, class_names: Sequence[str], multilabel: bool) -> dict[str, dict[str, int]]:
+    """``{split: {class: count}}`` (multi-label: images carrying each finding)."""
+    table: dict[str, dict[str, int]] = {}
+    for s, sname in enumerate(SPLIT_NAMES):
+        sel = labels[splits == s]
+        if multilabel:
+            table[sname] = {c: int(sel[:, i].sum()) if len(sel) else 0 for i, c in enumerate(class_names)}
+        else:
+            table[sname] = {c: int((sel == i).sum()) for i, c in enumerate(class_names)}
+    return table
+
+
+@dataclass
+class PreparedDataset:
+    """A prepared dataset opened from disk.
+
+    images: ``(N, S, S)`` uint8 (memory-mapped unless opened with ``mmap=False``).
+    labels: ``(N,)`` int64, or ``(N, C)`` uint8 for multi-label. splits: ``(N,)`` uint8.
+    """
+
+    root: Path
+    images: np.ndarray
+    labels: np.ndarray
+    splits: np.ndarray
+    manifest: dict[str, Any]
+    masks: np.ndarray | None = None
+    _hash: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path, mmap: bool = True) -> "PreparedDataset":
+        """Open ``path``; raises :class:`CxrganError` naming what is missing or inconsistent."""
+        root = Path(path)
+        if not root.is_dir():
+            raise CxrganError(f"dataset {root} does not exist; create it with `cxrgan prepare SOURCE --out {root}`")
+        mpath = root / "manifest.json"
+        if not mpath.is_file():
+            raise CxrganError(f"{root} is not a prepared dataset (no manifest.json); create it with `cxrgan prepare`")
+        try:
+            manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CxrganError(f"{mpath} is not valid JSON ({exc}); prepare the dataset again") from None
+        if manifest.get("format") != FORMAT or manifest.get("version", 0) > FORMAT_VERSION:
+            raise CxrganError(f"{mpath}: not a cxrgan dataset of a version this cxrgan reads (format {manifest.get('format')!r}, version {manifest.get('version')})")
+        mode = "r" if mmap else None
+        arrays = {}
+        for name in ARRAYS + (("masks.npy",) if manifest.get("has_masks") else ()):
+            try:
+                arrays[name] = np.load(root / name, mmap_mode=mode, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise CxrganError(f"{root / name}: missing or corrupt ({exc}); prepare the dataset again") from None
+        n = manifest.get("count")
+        if any(a.shape[0] != n for a in arrays.values()):
+            raise CxrganError(f"{root}: array lengths do not match the manifest count {n}; the dataset is damaged, prepare it again")
+        return cls(root, arrays["images.npy"], arrays["labels.npy"], arrays["splits.npy"], manifest, arrays.get("masks.npy"))
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest["class_names"])
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[-1])
+
+    @property
+    def multilabel(self) -> bool:
+        return self.manifest.get("task") == "multilabel"
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def manifest_hash(self) -> str:
+        """SHA-256 of ``manifest.json`` (which itself hashes every array): identifies the exact data."""
+        if self._hash is None:
+            self._hash = hashlib.sha256((self.root / "manifest.json").read_bytes()).hexdigest()
+        return self._hash
+
+    def class_index(self, name: str) -> int:
+        """Index of class ``name`` (case-insensitive); :class:`CxrganError` listing the classes otherwise."""
+        for i, c in enumerate(self.class_names):
+            if c == name or c.lower() == name.lower():
+                return i
+        raise CxrganError(f"unknown class {name!r}; {self.root} has: {', '.join(self.class_names)}")
+
+    def indices(self, split: str | None = "train", classes: Sequence[str] | None = None) -> np.ndarray:
+        """Sorted image indices in ``split`` (None: all) whose class is in ``classes`` (None: all)."""
+        keep = np.ones(len(self), dtype=bool)
+        if split is not None:
+            if split not in SPLIT_NAMES:
+                raise CxrganError(f"unknown split {split!r}; use one of {', '.join(SPLIT_NAMES)}")
+            keep &= np.asarray(self.splits) == SPLIT_NAMES.index(split)
+        if classes:
+            ids = [self.class_index(c) for c in classes]
+            labels = np.asarray(self.labels)
+            keep &= labels[:, ids].any(axis=1) if self.multilabel else np.isin(labels, ids)
+        return np.flatnonzero(keep)

@@ -1,0 +1,218 @@
+"""Decoders: one input item (a file, encoded bytes, an array, a phantom) -> preprocessed uint8 image.
+
+Decoding runs in worker processes, so items are small picklable dataclasses and :func:`process` is a
+module-level function. Errors that make one file unusable are raised as :class:`~cxrgan.errors.SkipFile`
+with a message that names the file and what to do; ``prepare`` skips and lists such files (or stops with
+``--strict``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import SkipFile
+from . import phantom
+from .preprocess import Preprocess, normalize_intensity, preprocess
+
+RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
+
+Image.MAX_IMAGE_PIXELS = 20000 * 20000  # large radiographs are legitimate; beyond this is a decompression bomb
+
+
+@dataclass(frozen=True)
+class FileItem:
+    """An image file on disk; ``origin`` is its path relative to the source root."""
+
+    path: str
+    origin: str
+
+
+@dataclass(frozen=True)
+class BytesItem:
+    """An encoded image held in memory (a parquet cell)."""
+
+    data: bytes
+    origin: str
+
+
+@dataclass(frozen=True)
+class ArrayItem:
+    """A decoded image array (an npz entry), uint8 or float."""
+
+    array: np.ndarray
+    origin: str
+
+
+@dataclass(frozen=True)
+class PhantomItem:
+    """One phantom to draw."""
+
+    index: int
+    label: int
+    seed: int
+    origin: str
+
+
+Item = Union[FileItem, BytesItem, ArrayItem, PhantomItem]
+
+
+@dataclass
+class Decoded:
+    """A processed item: ``image`` ``(S, S)`` uint8, optional ``mask``, content hash, salted patient key."""
+
+    origin: str
+    image: np.ndarray | None = None
+    mask: np.ndarray | None = None
+    sha256: str = ""
+    patient: str | None = None
+    error: str | None = None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True for ``.dcm``-like names or files with the DICOM preamble magic ``DICM`` at byte 128."""
+    if path.suffix.lower() in DICOM_SUFFIXES:
+        return True
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _pil_to_unit(im: Image.Image, intensity: str, origin: str) -> np.ndarray:
+    """Any PIL image (1/L/LA/P/RGB/RGBA/I;16/I/F) -> grayscale float32 [0, 1]."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im, dtype=np.float64 if mode == "I" else np.uint16)
+        bits = 16 if mode != "I" else 32
+        if mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 255:
+            bits = 8
+        return normalize_intensity(arr, intensity, bits)
+    if mode == "F":
+        return normalize_intensity(np.asarray(im, dtype=np.float32), "minmax" if intensity == "auto" else intensity, 32)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        # Composite transparent pixels onto black (no X-ray signal), then take luminance.
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        im = Image.alpha_composite(bg, rgba)
+    gray = im.convert("L")
+    return normalize_intensity(np.asarray(gray), intensity, 8)
+
+
+def decode_raster(data: bytes | str, origin: str, prep: Preprocess) -> np.ndarray:
+    """Decode PNG/JPEG/BMP/TIFF from bytes or a path to float32 [0, 1] grayscale."""
+    try:
+        im = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        if im.format == "JPEG":
+            # Decode at a reduced DCT scale when the file is much larger than the target.
+            im.draft("L", (prep.size * 2, prep.size * 2))
+        im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise SkipFile(f"{origin}: cannot decode image ({exc}); the file is corrupt, truncated or not an image") from None
+    if getattr(im, "n_frames", 1) > 1:
+        im.seek(0)
+    return _pil_to_unit(im, prep.intensity, origin)
+
+
+def decode_dicom(data: bytes | str, origin: str, prep: Preprocess, salt: bytes) -> tuple[np.ndarray, str | None]:
+    """Decode a DICOM file to float32 [0, 1] (bright = dense) and a salted hash of its PatientID.
+
+    Applies the modality LUT (rescale slope/intercept), then the VOI LUT or window, then inverts
+    MONOCHROME1. Nothing identifying is returned: the patient id only leaves as a salted hash.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data) if isinstance(data, bytes) else data, force=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise SkipFile(f"{origin}: cannot read DICOM ({exc}); the file is corrupt or not DICOM") from None
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise SkipFile(f"{origin}: DICOM file has no pixel data (a report or structured document?); remove it from the source")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises many types for missing handlers and bad data
+        text = str(exc)
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if "handler" in text.lower() or "plugin" in text.lower() or "decoder" in text.lower():
+            name = getattr(ts, "name", str(ts))
+            raise SkipFile(
+                f"{origin}: compressed DICOM ({name}) needs a decoder that is not installed; "
+                "install one with `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` "
+                "(JPEG, JPEG-LS, JPEG 2000) or `pip install python-gdcm`"
+            ) from None
+        raise SkipFile(f"{origin}: cannot decode DICOM pixel data ({text}); the file may be truncated") from None
+    if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
+        arr = arr[0]  # multi-frame: first frame
+    elif arr.ndim == 3:
+        arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if arr.ndim != 2:
+        raise SkipFile(f"{origin}: DICOM pixel data has shape {arr.shape}; expected a 2-D radiograph")
+    arr = apply_modality_lut(arr, ds)
+    windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
+    if windowed:
+        arr = apply_voi_lut(arr, ds, index=0)
+    arr = np.asarray(arr, dtype=np.float32)
+    mode = "minmax" if prep.intensity == "auto" else prep.intensity
+    out = normalize_intensity(arr, mode, 16)
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        out = 1.0 - out
+    pid = str(getattr(ds, "PatientID", "") or "").strip()
+    patient = hashlib.sha256(salt + pid.encode("utf-8")).hexdigest() if pid else None
+    return out, patient
+
+
+def process(item: Item, prep: Preprocess, salt: bytes = b"") -> Decoded:
+    """Decode and preprocess one item. Never raises for bad input: failures come back in ``error``."""
+    try:
+        return _process(item, prep, salt)
+    except SkipFile as exc:
+        return Decoded(origin=item.origin, error=str(exc))
+    except MemoryError:
+        return Decoded(origin=item.origin, error=f"{item.origin}: image too large to decode in memory")
+    except Exception as exc:  # a decoder bug must not kill a 100k-image prepare; the file is listed
+        return Decoded(origin=item.origin, error=f"{item.origin}: unexpected decoding failure ({type(exc).__name__}: {exc})")
+
+
+def _process(item: Item, prep: Preprocess, salt: bytes) -> Decoded:
+    patient = None
+    mask = None
+    if isinstance(item, PhantomItem):
+        img, mask = phantom.render(item.index, item.label, size=max(prep.size, 128), seed=item.seed)
+        digest = ""
+    elif isinstance(item, ArrayItem):
+        arr = np.asarray(item.array)
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        if arr.ndim != 2:
+            raise SkipFile(f"{item.origin}: array of shape {arr.shape} is not a 2-D image")
+        img = normalize_intensity(arr, prep.intensity, 8 if arr.dtype == np.uint8 else 16)
+        digest = hashlib.sha256(np.ascontiguousarray(item.array).tobytes()).hexdigest()
+    else:
+        if isinstance(item, FileItem):
+            try:
+                data = Path(item.path).read_bytes()
+            except OSError as exc:
+                raise SkipFile(f"{item.origin}: cannot read file ({exc.strerror or exc})") from None
+            suffix = Path(item.path).suffix.lower()
+        else:
+            data, suffix = item.data, ""
+        if not data:
+            raise SkipFile(f"{item.origin}: file is empty (0 bytes)")
+        digest = hashlib.sha256(data).hexdigest()
+        if suffix in DICOM_SUFFIXES or data[128:132] == b"DICM":
+            img, patient = decode_dicom(data, item.origin, prep, salt)
+        else:
+            img = decode_raster(data, item.origin, prep)
+    u8, mask_out = preprocess(img, prep, mask)
+    return Decoded(origin=item.origin, image=u8, mask=mask_out, sha256=digest, patient=patient)

@@ -1,0 +1,189 @@
+"""``prepare``: any source -> one prepared dataset, streaming, in parallel, atomically.
+
+Items are decoded and preprocessed in worker processes with a bounded number in flight, and written in
+source order into memory-mapped arrays in a temporary directory (``.NAME.partial-XXXX``) that is renamed
+to the output only when the manifest is complete. Peak memory does not grow with the number of images.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import multiprocessing as mp
+import os
+import secrets
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from ..errors import CxrganError
+from .dataset import DatasetWriter, PreparedDataset, base_manifest
+from .decode import Decoded, Item, process
+from .preprocess import Preprocess
+from .sources import Source, SourceOptions, open_source
+from .splits import assign_splits
+
+log = logging.getLogger("cxrgan.prepare")
+
+_BATCH = 8  # items per worker task
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """Fractions (train, val, test) and seed for splits the source does not fix."""
+
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+
+
+def _work(batch: list[Item], prep: Preprocess, salt: bytes) -> list[Decoded]:
+    return [process(item, prep, salt) for item in batch]
+
+
+def _batched(items: Iterator[Item], n: int) -> Iterator[list[Item]]:
+    batch: list[Item] = []
+    for it in items:
+        batch.append(it)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _decode_stream(source: Source, prep: Preprocess, salt: bytes, workers: int) -> Iterator[Decoded]:
+    """Decoded items in source order; at most ``4 * workers`` batches in flight."""
+    if workers <= 1:
+        for item in source.items():
+            yield process(item, prep, salt)
+        return
+    ctx = mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
+    with ctx.Pool(workers) as pool:
+        pending: collections.deque = collections.deque()
+        for batch in _batched(source.items(), _BATCH):
+            pending.append(pool.apply_async(_work, (batch, prep, salt)))
+            if len(pending) >= 4 * workers:
+                yield from pending.popleft().get()
+        while pending:
+            yield from pending.popleft().get()
+
+
+def default_workers(n_items: int) -> int:
+    """Worker processes: one per core, but in-process for small jobs where start-up would dominate."""
+    if n_items < 200:
+        return 1
+    return max(1, min(os.cpu_count() or 1, 16))
+
+
+def prepare(
+    source: str,
+    out: str | os.PathLike[str],
+    preprocess: Preprocess | None = None,
+    options: SourceOptions | None = None,
+    split: SplitOptions | None = None,
+    *,
+    strict: bool = False,
+    overwrite: bool = False,
+    workers: int | None = None,
+    progress: bool = True,
+) -> PreparedDataset:
+    """Read ``source`` and write a prepared dataset to ``out``; return it opened.
+
+    source: a folder (class sub-folders, or flat with ``options.labels_csv``), a ``.npz`` (MedMNIST
+        layout), a ``.parquet`` file or folder, or ``"phantom"``.
+    Unreadable files are skipped and listed in the manifest (``strict=True`` stops at the first).
+    Raises :class:`CxrganError` for anything the user must fix.
+    """
+    from ..utils.io import atomic_directory
+
+    prep = preprocess or Preprocess()
+    opts = options or SourceOptions()
+    split = split or SplitOptions()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CxrganError(f"output {out} already exists; choose another --out or pass --overwrite to replace it")
+    salt = secrets.token_bytes(16)  # per run, never stored: patient keys cannot be reversed or linked
+    src = open_source(source, opts, salt)
+    if not src.records:
+        raise CxrganError(f"source {source} has no images for the chosen classes")
+    if strict and src.skipped:
+        s = src.skipped[0]
+        raise CxrganError(f"{s['origin']}: {s['reason']} (--strict stops at the first unusable file)")
+    n_workers = workers if workers is not None else default_workers(len(src.records))
+
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        writer = DatasetWriter(tmp, len(src.records), prep.size, src.has_masks)
+        kept: list[int] = []
+        items_meta: list[dict] = []
+        patients: list[str | None] = []
+        skipped = list(src.skipped)
+        bar = _progress(len(src.records), f"prepare {Path(source).name}", progress)
+        try:
+            for i, dec in enumerate(_decode_stream(src, prep, salt, n_workers)):
+                bar.update(1)
+                if dec.error is not None:
+                    if strict:
+                        raise CxrganError(f"{dec.error} (--strict stops at the first unusable file)")
+                    skipped.append({"origin": dec.origin, "reason": dec.error.split(": ", 1)[-1]})
+                    continue
+                writer.append(dec.image, dec.mask)
+                kept.append(i)
+                rec = src.records[i]
+                patients.append(rec.patient or dec.patient)
+                items_meta.append({"origin": rec.origin, "sha256": dec.sha256})
+        finally:
+            bar.close()
+        if not kept:
+            reasons = "; ".join(s["reason"] for s in skipped[:3])
+            raise CxrganError(f"no image in {source} could be read (first reasons: {reasons})")
+        recs = [src.records[i] for i in kept]
+        if src.multilabel:
+            labels = np.asarray([r.label for r in recs], dtype=np.uint8).reshape(len(recs), len(src.class_names))
+            strata = [int(np.argmax(v)) if np.any(v) else len(src.class_names) for v in labels]
+        else:
+            labels = np.asarray([r.label for r in recs], dtype=np.int64)
+            strata = labels.tolist()
+        groups_present = any(p is not None for p in patients)
+        splits = assign_splits(strata, patients, [r.split for r in recs], split.fractions, split.seed)
+        group_ids = _group_numbers(patients)
+        for meta, lab, s, g in zip(items_meta, labels, splits, group_ids):
+            meta["label"] = lab.tolist() if src.multilabel else int(lab)
+            meta["split"] = int(s)
+            if g is not None:
+                meta["group"] = g
+        manifest = base_manifest(
+            source=src.describe(), preprocess=prep.to_dict(), class_names=src.class_names,
+            multilabel=src.multilabel, size=prep.size, labels=labels, splits=splits, items=items_meta,
+            skipped=skipped, has_masks=src.has_masks,
+            split_info={**asdict(split), "by_patient": groups_present,
+                        "from_source": all(r.split >= 0 for r in recs)},
+        )
+        writer.finalize(labels, splits, manifest)
+    if skipped:
+        log.warning("skipped %d unusable file(s); see 'skipped' in %s", len(skipped), out / "manifest.json")
+    return PreparedDataset.open(out)
+
+
+def _group_numbers(patients: Sequence[str | None]) -> list[int | None]:
+    """Replace salted patient keys by small integers (order of first appearance): auditable, not linkable."""
+    ids: dict[str, int] = {}
+    return [None if p is None else ids.setdefault(p, len(ids)) for p in patients]
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=None)
