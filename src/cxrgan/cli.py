@@ -109,6 +109,104 @@ def _cmd_preview(a: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------- training
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .models.losses import LOSS_KINDS
+    from .models.registry import family_names
+
+    p = sub.add_parser("train", help="train a GAN family on a prepared dataset into a run directory",
+                       description="Train --model on --data into the run directory --out. The configuration is "
+                       "defaults < --config YAML < the flags below < --set key=value; the exact config is saved "
+                       "as OUT/config.yaml. With --resume, OUT's own config is used (flags may extend it, e.g. --steps).")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--model", choices=family_names(), help="model family (default dcgan)")
+    p.add_argument("--data", help="prepared dataset directory")
+    p.add_argument("--config", help="YAML file with a TrainConfig tree")
+    p.add_argument("--classes", help="train on these classes only (per-class DCGANs: --classes PNEUMONIA)")
+    p.add_argument("--steps", type=int, help="G update budget")
+    p.add_argument("--epochs", type=int, help="epoch budget (overrides --steps)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--loss", choices=LOSS_KINDS)
+    p.add_argument("--lr", type=float, help="learning rate of both G and D")
+    p.add_argument("--augment", help="DiffAugment policy, e.g. translation,cutout,color")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config field, e.g. --set loss.r1_gamma=1 --set model.spectral_norm=true (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue OUT from its last checkpoint")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(a: argparse.Namespace) -> int:
+    from .train.config import load_config
+    from .train.loop import train
+
+    flags = {"model.family": a.model, "data.path": a.data, "data.classes": a.classes, "steps": a.steps,
+             "epochs": a.epochs, "batch_size": a.batch_size, "loss.kind": a.loss, "optim.lr_g": a.lr, "optim.lr_d": a.lr,
+             "augment.policy": a.augment, "seed": a.seed, "device": a.device, "precision": a.precision}
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(a.overrides)
+    if a.resume:
+        if a.config:
+            raise CxrganError("--resume uses the run's own config.yaml; drop --config (use --set to change a field)")
+        config_path = Path(a.out) / "config.yaml"
+        if not config_path.is_file():
+            raise CxrganError(f"{a.out} is not a run directory (no config.yaml); start it without --resume")
+    else:
+        config_path = a.config
+    cfg = load_config(config_path, overrides)
+    result = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; checkpoint written. Continue with: cxrgan train --resume --out {a.out}")
+        return 130
+    best = f", best FD {result.best_fd:.4g} at step {result.best_step}" if result.best_fd is not None else ""
+    print(f"trained {result.step} steps into {a.out}{best}")
+    if result.collapse_step is not None:
+        print(f"warning: possible mode collapse from step {result.collapse_step}; look at {a.out}/samples")
+    return 0
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="generate a labelled synthetic set (PNG + npz dataset + manifest) from runs")
+    p.add_argument("runs", nargs="+", help="run directories (several per-class runs combine into one set)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=1000, help="images per run (default 1000)")
+    p.add_argument("--class", dest="classes", help="class(es) to generate, comma-separated")
+    p.add_argument("--truncation", type=float, help="truncation trick: redraw latent values beyond +-PSI")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="best", help="best (default), last or a step number")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-png", action="store_true", help="write only the dataset arrays")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_sample)
+
+
+def _cmd_sample(a: argparse.Namespace) -> int:
+    from .data.summary import info_text
+    from .sample import sample
+
+    ds = sample(a.runs, a.out, a.n, _csv_list(a.classes), a.truncation, a.seed, a.checkpoint, a.device, a.overwrite, not a.no_png)
+    print(info_text(ds))
+    return 0
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="comparative study of runs: combined curves, sample grid, summary table")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--checkpoint", default="best")
+    p.set_defaults(func=_cmd_compare)
+
+
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from .report.compare import compare
+
+    out = compare(a.runs, a.out, checkpoint=a.checkpoint)
+    print((out / "summary.md").read_text())
+    print(f"wrote {out}/losses.png, d_accuracy.png, quality.png, samples.png, summary.csv")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on the embedded phantom data (the README's first command)")
@@ -126,7 +224,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_prepare, _add_info, _add_preview, _add_demo]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_compare, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

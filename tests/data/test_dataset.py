@@ -97,3 +97,16 @@ def test_real_kermany_folder_grouped_by_patient(tmp_path):
     imgs = np.asarray(ds.images, dtype=float)
     assert 60 < imgs.mean() < 190 and imgs.std() > 30
     assert json.loads((tmp_path / "k" / "manifest.json").read_text())["skipped_count"] == 0
+
+
+@pytest.mark.parametrize("capacity, count", [(10, 10), (10, 7), (1000, 999), (10**7, 3), (10**15, 2)])
+def test_npy_stream_fixes_header_to_rows_written(tmp_path, capacity, count):
+    from cxrgan.data.dataset import NpyStream
+
+    s = NpyStream(tmp_path / "a.npy", capacity, (4, 5))
+    for i in range(count):
+        s.write(np.full((4, 5), i, np.uint8))
+    s.close()
+    a = np.load(tmp_path / "a.npy")
+    assert a.shape == (count, 4, 5) and a[:, 0, 0].tolist() == list(range(count))
+    assert not list(tmp_path.glob(".*rewrite"))

@@ -34,51 +34,84 @@ FORMAT_VERSION = 1
 ARRAYS = ("images.npy", "labels.npy", "splits.npy")
 
 
-class DatasetWriter:
-    """Streams images into ``(capacity, S, S)`` memory-mapped arrays in ``directory``.
+class NpyStream:
+    """Writes a ``(count, *item_shape)`` uint8 ``.npy`` file row by row with plain sequential writes.
 
-    ``append`` stores one image (and mask); ``finalize`` trims to the number appended and writes labels,
-    splits and the manifest. Peak memory does not grow with the number of images.
+    Unlike a writable memmap, nothing accumulates in the process's resident memory, so peak memory does
+    not grow with the number of rows. ``close`` fixes the header to the number of rows written.
+    """
+
+    def __init__(self, path: Path, capacity: int, item_shape: tuple[int, ...]) -> None:
+        self.path, self.item_shape, self.count = Path(path), item_shape, 0
+        self.fh = open(self.path, "wb")
+        self.header_len = self._write_header(self.fh, capacity)
+
+    def _write_header(self, fh, rows: int) -> int:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                  "shape": (rows,) + self.item_shape}
+        start = fh.tell()
+        np.lib.format.write_array_header_1_0(fh, header)
+        return fh.tell() - start
+
+    def write(self, row: np.ndarray) -> None:
+        self.fh.write(np.ascontiguousarray(row, dtype=np.uint8).tobytes())
+        self.count += 1
+
+    def close(self) -> None:
+        row_bytes = int(np.prod(self.item_shape))
+        import io
+
+        probe = io.BytesIO()
+        if self._write_header(probe, self.count) == self.header_len:
+            self.fh.seek(0)
+            self.fh.write(probe.getvalue())
+            self.fh.truncate(self.header_len + self.count * row_bytes)
+            self.fh.close()
+            return
+        # The header changed length (rare: a digit crossed a padding boundary): rewrite in chunks.
+        self.fh.close()
+        tmp = self.path.with_name(f".{self.path.name}.rewrite")
+        with open(self.path, "rb") as src, open(tmp, "wb") as dst:
+            self._write_header(dst, self.count)
+            src.seek(self.header_len)
+            left = self.count * row_bytes
+            while left > 0:
+                block = src.read(min(left, 64 << 20))
+                dst.write(block)
+                left -= len(block)
+        tmp.replace(self.path)
+
+
+class DatasetWriter:
+    """Streams images (and masks) into ``.npy`` files in ``directory`` without holding them in memory.
+
+    ``append`` stores one image; ``finalize`` fixes the arrays to the number appended and writes labels,
+    splits and the manifest.
     """
 
     def __init__(self, directory: Path, capacity: int, size: int, with_masks: bool) -> None:
         self.dir = Path(directory)
         self.capacity, self.size, self.count = capacity, size, 0
-        shape = (max(capacity, 1), size, size)
-        self.images = np.lib.format.open_memmap(self.dir / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
-        self.masks = (
-            np.lib.format.open_memmap(self.dir / "masks.npy", mode="w+", dtype=np.uint8, shape=shape) if with_masks else None
-        )
+        self.images = NpyStream(self.dir / "images.npy", capacity, (size, size))
+        self.masks = NpyStream(self.dir / "masks.npy", capacity, (size, size)) if with_masks else None
+        self._zeros = np.zeros((size, size), np.uint8)
 
     def append(self, image: np.ndarray, mask: np.ndarray | None = None) -> None:
         if self.count >= self.capacity:
             raise RuntimeError("DatasetWriter capacity exceeded")
-        self.images[self.count] = image
+        if image.shape != (self.size, self.size):
+            raise ValueError(f"image shape {image.shape} != ({self.size}, {self.size})")
+        self.images.write(image)
         if self.masks is not None:
-            self.masks[self.count] = mask if mask is not None else 0
+            self.masks.write(mask if mask is not None else self._zeros)
         self.count += 1
-
-    def _trim(self, name: str, arr: np.memmap) -> None:
-        arr.flush()
-        if self.count == arr.shape[0]:
-            return
-        path = self.dir / name
-        tmp = self.dir / f".{name}.trim"
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=arr.dtype, shape=(self.count,) + arr.shape[1:])
-        step = max(1, (64 << 20) // max(1, arr[0].nbytes))
-        for i in range(0, self.count, step):
-            out[i : i + step] = arr[i : min(i + step, self.count)]
-        out.flush()
-        del out
-        tmp.replace(path)
 
     def finalize(self, labels: np.ndarray, splits: np.ndarray, manifest: dict[str, Any]) -> None:
         if len(labels) != self.count or len(splits) != self.count:
             raise RuntimeError("labels/splits length does not match the images written")
-        self._trim("images.npy", self.images)
+        self.images.close()
         if self.masks is not None:
-            self._trim("masks.npy", self.masks)
-        del self.images, self.masks
+            self.masks.close()
         np.save(self.dir / "labels.npy", labels)
         np.save(self.dir / "splits.npy", splits.astype(np.uint8))
         manifest = dict(manifest)

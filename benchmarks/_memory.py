@@ -1,0 +1,68 @@
+"""Peak resident memory of a process tree, sampled from /proc (Linux; no extra packages)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            out.extend(int(t) for t in text)
+    except OSError:
+        pass
+    return out
+
+
+def tree_rss_mib(pid: int | None = None) -> float:
+    """Current RSS of ``pid`` and all its descendants, MiB."""
+    pid = pid or os.getpid()
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        total += _rss_kib(p)
+        stack.extend(_children(p))
+    return total / 1024.0
+
+
+class PeakMemory:
+    """Context manager sampling the process tree's RSS every ``interval`` s; ``.peak_mib`` afterwards."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval, self.peak_mib, self._stop = interval, 0.0, threading.Event()
+
+    def __enter__(self) -> "PeakMemory":
+        self.base_mib = tree_rss_mib()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, tree_rss_mib())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak_mib = max(self.peak_mib, tree_rss_mib())
+
+    @property
+    def extra_mib(self) -> float:
+        """Peak above the resident memory at entry."""
+        return max(0.0, self.peak_mib - self.base_mib)

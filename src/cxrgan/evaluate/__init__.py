@@ -1,0 +1,1 @@
+"""Evaluation: feature spaces and distribution metrics."""

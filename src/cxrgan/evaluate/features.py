@@ -1,0 +1,70 @@
+"""A fixed feature space for training-time quality and diversity figures.
+
+ImageNet Inception weights cannot be downloaded here and are a poor judge of radiographs anyway. Until a
+trained radiograph extractor is available, training monitors use a *fixed random* convolutional network:
+weights drawn once from a seeded generator (version ``FEATURES_VERSION``), global-average-pooled at three
+depths. Random convolutional features capture intensity, texture and structure statistics well enough to
+rank generators and to detect collapse; the figures are comparable across runs of the same image size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+FEATURES_VERSION = "randconv-v1"
+
+
+class RandomConvFeatures(nn.Module):
+    """``(N, 1, S, S)`` in [-1, 1] -> ``(N, 224)`` features; deterministic for a given version."""
+
+    def __init__(self, seed: int = 20260101) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        chans = [1, 32, 64, 128]
+        self.convs = nn.ModuleList()
+        for a, b in zip(chans[:-1], chans[1:]):
+            conv = nn.Conv2d(a, b, 3, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2.0 / (a * 9)) ** 0.5)
+                conv.bias.zero_()
+            self.convs.append(conv)
+        self.requires_grad_(False)
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = []
+        h = x.float()
+        for i, conv in enumerate(self.convs):
+            h = torch.relu(conv(h))
+            feats.append(h.mean(dim=(2, 3)))
+            if i < len(self.convs) - 1:
+                h = nn.functional.avg_pool2d(h, 2)
+        return torch.cat(feats, dim=1)
+
+    def embed(self, images: torch.Tensor, batch: int = 256) -> np.ndarray:
+        """Features of many images, in batches, as float64 numpy ``(N, 224)``."""
+        dev = next(self.parameters()).device
+        out = [self(images[i : i + batch].to(dev)).double().cpu().numpy() for i in range(0, len(images), batch)]
+        return np.concatenate(out)
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets ``a`` and ``b`` ``(N, D)``."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root1 @ s2 @ root1
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt)
+
+
+def mean_pairwise_distance(f: np.ndarray) -> float:
+    """Mean Euclidean distance between all pairs of rows: a diversity figure (0 for a collapsed set)."""
+    sq = (f**2).sum(1)
+    d2 = np.clip(sq[:, None] + sq[None, :] - 2.0 * f @ f.T, 0, None)
+    n = len(f)
+    return float(np.sqrt(d2)[~np.eye(n, dtype=bool)].mean()) if n > 1 else 0.0

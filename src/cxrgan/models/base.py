@@ -1,0 +1,109 @@
+"""The family interface: networks plus losses. The training loop owns everything else.
+
+A family exposes its phases (``D`` then ``G``: which modules each phase optimizes) and a loss for each
+phase; the loop runs the phases, steps the optimizers, keeps the EMA, logs and checkpoints. Adversarial
+families only say how a real and a fake sample are presented to D (``real_inputs``/``fake_inputs``) and
+how D scores them (``discriminate``); the loss arithmetic below is shared.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from . import losses
+
+Augment = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Batch:
+    """One training batch: ``x`` ``(N, 1, S, S)`` float in [-1, 1], ``y`` ``(N,)`` int64 class indices."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+
+class Family(nn.Module):
+    """Base of all model families. Subclasses build ``self.G``, ``self.D`` (and optionally ``self.E``).
+
+    Attributes: ``conditional`` (G takes a class), ``has_encoder`` (``encode`` maps images to latents),
+    ``phases`` (phase name -> names of the modules it optimizes), ``ema_modules`` (averaged for sampling).
+    """
+
+    conditional: bool = False
+    has_encoder: bool = False
+    phases: dict[str, tuple[str, ...]] = {"D": ("D",), "G": ("G",)}
+    ema_modules: tuple[str, ...] = ("G",)
+
+    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, loss: str = "bce", gp_weight: float = 10.0, r1_gamma: float = 0.0) -> None:
+        super().__init__()
+        if loss not in losses.LOSS_KINDS:
+            raise ValueError(f"unknown loss {loss!r}")
+        self.z_dim, self.image_size, self.num_classes = z_dim, image_size, num_classes
+        self.loss_kind, self.gp_weight, self.r1_gamma = loss, gp_weight, r1_gamma
+
+    # -- sampling -------------------------------------------------------------------------------
+    def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Latents ``(n, z_dim)`` ~ N(0, I)."""
+        return torch.randn(n, self.z_dim, generator=generator, device=device)
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, G: nn.Module | None = None) -> torch.Tensor:
+        """Images ``(N, 1, S, S)`` in [-1, 1] from latents (and classes, for conditional families)."""
+        return (G or self.G)(z)
+
+    # -- how samples are shown to D ---------------------------------------------------------------
+    def real_inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        return (batch.x,)
+
+    def fake_inputs(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (self.generate(z, y),)
+
+    def discriminate(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
+        return self.D(inputs[0], y) if self.conditional else self.D(inputs[0])
+
+    # -- phase losses ---------------------------------------------------------------------------
+    def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """D loss on one real batch and as many fakes; stats are detached scalars."""
+        y = batch.y
+        with torch.no_grad():
+            fake = self.fake_inputs(self.sample_z(len(y), device=y.device), y)
+        real = self.real_inputs(batch)
+        real_aug = (augment(real[0]),) + real[1:]
+        fake_aug = (augment(fake[0]),) + fake[1:]
+        real_logits = self.discriminate(real_aug, y)
+        fake_logits = self.discriminate(fake_aug, y)
+        loss = losses.d_loss(self.loss_kind, real_logits, fake_logits)
+        critic = lambda *inp: self.discriminate(inp, y)  # noqa: E731
+        if self.loss_kind == "wgan-gp":
+            loss = loss + self.gp_weight * losses.gradient_penalty(critic, real_aug, fake_aug)
+        if self.r1_gamma > 0:
+            loss = loss + self.r1_gamma * losses.r1_penalty(critic, real_aug)
+        stats = {
+            "d_loss": loss.detach(),
+            "d_acc_real": (real_logits.detach() > 0).float().mean(),
+            "d_acc_fake": (fake_logits.detach() < 0).float().mean(),
+        }
+        return loss, stats
+
+    def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G loss: fakes (with the real batch's classes) scored by D."""
+        y = batch.y
+        fake = self.fake_inputs(self.sample_z(len(y), device=y.device), y)
+        logits = self.discriminate((augment(fake[0]),) + fake[1:], y)
+        loss = losses.g_loss(self.loss_kind, logits)
+        return loss, {"g_loss": loss.detach()}
+
+    def phase_loss(self, phase: str, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if phase == "D":
+            return self.d_phase(batch, augment)
+        if phase == "G":
+            return self.g_phase(batch, augment)
+        raise KeyError(f"{type(self).__name__} has no phase {phase!r}")
+
+    def d_norm(self, spectral_norm: bool) -> str:
+        """Batch norm in D only for losses and settings where it is sound."""
+        return "bn" if self.loss_kind != "wgan-gp" and not spectral_norm else "none"

@@ -1,0 +1,52 @@
+"""``bigan``: bidirectional GAN (Donahue et al., 2017).
+
+An encoder E maps images to latents; D judges ``(x, z)`` pairs: ``(x, E(x))`` is "real", ``(G(z), z)``
+is "fake". G and E are trained together in the G phase to fool D on both kinds of pair, which makes E
+approximately invert G. ``encode`` maps real images to latents.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import losses
+from ..nets.blocks import ConvEncoder, ConvGenerator, JointDiscriminator
+from .base import Augment, Batch, Family
+from .registry import register
+
+
+@register("bigan")
+class BiGAN(Family):
+    has_encoder = True
+    phases = {"D": ("D",), "G": ("G", "E")}
+    ema_modules = ("G", "E")
+
+    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, **kw) -> None:
+        super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
+        self.G = ConvGenerator(z_dim, image_size, g_channels)
+        self.E = ConvEncoder(image_size, z_dim, d_channels)
+        self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm)
+
+    def encode(self, x: torch.Tensor, E: torch.nn.Module | None = None) -> torch.Tensor:
+        """Latents ``(N, z_dim)`` for images ``(N, 1, S, S)`` in [-1, 1]."""
+        return (E or self.E)(x)
+
+    def real_inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        # Used by the D phase only, where E is not trained: no graph through E.
+        with torch.no_grad():
+            return (batch.x, self.E(batch.x))
+
+    def fake_inputs(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (self.G(z), z)
+
+    def discriminate(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
+        return self.D(inputs[0], inputs[1])
+
+    def g_phase(self, batch: Batch, augment: Augment):
+        y = batch.y
+        z = self.sample_z(len(y), device=y.device)
+        fake_logits = self.D(augment(self.G(z)), z)
+        real_logits = self.D(augment(batch.x), self.E(batch.x))
+        # G and E swap the labels: fakes should look real, real pairs should look fake.
+        loss = losses.g_loss(self.loss_kind, fake_logits) + losses.g_loss(self.loss_kind, -real_logits)
+        return loss, {"g_loss": loss.detach()}

@@ -1,0 +1,64 @@
+"""Adversarial losses and regularizers, shared by every family.
+
+``kind`` is ``bce`` (non-saturating, Goodfellow et al.), ``hinge`` (Lim & Ye; Miyato et al.) or
+``wgan-gp`` (Gulrajani et al.). Logits are ``(N,)`` float; losses are scalars computed in fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+LOSS_KINDS = ("bce", "hinge", "wgan-gp")
+
+
+def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss on real and fake logits."""
+    real, fake = real.float(), fake.float()
+    if kind == "bce":
+        return F.softplus(-real).mean() + F.softplus(fake).mean()
+    if kind == "hinge":
+        return F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean()
+    if kind == "wgan-gp":
+        return fake.mean() - real.mean()
+    raise ValueError(f"unknown loss kind {kind!r}")
+
+
+def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
+    """Generator loss on fake logits (non-saturating for ``bce``)."""
+    fake = fake.float()
+    if kind == "bce":
+        return F.softplus(-fake).mean()
+    if kind in ("hinge", "wgan-gp"):
+        return -fake.mean()
+    raise ValueError(f"unknown loss kind {kind!r}")
+
+
+def _no_autocast():
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device_type=device, enabled=False)
+
+
+def gradient_penalty(critic: Callable[..., torch.Tensor], real: Sequence[torch.Tensor], fake: Sequence[torch.Tensor]) -> torch.Tensor:
+    """WGAN-GP: ``E[(||grad critic(x_hat)|| - 1)^2]`` on random interpolates of every input tensor."""
+    with _no_autocast():
+        n = real[0].shape[0]
+        inputs = []
+        for r, f in zip(real, fake):
+            alpha = torch.rand((n,) + (1,) * (r.dim() - 1), device=r.device, dtype=torch.float32)
+            inputs.append((alpha * r.float() + (1 - alpha) * f.detach().float()).requires_grad_(True))
+        out = critic(*inputs)
+        grads = torch.autograd.grad(out.sum(), inputs, create_graph=True)
+        norm = torch.sqrt(sum(g.flatten(1).pow(2).sum(1) for g in grads) + 1e-12)
+        return ((norm - 1.0) ** 2).mean()
+
+
+def r1_penalty(critic: Callable[..., torch.Tensor], real: Sequence[torch.Tensor]) -> torch.Tensor:
+    """R1 (Mescheder et al.): ``E[||grad critic(x_real)||^2] / 2``."""
+    with _no_autocast():
+        inputs = [r.detach().float().requires_grad_(True) for r in real]
+        out = critic(*inputs)
+        grads = torch.autograd.grad(out.sum(), inputs, create_graph=True)
+        return 0.5 * sum(g.flatten(1).pow(2).sum(1) for g in grads).mean()

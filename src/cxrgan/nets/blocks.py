@@ -1,0 +1,177 @@
+"""Network building blocks. Images are ``(N, 1, S, S)`` float in [-1, 1]; latents are ``(N, Z)``.
+
+Convolutional generators and discriminators follow Radford et al. (DCGAN): fractionally-strided
+convolutions up, strided convolutions down, batch norm, no pooling, ReLU in G and LeakyReLU(0.2) in D;
+depth follows the image size (one stage per doubling from 4x4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def n_stages(size: int) -> int:
+    """Number of 2x stages between 4x4 and ``size`` (32 -> 3, 64 -> 4, ..., 256 -> 6)."""
+    k = int(math.log2(size)) - 2
+    if size != 2 ** (k + 2) or k < 1:
+        raise ValueError(f"image size must be a power of two >= 8, got {size}")
+    return k
+
+
+def stage_channels(size: int, base: int, cap: int = 8) -> list[int]:
+    """Channels from the 4x4 end to the full-resolution end, e.g. 64 px, base 64 -> [512, 256, 128, 64]."""
+    k = n_stages(size)
+    return [base * min(cap, 2 ** (k - 1 - i)) for i in range(k)]
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al.'s initialization: conv weights N(0, 0.02), norm weights N(1, 0.02), biases 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(w, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def maybe_sn(layer: nn.Module, enabled: bool) -> nn.Module:
+    return spectral_norm(layer) if enabled else layer
+
+
+class ConvGenerator(nn.Module):
+    """DCGAN generator: ``(N, in_dim)`` -> ``(N, out_ch, size, size)`` in [-1, 1]."""
+
+    def __init__(self, in_dim: int, size: int, base: int = 64, out_ch: int = 1) -> None:
+        super().__init__()
+        ch = stage_channels(size, base)
+        layers: list[nn.Module] = [nn.ConvTranspose2d(in_dim, ch[0], 4, 1, 0, bias=False), nn.BatchNorm2d(ch[0]), nn.ReLU(True)]
+        for c_in, c_out in zip(ch[:-1], ch[1:]):
+            layers += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(ch[-1], out_ch, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z[:, :, None, None])
+
+
+class ConvTrunk(nn.Module):
+    """DCGAN discriminator body: ``(N, in_ch, S, S)`` -> ``(N, C, 4, 4)`` features.
+
+    norm: ``bn`` (Radford) or ``none`` (for WGAN-GP, where batch norm breaks the per-sample penalty,
+    and with spectral norm).
+    """
+
+    def __init__(self, size: int, base: int = 64, in_ch: int = 1, norm: str = "bn", sn: bool = False) -> None:
+        super().__init__()
+        ch = stage_channels(size, base)[::-1]
+        layers: list[nn.Module] = [maybe_sn(nn.Conv2d(in_ch, ch[0], 4, 2, 1), sn), nn.LeakyReLU(0.2, True)]
+        for c_in, c_out in zip(ch[:-1], ch[1:]):
+            layers.append(maybe_sn(nn.Conv2d(c_in, c_out, 4, 2, 1, bias=norm == "none"), sn))
+            if norm == "bn":
+                layers.append(nn.BatchNorm2d(c_out))
+            layers.append(nn.LeakyReLU(0.2, True))
+        self.net = nn.Sequential(*layers)
+        self.out_channels = ch[-1]
+        dcgan_init(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDiscriminator(nn.Module):
+    """DCGAN discriminator with optional class conditioning: ``(N, 1, S, S)`` -> logits ``(N,)``.
+
+    cond: ``none``; ``projection`` (Miyato & Koyama: logit += <embed(y), pooled features>); or ``concat``
+    (one-hot label planes concatenated to the input image).
+    """
+
+    def __init__(self, size: int, base: int = 64, norm: str = "bn", sn: bool = False, num_classes: int = 0, cond: str = "none") -> None:
+        super().__init__()
+        self.cond, self.num_classes = cond, num_classes
+        in_ch = 1 + (num_classes if cond == "concat" else 0)
+        self.trunk = ConvTrunk(size, base, in_ch, norm, sn)
+        self.head = maybe_sn(nn.Conv2d(self.trunk.out_channels, 1, 4, 1, 0), sn)
+        self.embed = maybe_sn(nn.Embedding(num_classes, self.trunk.out_channels), sn) if cond == "projection" else None
+        dcgan_init(self.head)
+        if self.embed is not None:  # small like every other weight: the projection must not swamp the logit
+            w = self.embed.parametrizations.weight.original if sn else self.embed.weight
+            nn.init.normal_(w, 0.0, 0.02)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cond == "concat":
+            planes = nn.functional.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None]
+            x = torch.cat([x, planes.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
+        h = self.trunk(x)
+        logit = self.head(h).flatten()
+        if self.embed is not None:
+            logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
+        return logit
+
+
+class ConvEncoder(nn.Module):
+    """BiGAN encoder: ``(N, 1, S, S)`` -> latents ``(N, z_dim)`` (a DCGAN trunk and a 4x4 convolution)."""
+
+    def __init__(self, size: int, z_dim: int, base: int = 64) -> None:
+        super().__init__()
+        self.trunk = ConvTrunk(size, base, 1, "bn", False)
+        self.head = nn.Conv2d(self.trunk.out_channels, z_dim, 4, 1, 0)
+        dcgan_init(self.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x)).flatten(1)
+
+
+class MLPGenerator(nn.Module):
+    """The original fully connected GAN generator: ``(N, z)`` -> ``(N, 1, S, S)`` in [-1, 1]."""
+
+    def __init__(self, z_dim: int, size: int, hidden: int = 256) -> None:
+        super().__init__()
+        dims = [z_dim, hidden, hidden * 2, hidden * 4]
+        layers: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b), nn.BatchNorm1d(b), nn.LeakyReLU(0.2, True)]
+        layers += [nn.Linear(dims[-1], size * size), nn.Tanh()]
+        self.net, self.size = nn.Sequential(*layers), size
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(-1, 1, self.size, self.size)
+
+
+class MLPDiscriminator(nn.Module):
+    """The original fully connected GAN discriminator: ``(N, 1, S, S)`` -> logits ``(N,)``."""
+
+    def __init__(self, size: int, hidden: int = 256, sn: bool = False) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            maybe_sn(nn.Linear(size * size, hidden * 2), sn), nn.LeakyReLU(0.2, True),
+            maybe_sn(nn.Linear(hidden * 2, hidden), sn), nn.LeakyReLU(0.2, True),
+            maybe_sn(nn.Linear(hidden, 1), sn),
+        )
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x.flatten(1)).flatten()
+
+
+class JointDiscriminator(nn.Module):
+    """BiGAN discriminator on ``(x, z)`` pairs: a conv trunk for x, an MLP for z, a joint MLP -> ``(N,)``."""
+
+    def __init__(self, size: int, z_dim: int, base: int = 64, norm: str = "none", sn: bool = False, hidden: int = 512) -> None:
+        super().__init__()
+        self.trunk = ConvTrunk(size, base, 1, norm, sn)
+        feat = self.trunk.out_channels * 16
+        self.z_path = nn.Sequential(maybe_sn(nn.Linear(z_dim, hidden), sn), nn.LeakyReLU(0.2, True))
+        self.joint = nn.Sequential(
+            maybe_sn(nn.Linear(feat + hidden, hidden * 2), sn), nn.LeakyReLU(0.2, True), maybe_sn(nn.Linear(hidden * 2, 1), sn)
+        )
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([self.trunk(x).flatten(1), self.z_path(z)], dim=1)
+        return self.joint(h).flatten()

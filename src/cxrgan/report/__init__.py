@@ -1,0 +1,1 @@
+"""Plots, comparisons and (later) the HTML report."""

@@ -1,0 +1,102 @@
+"""``compare``: the comparative study of several runs (the GAN/DCGAN/CGAN/BiGAN comparison).
+
+Writes combined loss and D-accuracy figures (one colour per run), a combined sample grid (one row per
+run, one per class for conditional runs, all from the best checkpoints with a fixed seed) and a table of
+final figures (``summary.csv`` and ``summary.md``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import CxrganError
+from ..train.metrics import read_metrics
+from ..utils.images import labelled_rows, save_png
+from ..utils.io import write_text_atomic
+from .plots import plot_runs
+
+SUMMARY_COLUMNS = ["run", "family", "classes", "steps", "kimg", "g_loss", "d_loss", "d_acc_real", "d_acc_fake",
+                   "best_fd", "best_step", "diversity_ratio", "img_per_s"]
+
+
+def _tail_mean(rows: list[dict[str, str]], key: str, frac: float = 0.1) -> float | None:
+    vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+    if not vals:
+        return None
+    k = max(1, int(len(vals) * frac))
+    return float(np.mean(vals[-k:]))
+
+
+def summarize(run: Path) -> dict:
+    """Final figures of one run (means over the last 10% of logged rows)."""
+    from ..train.rundir import read_run
+
+    cfg, info = read_run(run)
+    rows = read_metrics(run / "metrics.csv")
+    evals = [r for r in rows if r.get("fd")]
+    best = min(evals, key=lambda r: float(r["fd"])) if evals else None
+    last = evals[-1] if evals else None
+    return {
+        "run": run.name, "family": cfg.model.family, "classes": ",".join(cfg.data.classes) or "all",
+        "steps": int(float(rows[-1]["step"])) if rows else 0, "kimg": float(rows[-1]["kimg"]) if rows else 0.0,
+        "g_loss": _tail_mean(rows, "g_loss"), "d_loss": _tail_mean(rows, "d_loss"),
+        "d_acc_real": _tail_mean(rows, "d_acc_real"), "d_acc_fake": _tail_mean(rows, "d_acc_fake"),
+        "best_fd": float(best["fd"]) if best else None, "best_step": int(float(best["step"])) if best else None,
+        "diversity_ratio": float(last["diversity"]) / float(last["diversity_real"]) if last else None,
+        "img_per_s": float(np.median([float(r["img_per_s"]) for r in rows if r.get("img_per_s")])) if rows else None,
+    }
+
+
+def _fmt(v) -> str:
+    return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
+
+
+def compare(runs: Sequence[str | Path], out: str | Path, per_row: int = 8, seed: int = 0, checkpoint: str = "best") -> Path:
+    """Write the comparative study of ``runs`` into ``out``; returns ``out``."""
+    from ..sample import generate, load_run, truncated_normal
+
+    if not runs:
+        raise CxrganError("compare needs at least one run directory")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(r) for r in runs]
+    labels = [p.name for p in paths]
+    if len(set(labels)) != len(labels):
+        labels = [str(p) for p in paths]
+    metrics = {}
+    for label, p in zip(labels, paths):
+        if not (p / "metrics.csv").is_file():
+            raise CxrganError(f"{p} has no metrics.csv; is it a cxrgan run directory?")
+        metrics[label] = read_metrics(p / "metrics.csv")
+    plot_runs(metrics, out)
+    rows, row_labels, sizes = [], [], set()
+    for label, p in zip(labels, paths):
+        lr = load_run(p, checkpoint)
+        sizes.add(int(lr.info["image_size"]))
+        names = lr.info["class_names"]
+        classes = lr.trained_classes if lr.family.conditional else [None]
+        for c in classes:
+            g = torch.Generator().manual_seed(seed)
+            z = truncated_normal(per_row, lr.cfg.model.z_dim, None, g)
+            y = torch.full((per_row,), names.index(c) if c else 0, dtype=torch.long)
+            rows.append(generate(lr, z, y))
+            tag = c or (",".join(lr.cfg.data.classes) if lr.cfg.data.classes else "")
+            row_labels.append(f"{label} ({lr.cfg.model.family}{': ' + tag if tag else ''})")
+    if len(sizes) == 1:
+        save_png(labelled_rows(rows, row_labels, scale=max(1, 64 // sizes.pop())), out / "samples.png")
+    summary = [summarize(p) | {"run": label} for label, p in zip(labels, paths)]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, SUMMARY_COLUMNS)
+    w.writeheader()
+    w.writerows({k: _fmt(v) for k, v in s.items()} for s in summary)
+    write_text_atomic(out / "summary.csv", buf.getvalue())
+    md = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
+    md += ["| " + " | ".join(_fmt(s[k]) for k in SUMMARY_COLUMNS) + " |" for s in summary]
+    write_text_atomic(out / "summary.md", "\n".join(md) + "\n")
+    return out

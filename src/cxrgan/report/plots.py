@@ -1,0 +1,79 @@
+"""Training curves: losses, discriminator accuracy, quality. One run or several on shared axes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..utils.io import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(rows: Sequence[dict[str, str]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(float(r["step"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    a = np.asarray(pts)
+    return a[:, 0], a[:, 1]
+
+
+def smooth(y: np.ndarray, frac: float = 0.05) -> np.ndarray:
+    """Centered moving average over ``frac`` of the series (at least 1 point)."""
+    k = max(1, int(len(y) * frac) | 1)
+    if k == 1 or len(y) < k:
+        return y
+    pad = np.pad(y, (k // 2, k // 2), mode="edge")
+    return np.convolve(pad, np.ones(k) / k, mode="valid")
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+
+
+def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[Path]:
+    """Write losses.png (G and D), d_accuracy.png (real and fake) and quality.png (FD, diversity) for
+    ``{label: metrics rows}``; several runs share the axes, one colour per run."""
+    plt = _plt()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    panels = [
+        ("losses.png", [("g_loss", "generator loss"), ("d_loss", "discriminator loss")]),
+        ("d_accuracy.png", [("d_acc_real", "D accuracy on real"), ("d_acc_fake", "D accuracy on fake")]),
+        ("quality.png", [("fd", "Fréchet distance (fixed features, lower is better)"), ("diversity", "sample diversity")]),
+    ]
+    for name, keys in panels:
+        fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.6))
+        for ax, (key, title) in zip(np.atleast_1d(axes), keys):
+            for i, (label, rows) in enumerate(runs.items()):
+                x, y = _series(rows, key)
+                if len(x):
+                    ax.plot(x, smooth(y) if key not in ("fd", "diversity") else y, label=label, color=f"C{i}",
+                            marker="o" if key in ("fd", "diversity") else None, ms=3)
+                if key == "diversity":
+                    xr, yr = _series(rows, "diversity_real")
+                    if len(xr):
+                        ax.plot(xr, yr, ls="--", color=f"C{i}", alpha=0.6, label=f"{label} (real)")
+            if key.startswith("d_acc"):
+                ax.set_ylim(-0.02, 1.02)
+                ax.axhline(0.5, color="grey", lw=0.7, ls=":")
+            ax.set_title(title)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+        fig.tight_layout()
+        _save(fig, out_dir / name)
+        plt.close(fig)
+        written.append(out_dir / name)
+    return written

@@ -1,0 +1,170 @@
+"""``sample``: trained runs -> a labelled synthetic set.
+
+The output is itself a prepared dataset (``images.npy``, ``labels.npy``, ``splits.npy`` all train,
+``manifest.json``), so the evaluation and augmentation studies read synthetic and real data the same way,
+plus ``png/CLASS/NNNNNN.png`` files. Several per-class runs (``train --classes PNEUMONIA``) combine into one
+labelled set. Output is deterministic for a seed: all latents are drawn up front and generators run in
+eval mode, so an image does not depend on the batch it was generated in.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .data.dataset import DatasetWriter, PreparedDataset, base_manifest
+from .errors import CxrganError
+from .models.base import Family
+from .train import checkpoint as ckpt
+from .train.config import TrainConfig
+from .train.loop import build_family
+from .train.rundir import read_run
+from .train.runtime import pick_device
+from .utils.images import save_png, to_uint8
+from .utils.io import atomic_directory
+
+log = logging.getLogger("cxrgan.sample")
+
+
+@dataclass
+class LoadedRun:
+    """A trained generator ready to sample: family, the weights to use (EMA when present), its classes."""
+
+    path: Path
+    cfg: TrainConfig
+    info: dict
+    family: Family
+    checkpoint: Path
+    step: int
+
+    @property
+    def trained_classes(self) -> list[str]:
+        return list(self.cfg.data.classes) or list(self.info["class_names"])
+
+
+def load_run(run: str | Path, which: str | int = "best", device: torch.device | str = "cpu") -> LoadedRun:
+    """Load a run's generator (and encoder) from checkpoint ``which`` (``best``, ``last`` or a step)."""
+    run = Path(run)
+    cfg, info = read_run(run)
+    family = build_family(cfg, int(info["image_size"]), len(info["class_names"]))
+    path = ckpt.resolve(run, which)
+    tensors, _, meta = ckpt.load_checkpoint(path, cfg.model.family, with_state=False)
+    names = [n for n in ("G", "D", "E") if hasattr(family, n)]
+    modules = {n: getattr(family, n) for n in names}
+    ckpt.load_modules(modules, tensors)
+    ema_names = [n for n in family.ema_modules if any(k.startswith(f"ema.{n}.") for k in tensors)]
+    if ema_names:  # sample from the weight average when the run kept one
+        ckpt.load_modules({n: modules[n] for n in ema_names}, tensors, prefix="ema.")
+    family.to(device).eval()
+    return LoadedRun(run, cfg, info, family, path, int(meta["step"]))
+
+
+def truncated_normal(n: int, dim: int, psi: float | None, generator: torch.Generator) -> torch.Tensor:
+    """``(n, dim)`` N(0, 1) latents; with ``psi``, values outside [-psi, psi] are redrawn (truncation trick)."""
+    z = torch.randn(n, dim, generator=generator)
+    if psi is not None:
+        if psi <= 0:
+            raise CxrganError(f"--truncation must be positive, got {psi}")
+        bad = z.abs() > psi
+        while bad.any():
+            z[bad] = torch.randn(int(bad.sum()), generator=generator)
+            bad = z.abs() > psi
+    return z
+
+
+@torch.no_grad()
+def generate(loaded: LoadedRun, z: torch.Tensor, y: torch.Tensor, batch: int = 256) -> np.ndarray:
+    """uint8 images ``(N, S, S)`` for latents ``z`` and class indices ``y`` (indices of the run's dataset)."""
+    dev = next(loaded.family.parameters()).device
+    out = []
+    for i in range(0, len(z), batch):
+        x = loaded.family.generate(z[i : i + batch].to(dev), y[i : i + batch].to(dev))
+        out.append(to_uint8(x.float().cpu().numpy()[:, 0]))
+    return np.concatenate(out) if out else np.zeros((0, loaded.info["image_size"],) * 2, np.uint8)
+
+
+def _plan(loaded: LoadedRun, n: int, classes: Sequence[str] | None) -> list[str]:
+    """The class of each of the ``n`` images this run contributes."""
+    trained = loaded.trained_classes
+    if classes:
+        lower = {c.lower(): c for c in trained}
+        missing = [c for c in classes if c.lower() not in lower]
+        if missing:
+            raise CxrganError(f"run {loaded.path} cannot generate class {missing[0]!r}; it was trained on: {', '.join(trained)}")
+        wanted = [lower[c.lower()] for c in classes]
+    else:
+        wanted = trained
+    if not loaded.family.conditional and len(wanted) > 1:
+        if classes:
+            raise CxrganError(f"run {loaded.path} is unconditional and trained on {', '.join(trained)} together; "
+                              "it cannot generate one class: train per-class runs with --classes, or a cgan")
+        return ["UNLABELLED"] * n
+    return [wanted[i % len(wanted)] for i in range(n)]
+
+
+def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: Sequence[str] | None = None,
+           truncation: float | None = None, seed: int = 0, checkpoint: str | int = "best", device: str = "auto",
+           overwrite: bool = False, png: bool = True) -> PreparedDataset:
+    """Generate ``n`` images per run (balanced over ``classes`` or the run's classes) into ``out``.
+
+    Runs that do not carry ``classes`` are skipped when several runs are combined; a single run must carry
+    them. Returns the synthetic set opened as a :class:`PreparedDataset`.
+    """
+    if n < 1:
+        raise CxrganError(f"--n must be at least 1, got {n}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise CxrganError(f"output {out} already exists; choose another --out or pass --overwrite")
+    dev = pick_device(device)
+    loaded = [load_run(r, checkpoint, dev) for r in runs]
+    sizes = {int(lr.info["image_size"]) for lr in loaded}
+    if len(sizes) > 1:
+        raise CxrganError(f"runs have different image sizes ({sorted(sizes)}); combine runs of one size")
+    size = sizes.pop()
+    plans = []
+    for lr in loaded:
+        wanted = classes
+        if classes and len(loaded) > 1:  # combining per-class runs: each contributes the classes it knows
+            wanted = [c for c in classes if c.lower() in {t.lower() for t in lr.trained_classes}]
+            if not wanted:
+                continue
+        plans.append((lr, _plan(lr, n, wanted)))
+    if not plans:
+        raise CxrganError(f"none of the runs was trained on {', '.join(classes or [])}")
+    class_names = sorted({c for _, plan in plans for c in plan}, key=lambda c: (c == "UNLABELLED", c))
+    if classes:
+        class_names = [c for c in class_names if c != "UNLABELLED"]
+    total = sum(len(p) for _, p in plans)
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        writer = DatasetWriter(tmp, total, size, with_masks=False)
+        labels, items, runs_meta = [], [], []
+        for k, (lr, plan) in enumerate(plans):
+            gen = torch.Generator().manual_seed(seed * 7919 + k)
+            z = truncated_normal(len(plan), lr.cfg.model.z_dim, truncation, gen)
+            names = lr.info["class_names"]
+            y = torch.tensor([names.index(c) if c in names else 0 for c in plan], dtype=torch.long)
+            imgs = generate(lr, z, y)
+            for i, (img, c) in enumerate(zip(imgs, plan)):
+                writer.append(img)
+                labels.append(class_names.index(c))
+                items.append({"origin": f"{lr.path.name}/{lr.checkpoint.name}/{i}", "sha256": ""})
+                if png:
+                    save_png(img, tmp / "png" / c / f"{len(labels) - 1:06d}.png")
+            runs_meta.append({"run": str(lr.path.resolve()), "family": lr.cfg.model.family, "checkpoint": lr.checkpoint.name,
+                              "step": lr.step, "count": len(plan), "data_manifest_sha256": lr.info.get("data_manifest_sha256")})
+        lab = np.asarray(labels, np.int64)
+        splits = np.zeros(len(lab), np.uint8)
+        for meta, c in zip(items, lab):
+            meta["label"], meta["split"] = int(c), 0
+        manifest = base_manifest(
+            source={"kind": "synthetic", "path": ",".join(str(r) for r in runs), "runs": runs_meta, "seed": seed,
+                    "truncation": truncation, "checkpoint": str(checkpoint)},
+            preprocess={"size": size}, class_names=class_names, multilabel=False, size=size, labels=lab, splits=splits,
+            items=items, skipped=[], split_info={"from_source": True, "by_patient": False}, has_masks=False)
+        writer.finalize(lab, splits, manifest)
+    return PreparedDataset.open(out)

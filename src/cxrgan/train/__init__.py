@@ -1,0 +1,1 @@
+"""The one training loop, its configuration, checkpoints, EMA and augmentation."""

@@ -1,0 +1,222 @@
+"""Training configuration as data: a dataclass tree, loadable from YAML, overridable from the command line,
+and saved with every run (``RUN/config.yaml``) so any run can be reproduced exactly."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import CxrganError
+
+
+@dataclass
+class ModelConfig:
+    """Which family and how wide. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
+    ``embed_dim`` for ``cgan``."""
+
+    family: str = "dcgan"
+    z_dim: int = 100
+    g_channels: int = 64
+    d_channels: int = 64
+    hidden: int = 256
+    spectral_norm: bool = False
+    cond_d: str = "projection"
+    embed_dim: int = 32
+
+
+@dataclass
+class LossConfig:
+    """Adversarial loss ``bce`` (non-saturating), ``hinge`` or ``wgan-gp``; gradient-penalty weight; R1 gamma."""
+
+    kind: str = "bce"
+    gp_weight: float = 10.0
+    r1_gamma: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Adam for each phase (Radford et al.'s defaults); ``d_steps`` D updates per G update."""
+
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    d_steps: int = 1
+
+
+@dataclass
+class AugmentConfig:
+    """Differentiable augmentation for small data, applied to real and fake alike.
+
+    policy: comma-separated subset of ``translation``, ``cutout``, ``color`` (brightness/contrast); empty = off.
+    """
+
+    policy: str = ""
+    translation: float = 0.125
+    cutout: float = 0.5
+
+
+@dataclass
+class DataConfig:
+    """The prepared dataset and which part of it to train on (``classes`` empty = all)."""
+
+    path: str = ""
+    classes: list[str] = field(default_factory=list)
+    split: str = "train"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. ``steps`` counts G updates; ``epochs`` > 0 overrides it.
+
+    precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32`` or ``bf16``.
+    ema_decay: 0 disables the generator EMA. ckpt_every: steps between checkpoints and quality evaluations.
+    grid_every: steps between sample grids (0 = once per epoch). collapse_ratio: warn of mode collapse when
+    sample diversity falls below this fraction of real-image diversity, from step ``collapse_warmup`` on (an
+    untrained generator has little diversity too).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch_size: int = 64
+    steps: int = 2000
+    epochs: int = 0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = True
+    ema_decay: float = 0.999
+    log_every: int = 25
+    ckpt_every: int = 500
+    grid_every: int = 0
+    keep_checkpoints: int = 2
+    eval_samples: int = 1024
+    collapse_ratio: float = 0.5
+    collapse_warmup: int = 500
+
+    def validate(self) -> "TrainConfig":
+        from ..models.losses import LOSS_KINDS
+        from ..models.registry import get_family
+
+        get_family(self.model.family)
+        checks = [
+            (self.loss.kind in LOSS_KINDS, f"loss.kind must be one of {', '.join(LOSS_KINDS)}, got {self.loss.kind!r}"),
+            (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
+            (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
+            (self.steps >= 1 or self.epochs >= 1, "give a positive steps or epochs budget"),
+            (self.optim.d_steps >= 1, "optim.d_steps must be at least 1"),
+            (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be at least 1"),
+            (self.eval_samples >= 16, "eval_samples must be at least 16"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise CxrganError(msg)
+        unknown = set(filter(None, (p.strip() for p in self.augment.policy.split(",")))) - {"translation", "cutout", "color"}
+        if unknown:
+            raise CxrganError(f"augment.policy: unknown {', '.join(sorted(unknown))}; use translation, cutout, color")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """Short hash of the config (identifies what a checkpoint was trained with)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _from_dict(cls: type, data: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise CxrganError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise CxrganError(f"unknown config key {where + '.' if where else ''}{sorted(unknown)[0]}; known: {', '.join(sorted(known))}")
+    kwargs = {}
+    for name, value in data.items():
+        t = hints[name]
+        key = f"{where}.{name}" if where else name
+        if dataclasses.is_dataclass(t):
+            kwargs[name] = _from_dict(t, value or {}, key)
+        else:
+            kwargs[name] = _coerce(value, t, key)
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, t: Any, key: str) -> Any:
+    origin = typing.get_origin(t)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise CxrganError(f"{key} must be a list, got {value!r}")
+        return [str(v) for v in value]
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise CxrganError(f"{key} must be true or false, got {value!r}")
+    if t in (int, float):
+        if isinstance(value, bool):
+            raise CxrganError(f"{key} must be a number, got {value!r}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise CxrganError(f"{key} must be a number, got {value!r}") from None
+        if t is int:
+            if number != int(number):
+                raise CxrganError(f"{key} must be a whole number, got {value!r}")
+            return int(number)
+        return number
+    return str(value)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Build a :class:`TrainConfig` from nested dicts (unknown keys are errors)."""
+    return _from_dict(TrainConfig, data, "")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path:
+        p = Path(path)
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise CxrganError(f"config file {p} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise CxrganError(f"config file {p} is not valid YAML ({exc})") from None
+    merged = config_from_dict(data).to_dict()
+    for item in overrides or []:
+        if "=" not in item:
+            raise CxrganError(f"override {item!r}: expected key=value, e.g. loss.kind=hinge")
+        key, raw = item.split("=", 1)
+        node = merged
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise CxrganError(f"override {item!r}: unknown config section {part!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise CxrganError(f"override {item!r}: unknown config key {key!r}")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return config_from_dict(merged)
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    from ..utils.io import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,329 @@
+"""The one training loop. Every family plugs in through its phases (see ``models/base.py``); the loop owns
+optimizers, device and precision, EMA, augmentation, logging, quality checks, checkpoints and resume.
+
+Resume is exact on the CPU: weights, optimizer moments, EMA, every RNG, the sampler's position and all
+counters are restored, so N steps then M more gives the same weights as N + M steps straight. Ctrl-C or
+SIGTERM finishes the current step and writes a checkpoint first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..data.dataset import PreparedDataset
+from ..errors import CxrganError
+from ..models.base import Family
+from ..models.registry import get_family
+from ..utils.images import labelled_rows, save_png, to_uint8
+from ..utils.io import write_json_atomic
+from . import checkpoint as ckpt
+from .augment import DiffAugment
+from .config import TrainConfig, save_config
+from .data import EpochSampler, TrainData
+from .ema import EMA
+from .metrics import MetricsLog, read_metrics
+from .quality import QualityMonitor
+from .rundir import code_version, read_run
+from .runtime import autocast, autocast_dtype, pick_device, rng_state, seed_everything, set_rng_state
+
+log = logging.getLogger("cxrgan.train")
+
+
+@dataclass
+class RunResult:
+    """What ``train`` returns: where the run is, how far it got, and its best checkpoint."""
+
+    run: Path
+    step: int
+    interrupted: bool = False
+    best_step: int | None = None
+    best_fd: float | None = None
+    collapse_step: int | None = None
+    last_eval: dict[str, float] = field(default_factory=dict)
+
+
+def build_family(cfg: TrainConfig, image_size: int, num_classes: int) -> Family:
+    """Instantiate the configured family for ``image_size`` and ``num_classes``."""
+    m = cfg.model
+    cls = get_family(m.family)
+    kwargs = dict(z_dim=m.z_dim, image_size=image_size, num_classes=num_classes, loss=cfg.loss.kind,
+                  gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma, spectral_norm=m.spectral_norm)
+    if m.family == "gan":
+        kwargs["hidden"] = m.hidden
+    else:
+        kwargs.update(g_channels=m.g_channels, d_channels=m.d_channels)
+    if m.family == "cgan":
+        kwargs.update(cond_d=m.cond_d, embed_dim=m.embed_dim)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise CxrganError(f"model {m.family}: {exc}") from None
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a request to stop after the current step (a second Ctrl-C aborts)."""
+
+    def __init__(self) -> None:
+        self.requested: str | None = None
+        self._old: dict[int, object] = {}
+
+    def __enter__(self) -> "_StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+          on_step: Callable[[int, dict], None] | None = None) -> RunResult:
+    """Train ``cfg`` into the run directory ``out`` (or continue it with ``resume=True``).
+
+    ``on_step(step, stats)`` is called after every step (for notebooks and tests). Raises
+    :class:`CxrganError` for user errors, including a NaN/infinite loss (the last good checkpoint stays).
+    """
+    cfg.validate()
+    run = Path(out)
+    if resume:
+        _, info = read_run(run)
+        if not ckpt.list_checkpoints(run):
+            raise CxrganError(f"run {run} has no checkpoint to resume from; start it again without --resume")
+    elif run.exists() and any(run.iterdir()):
+        raise CxrganError(f"run directory {run} already exists and is not empty; choose another --out or pass --resume")
+    if not cfg.data.path:
+        raise CxrganError("no dataset: pass --data DATASET (a directory written by `cxrgan prepare`)")
+    ds = PreparedDataset.open(cfg.data.path)
+    if resume and info.get("data_manifest_sha256") != ds.manifest_hash:
+        raise CxrganError(f"dataset {cfg.data.path} differs from the one run {run} was trained on (manifest hash changed); "
+                          "resume with the original data or start a new run")
+    data = TrainData(ds, cfg.data.split, cfg.data.classes)
+    device = pick_device(cfg.device)
+    amp = autocast_dtype(cfg.precision, device)
+    seed_everything(cfg.seed)
+    family = build_family(cfg, ds.size, data.num_classes)
+    if family.conditional and ds.multilabel:
+        raise CxrganError(f"{cfg.model.family} needs single-label data; {ds.root} is multi-label (prepare it without --multilabel)")
+    family.to(device)
+    channels_last = cfg.channels_last and device.type != "mps"
+    if channels_last:
+        family.to(memory_format=torch.channels_last)
+    modules = {n: getattr(family, n) for n in ("G", "D", "E") if hasattr(family, n)}
+    optims = {
+        phase: torch.optim.Adam([p for n in names for p in modules[n].parameters()],
+                                lr=cfg.optim.lr_d if phase == "D" else cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
+        for phase, names in family.phases.items()
+    }
+    ema = EMA({n: modules[n] for n in family.ema_modules}, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    augment = DiffAugment(cfg.augment.policy, cfg.augment.translation, cfg.augment.cutout)
+    sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
+    total = cfg.epochs * max(1, sampler.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
+    grid_every = cfg.grid_every or max(1, sampler.steps_per_epoch)
+    monitor = QualityMonitor(data, cfg.eval_samples, cfg.model.z_dim, cfg.seed, device)
+    grid_z, grid_y, grid_labels = _grid_latents(family, data, cfg.model.z_dim, cfg.seed)
+
+    step, images_seen, best = 0, 0, {"step": None, "fd": math.inf}
+    if resume:
+        path = ckpt.resolve(run, "last")
+        tensors, state, _ = ckpt.load_checkpoint(path, cfg.model.family)
+        ckpt.load_modules(modules, tensors)
+        if ema is not None:
+            ckpt.load_modules(ema.shadow, tensors, prefix="ema.")
+        for phase, opt in optims.items():
+            opt.load_state_dict(state["optim"][phase])
+        sampler.load_state_dict(state["sampler"])
+        step, images_seen, best = int(state["step"]), int(state["images_seen"]), dict(state["best"])
+        set_rng_state(state["rng"])
+        log.info("resumed %s from step %d", run, step)
+        if step >= total:
+            log.info("run %s already reached %d steps; raise --steps to continue", run, step)
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run / "run.json", {
+            "family": cfg.model.family, "image_size": ds.size, "class_names": ds.class_names,
+            "classes": cfg.data.classes, "conditional": family.conditional, "data_path": str(Path(cfg.data.path).resolve()),
+            "data_manifest_sha256": ds.manifest_hash, "code": code_version(), "device": str(device),
+            "precision": "bf16" if amp is not None else "fp32", "train_images": len(data),
+        })
+    save_config(cfg, run / "config.yaml")
+    metrics = MetricsLog(run, resume_step=step if resume else None)
+
+    def sample_fn(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        G = ema.shadow["G"] if ema is not None else modules["G"]
+        was = G.training
+        G.eval()
+        try:
+            with autocast(device, amp):
+                return family.generate(z, y, G=G).float()
+        finally:
+            G.train(was)
+
+    def save(at_step: int) -> None:
+        tensors = ckpt.module_tensors(modules)
+        if ema is not None:
+            tensors.update(ckpt.module_tensors(ema.shadow, prefix="ema."))
+        state = {"step": at_step, "images_seen": images_seen, "sampler": sampler.state_dict(), "best": best,
+                 "optim": {p: o.state_dict() for p, o in optims.items()}, "rng": rng_state()}
+        ckpt.save_checkpoint(run, at_step, tensors, state, {"family": cfg.model.family, "config_digest": cfg.digest(),
+                                                           "images_seen": images_seen, "fd": last_eval.get("fd")})
+
+    bar = _bar(total, step, progress)
+    result = RunResult(run=run, step=step)
+    last_eval: dict[str, float] = {}
+    saved_step = step
+
+    def evaluate_and_save(row: dict) -> dict:
+        """Quality figures, collapse check, checkpoint, best pointer, pruning; returns the metrics row."""
+        nonlocal last_eval, best, saved_step
+        last_eval = monitor.evaluate(sample_fn)
+        ratio = last_eval["diversity"] / max(last_eval["diversity_real"], 1e-12)
+        collapsed = ratio < cfg.collapse_ratio and step >= cfg.collapse_warmup
+        if collapsed and result.collapse_step is None:
+            result.collapse_step = step
+            log.warning("possible mode collapse at step %d: sample diversity is %.2f of real-image diversity "
+                        "(threshold %.2f); see %s", step, ratio, cfg.collapse_ratio, run / "samples")
+        if last_eval["fd"] < best["fd"]:
+            best = {"step": step, "fd": last_eval["fd"]}
+        save(step)
+        saved_step = step
+        if best["step"] == step:
+            ckpt.mark_best(run, step, last_eval["fd"])
+        ckpt.prune(run, cfg.keep_checkpoints)
+        bar.set_postfix_str(f"FD {last_eval['fd']:.3g} div {ratio:.2f}" + (" COLLAPSE?" if collapsed else ""))
+        row = row or {"step": step, "epoch": sampler.epoch, "kimg": round(images_seen / 1000, 3)}
+        return {**row, **last_eval, "collapse": int(collapsed)}
+    window: dict[str, list[float]] = {}
+    t_window, n_window = time.perf_counter(), 0
+    try:
+        with _StopFlag() as stop:
+            while step < total:
+                stats: dict[str, float] = {}
+                log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total
+                for phase, names in family.phases.items():
+                    for _ in range(cfg.optim.d_steps if phase == "D" else 1):
+                        batch = data.batch(sampler.next(), device, channels_last)
+                        family.zero_grad(set_to_none=True)
+                        with autocast(device, amp):
+                            loss, phase_stats = family.phase_loss(phase, batch, augment)
+                        if not torch.isfinite(loss):
+                            raise CxrganError(
+                                f"{phase} loss became {loss.item()} at step {step + 1}; training stopped. The last good "
+                                f"checkpoint is kept in {run / 'checkpoints'}. Lower the learning rate (optim.lr_g/lr_d), "
+                                "try loss.kind=hinge or model.spectral_norm=true, or use precision=fp32")
+                        loss.backward()
+                        if log_now:
+                            params = [p for n in names for p in modules[n].parameters() if p.grad is not None]
+                            stats[f"{phase.lower()}_grad_norm"] = float(torch.linalg.vector_norm(
+                                torch.stack([p.grad.detach().float().norm() for p in params])))
+                        optims[phase].step()
+                        for k, v in phase_stats.items():
+                            stats[k] = float(v)
+                if ema is not None:
+                    ema.update({n: modules[n] for n in family.ema_modules}, step)
+                step += 1
+                images_seen += len(batch.y)
+                n_window += len(batch.y)
+                for k, v in stats.items():
+                    window.setdefault(k, []).append(v)
+                bar.update(1)
+
+                row: dict[str, float | int | str | None] = {}
+                if log_now:
+                    dt = time.perf_counter() - t_window
+                    row = {k: float(np.mean(v)) for k, v in window.items() if not k.endswith("grad_norm")}
+                    row.update({k: stats[k] for k in stats if k.endswith("grad_norm")})
+                    row.update(step=step, epoch=sampler.epoch, kimg=round(images_seen / 1000, 3), img_per_s=n_window / max(dt, 1e-9))
+                    window, t_window, n_window = {}, time.perf_counter(), 0
+                if step % grid_every == 0 or step == total:
+                    _write_grid(run / "samples" / f"step-{step:08d}.png", sample_fn, grid_z, grid_y, grid_labels, device)
+                if step % cfg.ckpt_every == 0 or step == total:
+                    row = evaluate_and_save(row)
+                if row:
+                    metrics.write(row)
+                    if "g_loss" in row:
+                        bar.set_description(f"G {row['g_loss']:.3f} D {row['d_loss']:.3f} {row['img_per_s']:.0f} img/s")
+                        if not progress:
+                            log.info("step %d/%d  G %.4f  D %.4f  acc real %.2f fake %.2f  %.0f img/s%s", step, total,
+                                     row["g_loss"], row["d_loss"], row["d_acc_real"], row["d_acc_fake"], row["img_per_s"],
+                                     f"  FD {row['fd']:.4g}" if "fd" in row else "")
+                if on_step is not None:
+                    on_step(step, stats)
+                if stop.requested:
+                    if saved_step != step:
+                        metrics.write(evaluate_and_save({}))
+                    result.interrupted = True
+                    log.warning("%s received: checkpoint written at step %d; continue with `cxrgan train --resume --out %s`",
+                                stop.requested, step, run)
+                    break
+    finally:
+        bar.close()
+        metrics.close()
+        _plot(run)
+    result.step, result.best_step = step, best["step"]
+    result.best_fd = None if best["step"] is None else float(best["fd"])
+    result.last_eval = last_eval
+    return result
+
+
+def _grid_latents(family: Family, data: TrainData, z_dim: int, seed: int, per_row: int = 8):
+    """Fixed latents for the sample grids: a row per class present (conditional) or four rows."""
+    g = torch.Generator().manual_seed(seed * 1000 + 5)
+    if family.conditional:
+        present = sorted(set(data.labels.tolist()))
+        y = torch.tensor([c for c in present for _ in range(per_row)])
+        labels = [data.dataset.class_names[c] for c in present]
+    else:
+        y = torch.zeros(4 * per_row, dtype=torch.long)
+        labels = [""] * 4
+    return torch.randn(len(y), z_dim, generator=g), y, labels
+
+
+def _write_grid(path: Path, sample_fn, z, y, labels, device) -> None:
+    with torch.no_grad():
+        imgs = to_uint8(sample_fn(z.to(device), y.to(device)).cpu().numpy()[:, 0])
+    per_row = len(z) // len(labels)
+    rows = [imgs[i * per_row : (i + 1) * per_row] for i in range(len(labels))]
+    save_png(labelled_rows(rows, labels, scale=max(1, 64 // imgs.shape[-1])), path)
+
+
+def _plot(run: Path) -> None:
+    from ..report.plots import plot_runs
+
+    try:
+        rows = read_metrics(run / "metrics.csv")
+    except OSError:
+        return
+    if rows:
+        plot_runs({run.name: rows}, run / "plots")
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_description(self, s: str) -> None: ...
+    def set_postfix_str(self, s: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def _bar(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None)

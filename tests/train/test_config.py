@@ -1,0 +1,50 @@
+import pytest
+
+from cxrgan.errors import CxrganError
+from cxrgan.train.config import TrainConfig, load_config, save_config
+
+
+def test_yaml_then_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  family: cgan\nloss:\n  kind: hinge\nbatch_size: 32\n")
+    cfg = load_config(f, ["loss.r1_gamma=0.5", "data.classes=NORMAL,COVID", "model.spectral_norm=true"])
+    assert cfg.model.family == "cgan" and cfg.loss.kind == "hinge" and cfg.batch_size == 32
+    assert cfg.loss.r1_gamma == 0.5 and cfg.data.classes == ["NORMAL", "COVID"] and cfg.model.spectral_norm is True
+
+
+def test_saved_config_reloads_identically(tmp_path):
+    cfg = load_config(None, ["steps=123", "augment.policy=translation", "data.classes=[A, B]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    again = load_config(tmp_path / "config.yaml")
+    assert again == cfg and again.digest() == cfg.digest()
+
+
+@pytest.mark.parametrize("override, match", [
+    ("loss.kindd=hinge", "unknown config key"),
+    ("nosection.x=1", "unknown config section|unknown config key"),
+    ("batch_size=abc", "must be a number"),
+    ("steps=1.5", "whole number"),
+    ("model.spectral_norm=maybe", "true or false"),
+    ("noequals", "expected key=value"),
+])
+def test_bad_overrides(override, match):
+    with pytest.raises(CxrganError, match=match):
+        load_config(None, [override])
+
+
+def test_validation_messages():
+    with pytest.raises(CxrganError, match="loss.kind"):
+        load_config(None, ["loss.kind=lsgan"]).validate()
+    with pytest.raises(CxrganError, match="augment.policy"):
+        load_config(None, ["augment.policy=rotate"]).validate()
+    with pytest.raises(CxrganError, match="unknown model"):
+        load_config(None, ["model.family=vae"]).validate()
+    assert isinstance(TrainConfig().validate(), TrainConfig)
+
+
+def test_missing_and_invalid_yaml(tmp_path):
+    with pytest.raises(CxrganError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed")
+    with pytest.raises(CxrganError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")

@@ -1,0 +1,99 @@
+"""Each family trains a few steps with finite losses and the right shapes."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cxrgan.errors import CxrganError
+from cxrgan.models import family_names, get_family
+from cxrgan.train.loop import build_family, train
+from cxrgan.train.metrics import read_metrics
+
+from .helpers import tiny_config
+
+
+def test_registry_lists_the_four_families():
+    assert family_names() == ["bigan", "cgan", "dcgan", "gan"]
+    with pytest.raises(CxrganError, match="unknown model 'stylegan'"):
+        get_family("stylegan")
+
+
+@pytest.mark.parametrize("family", ["gan", "dcgan", "cgan", "bigan"])
+def test_family_trains_with_finite_losses(phantom32, tmp_path, family):
+    res = train(tiny_config(phantom32, family), tmp_path / "run", progress=False)
+    assert res.step == 6 and not res.interrupted
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    logged = [r for r in rows if r["g_loss"]]
+    assert len(logged) == 3
+    for r in logged:
+        for k in ("g_loss", "d_loss", "d_acc_real", "d_acc_fake", "g_grad_norm", "d_grad_norm", "img_per_s"):
+            assert math.isfinite(float(r[k])), (k, r)
+        assert 0 <= float(r["d_acc_real"]) <= 1
+    assert any(r["fd"] for r in rows)
+    for f in ("config.yaml", "run.json", "plots/losses.png", "plots/d_accuracy.png", "samples/step-00000006.png",
+              "checkpoints/last.json", "checkpoints/best.json"):
+        assert (tmp_path / "run" / f).is_file(), f
+
+
+@pytest.mark.parametrize("size", [32, 64, 128])
+def test_dcgan_depth_follows_size(size):
+    cfg = tiny_config("unused")
+    fam = build_family(cfg, size, 3)
+    z = fam.sample_z(2)
+    x = fam.generate(z)
+    assert x.shape == (2, 1, size, size) and x.min() >= -1 and x.max() <= 1
+    assert fam.D(x).shape == (2,)
+
+
+def test_cgan_conditions_on_class_and_bigan_encodes():
+    cfg = tiny_config("unused", "cgan")
+    cg = build_family(cfg, 32, 3).eval()
+    z = cg.sample_z(4)
+    a = cg.generate(z, torch.tensor([0, 0, 0, 0]))
+    b = cg.generate(z, torch.tensor([2, 2, 2, 2]))
+    assert a.shape == (4, 1, 32, 32) and not torch.allclose(a, b)
+    with pytest.raises(ValueError):
+        cg.generate(z)
+    bi = build_family(tiny_config("unused", "bigan"), 32, 3).eval()
+    x = bi.generate(bi.sample_z(5))
+    assert bi.encode(x).shape == (5, 16)
+
+
+@pytest.mark.parametrize("extra", [
+    ["loss.kind=hinge", "model.spectral_norm=true"],
+    ["loss.kind=wgan-gp", "optim.d_steps=2"],
+    ["loss.r1_gamma=1.0", "augment.policy=translation,cutout,color"],
+    ["ema_decay=0"],
+])
+def test_training_options(phantom32, tmp_path, extra):
+    res = train(tiny_config(phantom32, "dcgan", *extra), tmp_path / "run", progress=False)
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["d_loss"]]
+    assert res.step == 6 and all(math.isfinite(float(r["d_loss"])) for r in rows)
+
+
+def test_per_class_training_uses_only_that_class(phantom32, tmp_path):
+    res = train(tiny_config(phantom32, "dcgan", "data.classes=[PNEUMONIA]"), tmp_path / "run", progress=False)
+    import json
+
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    from cxrgan.data import PreparedDataset
+
+    ds = PreparedDataset.open(phantom32)
+    assert info["train_images"] == len(ds.indices("train", ["PNEUMONIA"])) and res.step == 6
+
+
+def test_user_errors(phantom32, tmp_path):
+    with pytest.raises(CxrganError, match="unknown class 'CANCER'"):
+        train(tiny_config(phantom32, "dcgan", "data.classes=[CANCER]"), tmp_path / "a", progress=False)
+    with pytest.raises(CxrganError, match="not a prepared dataset|does not exist"):
+        train(tiny_config(tmp_path / "nope"), tmp_path / "b", progress=False)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x").write_text("x")
+    with pytest.raises(CxrganError, match="already exists and is not empty"):
+        train(tiny_config(phantom32), tmp_path / "c", progress=False)
+    with pytest.raises(CxrganError, match="no CUDA"):
+        if torch.cuda.is_available():
+            raise CxrganError("no CUDA (skipped: a GPU is present)")
+        train(tiny_config(phantom32, "dcgan", "device=cuda"), tmp_path / "d", progress=False)
