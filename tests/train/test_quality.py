@@ -22,7 +22,7 @@ def test_dcgan_learns_phantom_radiographs(phantom32, tmp_path):
     train(cfg, tmp_path / "run", progress=False)
     ds = PreparedDataset.open(phantom32)
     feats = RandomConvFeatures()
-    real = feats.embed(to_model_range(torch.from_numpy(np.asarray(ds.images))))
+    real = feats.embed(to_model_range(torch.from_numpy(np.array(ds.images))))
     n = 400
     g = torch.Generator().manual_seed(123)
     z = torch.randn(n, cfg.model.z_dim, generator=g)

@@ -88,24 +88,44 @@ def is_dicom_file(path: Path) -> bool:
         return False
 
 
-def _pil_to_unit(im: Image.Image, intensity: str, origin: str) -> np.ndarray:
-    """Any PIL image (1/L/LA/P/RGB/RGBA/I;16/I/F) -> grayscale float32 [0, 1]."""
+def _pil_to_unit(im: Image.Image, prep: Preprocess) -> np.ndarray:
+    """Any PIL image (1/L/LA/P/RGB/RGBA/I;16/I/F) -> square grayscale float32 in [0, 1].
+
+    Large images are squared and box-reduced inside Pillow (to no less than twice the output size, as
+    ``resize(reducing_gap=2)`` would) before anything is converted to NumPy; the intensity window is taken
+    from the full-resolution image first, so the result matches normalizing at full size.
+    """
     mode = im.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(im, dtype=np.float64 if mode == "I" else np.uint16)
-        bits = 16 if mode != "I" else 32
-        if mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 255:
-            bits = 8
-        return normalize_intensity(arr, intensity, bits)
-    if mode == "F":
-        return normalize_intensity(np.asarray(im, dtype=np.float32), "minmax" if intensity == "auto" else intensity, 32)
     if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
         # Composite transparent pixels onto black (no X-ray signal), then take luminance.
         rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        im = Image.alpha_composite(bg, rgba)
-    gray = im.convert("L")
-    return normalize_intensity(np.asarray(gray), intensity, 8)
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    if im.mode not in ("L", "I", "F") and not im.mode.startswith("I;16"):
+        im = im.convert("L")
+    deep = im.mode != "L"
+    lo, hi = im.getextrema() if deep or prep.intensity != "auto" else (0, 255)
+    if im.mode == "I" and prep.intensity == "auto" and lo >= 0 and hi <= 255:
+        lo, hi = 0, 255  # 8-bit data stored in a 32-bit container
+    f = im.convert("F")
+    w, h = f.size
+    if w != h:
+        if prep.fit == "crop":
+            s = min(w, h)
+            f = f.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        else:
+            s = max(w, h)
+            canvas = Image.new("F", (s, s), float(lo))
+            canvas.paste(f, ((s - w) // 2, (s - h) // 2))
+            f = canvas
+    factor = f.size[0] // (2 * prep.size)
+    if factor >= 2:
+        f = f.reduce(factor)
+    arr = np.asarray(f, dtype=np.float32)
+    if prep.intensity == "percentile":
+        return normalize_intensity(arr, "percentile", 16)
+    if hi <= lo:
+        return np.zeros_like(arr)
+    return np.clip((arr - float(lo)) / float(hi - lo), 0.0, 1.0)
 
 
 def decode_raster(data: bytes | str, origin: str, prep: Preprocess) -> np.ndarray:
@@ -120,7 +140,7 @@ def decode_raster(data: bytes | str, origin: str, prep: Preprocess) -> np.ndarra
         raise SkipFile(f"{origin}: cannot decode image ({exc}); the file is corrupt, truncated or not an image") from None
     if getattr(im, "n_frames", 1) > 1:
         im.seek(0)
-    return _pil_to_unit(im, prep.intensity, origin)
+    return _pil_to_unit(im, prep)
 
 
 def decode_dicom(data: bytes | str, origin: str, prep: Preprocess, salt: bytes) -> tuple[np.ndarray, str | None]:

@@ -8,11 +8,13 @@ to the output only when the manifest is complete. Peak memory does not grow with
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import multiprocessing as mp
 import os
 import secrets
 import sys
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -54,21 +56,28 @@ def _batched(items: Iterator[Item], n: int) -> Iterator[list[Item]]:
         yield batch
 
 
-def _decode_stream(source: Source, prep: Preprocess, salt: bytes, workers: int) -> Iterator[Decoded]:
-    """Decoded items in source order; at most ``4 * workers`` batches in flight."""
-    if workers <= 1:
+def _pool_context() -> mp.context.BaseContext:
+    """``fork`` where it is safe (Linux, no other thread alive): fast, and works from scripts without a
+    ``__main__`` guard. Otherwise ``forkserver`` (Linux) or ``spawn``."""
+    if sys.platform.startswith("linux"):
+        return mp.get_context("fork" if threading.active_count() == 1 else "forkserver")
+    return mp.get_context("spawn")
+
+
+def _decode_stream(source: Source, prep: Preprocess, salt: bytes, pool, workers: int) -> Iterator[Decoded]:
+    """Decoded items in source order; with a pool, at most ``4 * workers`` batches in flight."""
+    if pool is None:
         for item in source.items():
             yield process(item, prep, salt)
         return
-    ctx = mp.get_context("forkserver" if sys.platform.startswith("linux") else "spawn")
-    with ctx.Pool(workers) as pool:
-        pending: collections.deque = collections.deque()
-        for batch in _batched(source.items(), _BATCH):
-            pending.append(pool.apply_async(_work, (batch, prep, salt)))
-            if len(pending) >= 4 * workers:
-                yield from pending.popleft().get()
-        while pending:
+    limit = 4 * workers
+    pending: collections.deque = collections.deque()
+    for batch in _batched(source.items(), _BATCH):
+        pending.append(pool.apply_async(_work, (batch, prep, salt)))
+        if len(pending) >= limit:
             yield from pending.popleft().get()
+    while pending:
+        yield from pending.popleft().get()
 
 
 def default_workers(n_items: int) -> int:
@@ -114,7 +123,8 @@ def prepare(
         raise CxrganError(f"{s['origin']}: {s['reason']} (--strict stops at the first unusable file)")
     n_workers = workers if workers is not None else default_workers(len(src.records))
 
-    with atomic_directory(out, overwrite=overwrite) as tmp:
+    pool = _pool_context().Pool(n_workers) if n_workers > 1 else None  # before any progress-bar thread
+    with pool or contextlib.nullcontext(), atomic_directory(out, overwrite=overwrite) as tmp:
         writer = DatasetWriter(tmp, len(src.records), prep.size, src.has_masks)
         kept: list[int] = []
         items_meta: list[dict] = []
@@ -122,7 +132,7 @@ def prepare(
         skipped = list(src.skipped)
         bar = _progress(len(src.records), f"prepare {Path(source).name}", progress)
         try:
-            for i, dec in enumerate(_decode_stream(src, prep, salt, n_workers)):
+            for i, dec in enumerate(_decode_stream(src, prep, salt, pool, n_workers)):
                 bar.update(1)
                 if dec.error is not None:
                     if strict:
