@@ -78,7 +78,7 @@ class TrainConfig:
 
     precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32`` or ``bf16``.
     ema_decay: 0 disables the generator EMA. ckpt_every: steps between checkpoints and quality evaluations.
-    grid_every: steps between sample grids (0 = once per epoch). collapse_ratio: warn of mode collapse when
+    grid_every: steps between sample grids (0 = once per epoch, at most about 100 per run). collapse_ratio: warn of mode collapse when
     sample diversity falls below this fraction of real-image diversity, from step ``collapse_warmup`` on (an
     untrained generator has little diversity too).
     """

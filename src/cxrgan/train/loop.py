@@ -135,7 +135,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     augment = DiffAugment(cfg.augment.policy, cfg.augment.translation, cfg.augment.cutout)
     sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
     total = cfg.epochs * max(1, sampler.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
-    grid_every = cfg.grid_every or max(1, sampler.steps_per_epoch)
+    # A grid per epoch, but at most about 100 per run (small datasets have very short epochs).
+    grid_every = cfg.grid_every or max(1, sampler.steps_per_epoch, math.ceil(total / 100))
     monitor = QualityMonitor(data, cfg.eval_samples, cfg.model.z_dim, cfg.seed, device)
     grid_z, grid_y, grid_labels = _grid_latents(family, data, cfg.model.z_dim, cfg.seed)
 
