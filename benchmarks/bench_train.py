@@ -14,7 +14,6 @@ fraction of the GPU's measured bf16 matrix throughput that training reaches.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import tempfile
 import time

@@ -109,13 +109,8 @@ def test_user_errors_are_one_clear_message(tmp_path, case, match):
         src = tmp_path / "fake.npz"
         src.write_bytes(b"nope")
     with pytest.raises(CxrganError, match=match) as info:
-        prepare(str(src), out, Preprocess(size=size) if size in (32, 64) else size_error(size), opts,
-                progress=False, workers=1)
+        prepare(str(src), out, Preprocess(size=size), opts, progress=False, workers=1)
     assert "\n" not in str(info.value)
-
-
-def size_error(size):
-    return Preprocess(size=size)
 
 
 def test_cli_prints_one_line_without_traceback(tmp_path, capsys):

@@ -3,9 +3,8 @@
 import json
 
 import numpy as np
-import pytest
 
-from cxrgan.data import Preprocess, PreparedDataset, SourceOptions, prepare
+from cxrgan.data import Preprocess, SourceOptions, prepare
 
 from .fixtures import write_dicom, write_parquet, write_raster
 

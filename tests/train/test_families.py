@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
@@ -93,7 +92,6 @@ def test_user_errors(phantom32, tmp_path):
     (tmp_path / "c" / "x").write_text("x")
     with pytest.raises(CxrganError, match="already exists and is not empty"):
         train(tiny_config(phantom32), tmp_path / "c", progress=False)
-    with pytest.raises(CxrganError, match="no CUDA"):
-        if torch.cuda.is_available():
-            raise CxrganError("no CUDA (skipped: a GPU is present)")
-        train(tiny_config(phantom32, "dcgan", "device=cuda"), tmp_path / "d", progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(CxrganError, match="no CUDA"):
+            train(tiny_config(phantom32, "dcgan", "device=cuda"), tmp_path / "d", progress=False)

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from cxrgan.data import PreparedDataset
-from cxrgan.data.splits import SPLIT_NAMES
 from cxrgan.evaluate.features import RandomConvFeatures, frechet_distance, mean_pairwise_distance
 from cxrgan.sample import generate, load_run
 from cxrgan.train.config import load_config

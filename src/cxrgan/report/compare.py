@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -20,6 +21,8 @@ from ..train.metrics import read_metrics
 from ..utils.images import labelled_rows, save_png
 from ..utils.io import write_text_atomic
 from .plots import plot_runs
+
+log = logging.getLogger("cxrgan.compare")
 
 SUMMARY_COLUMNS = ["run", "family", "classes", "steps", "kimg", "g_loss", "d_loss", "d_acc_real", "d_acc_fake",
                    "best_fd", "best_step", "diversity_ratio", "img_per_s"]
@@ -90,6 +93,9 @@ def compare(runs: Sequence[str | Path], out: str | Path, per_row: int = 8, seed:
             row_labels.append(f"{label} ({lr.cfg.model.family}{': ' + tag if tag else ''})")
     if len(sizes) == 1:
         save_png(labelled_rows(rows, row_labels, scale=max(1, 64 // sizes.pop())), out / "samples.png")
+    else:
+        log.warning("runs have different image sizes (%s): no combined samples.png; compare runs of one size "
+                    "for a grid", ", ".join(map(str, sorted(sizes))))
     summary = [summarize(p) | {"run": label} for label, p in zip(labels, paths)]
     buf = io.StringIO()
     w = csv.DictWriter(buf, SUMMARY_COLUMNS)

@@ -27,11 +27,6 @@ def _publish_mode(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def sha256_bytes(data: bytes | memoryview) -> str:
-    """Hex SHA-256 of ``data``."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's content, read in chunks (bounded memory)."""
     h = hashlib.sha256()

@@ -117,11 +117,3 @@ def choose_classes(available: Sequence[str], wanted: Sequence[str] | None, where
     if len(set(chosen)) != len(chosen):
         raise CxrganError(f"--classes lists a class twice: {', '.join(wanted)}")
     return chosen
-
-
-def remap_single_label(
-    labels: Sequence[int], names: Sequence[str], chosen: Sequence[str]
-) -> tuple[list[int | None], list[str]]:
-    """Map label indices over ``names`` to indices over ``chosen`` (None where the class is dropped)."""
-    index = {n: i for i, n in enumerate(chosen)}
-    return [index.get(names[lab]) if 0 <= lab < len(names) else None for lab in labels], list(chosen)

@@ -28,7 +28,6 @@ KNOWN_CLASS_NAMES = {
 
 class NpzSource(Source):
     keep: list[tuple[int, int]] = []  # (split index, row in that split) per record
-    column_map: list[int] | None = None
 
     def items(self) -> Iterator[Item]:
         with np.load(self.root, allow_pickle=False) as z:
