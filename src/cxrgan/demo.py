@@ -7,7 +7,6 @@ Each stage reuses its output when it is already complete, and an interrupted tra
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from .data import Preprocess, PreparedDataset, SourceOptions, prepare
@@ -16,9 +15,8 @@ from .train import checkpoint as ckpt
 from .train.config import load_config
 from .utils.io import write_json_atomic
 
-log = logging.getLogger("cxrgan.demo")
 
-# Half-width DCGAN, batch 32: about 4 minutes for 1,200 steps on a 2-core CPU, enough for anatomy to appear.
+# Half-width DCGAN, batch 32: 1,200 steps take about 6 minutes on a 2-core CPU, enough for anatomy to appear.
 DEMO_TRAINING = ["model.family=dcgan", "model.g_channels=32", "model.d_channels=32", "batch_size=32",
                  "augment.policy=translation", "ckpt_every=300", "log_every=25", "eval_samples=512", "seed=0"]
 DEMO_STEPS = 1200

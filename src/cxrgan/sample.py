@@ -9,7 +9,6 @@ eval mode, so an image does not depend on the batch it was generated in.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,9 +26,6 @@ from .train.rundir import read_run
 from .train.runtime import pick_device
 from .utils.images import save_png, to_uint8
 from .utils.io import atomic_directory
-
-log = logging.getLogger("cxrgan.sample")
-
 
 @dataclass
 class LoadedRun:
@@ -54,8 +50,7 @@ def load_run(run: str | Path, which: str | int = "best", device: torch.device | 
     family = build_family(cfg, int(info["image_size"]), len(info["class_names"]))
     path = ckpt.resolve(run, which)
     tensors, _, meta = ckpt.load_checkpoint(path, cfg.model.family, with_state=False)
-    names = [n for n in ("G", "D", "E") if hasattr(family, n)]
-    modules = {n: getattr(family, n) for n in names}
+    modules = family.networks()
     ckpt.load_modules(modules, tensors)
     ema_names = [n for n in family.ema_modules if any(k.startswith(f"ema.{n}.") for k in tensors)]
     if ema_names:  # sample from the weight average when the run kept one

@@ -17,6 +17,7 @@ and opened by :class:`PreparedDataset` (memory-mapped by default, so a dataset l
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +60,6 @@ class NpyStream:
 
     def close(self) -> None:
         row_bytes = int(np.prod(self.item_shape))
-        import io
-
         probe = io.BytesIO()
         if self._write_header(probe, self.count) == self.header_len:
             self.fh.seek(0)

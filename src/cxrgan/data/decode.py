@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import SkipFile
 from . import phantom
-from .preprocess import Preprocess, normalize_intensity, preprocess
+from .preprocess import Preprocess, normalize_intensity, preprocess, scale_window, square_offsets
 
 RASTER_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
@@ -109,13 +109,12 @@ def _pil_to_unit(im: Image.Image, prep: Preprocess) -> np.ndarray:
     f = im.convert("F")
     w, h = f.size
     if w != h:
+        s, dy, dx = square_offsets(h, w, prep.fit)
         if prep.fit == "crop":
-            s = min(w, h)
-            f = f.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+            f = f.crop((dx, dy, dx + s, dy + s))
         else:
-            s = max(w, h)
             canvas = Image.new("F", (s, s), float(lo))
-            canvas.paste(f, ((s - w) // 2, (s - h) // 2))
+            canvas.paste(f, (dx, dy))
             f = canvas
     factor = f.size[0] // (2 * prep.size)
     if factor >= 2:
@@ -123,9 +122,7 @@ def _pil_to_unit(im: Image.Image, prep: Preprocess) -> np.ndarray:
     arr = np.asarray(f, dtype=np.float32)
     if prep.intensity == "percentile":
         return normalize_intensity(arr, "percentile", 16)
-    if hi <= lo:
-        return np.zeros_like(arr)
-    return np.clip((arr - float(lo)) / float(hi - lo), 0.0, 1.0)
+    return scale_window(arr, lo, hi)
 
 
 def decode_raster(data: bytes | str, origin: str, prep: Preprocess) -> np.ndarray:

@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..errors import CxrganError
+from ..utils.progress import progress_bar
 from .dataset import DatasetWriter, PreparedDataset, base_manifest
 from .decode import Decoded, Item, process
 from .preprocess import Preprocess
@@ -130,7 +131,7 @@ def prepare(
         items_meta: list[dict] = []
         patients: list[str | None] = []
         skipped = list(src.skipped)
-        bar = _progress(len(src.records), f"prepare {Path(source).name}", progress)
+        bar = progress_bar(len(src.records), progress, desc=f"prepare {Path(source).name}", unit="img")
         try:
             for i, dec in enumerate(_decode_stream(src, prep, salt, pool, n_workers)):
                 bar.update(1)
@@ -181,19 +182,3 @@ def _group_numbers(patients: Sequence[str | None]) -> list[int | None]:
     """Replace salted patient keys by small integers (order of first appearance): auditable, not linkable."""
     ids: dict[str, int] = {}
     return [None if p is None else ids.setdefault(p, len(ids)) for p in patients]
-
-
-class _NoBar:
-    def update(self, n: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, disable=None)

@@ -59,14 +59,26 @@ def normalize_intensity(arr: np.ndarray, mode: str, bits: int) -> np.ndarray:
     """
     a = np.asarray(arr, dtype=np.float32)
     if mode == "auto" and bits <= 8:
-        return np.clip(a / 255.0, 0.0, 1.0)
+        return scale_window(a, 0.0, 255.0)
     if mode == "percentile":
         lo, hi = np.percentile(a, [0.5, 99.5])
     else:
         lo, hi = float(a.min()), float(a.max())
+    return scale_window(a, lo, hi)
+
+
+def scale_window(a: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map the window [lo, hi] linearly to [0, 1] (clipping outside); all zeros for an empty window."""
     if hi <= lo:
-        return np.zeros_like(a)
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
+        return np.zeros_like(a, dtype=np.float32)
+    return np.clip((np.asarray(a, dtype=np.float32) - float(lo)) / float(hi - lo), 0.0, 1.0)
+
+
+def square_offsets(h: int, w: int, fit: str) -> tuple[int, int, int]:
+    """``(side, dy, dx)`` of the centred square: for ``crop`` the square's corner in the image, for
+    ``pad`` the image's corner in the square."""
+    side = min(h, w) if fit == "crop" else max(h, w)
+    return side, abs(h - side) // 2, abs(w - side) // 2
 
 
 def square(a: np.ndarray, fit: str) -> np.ndarray:
@@ -74,13 +86,10 @@ def square(a: np.ndarray, fit: str) -> np.ndarray:
     h, w = a.shape
     if h == w:
         return a
+    s, y, x = square_offsets(h, w, fit)
     if fit == "crop":
-        s = min(h, w)
-        y, x = (h - s) // 2, (w - s) // 2
         return a[y : y + s, x : x + s]
-    s = max(h, w)
     out = np.zeros((s, s), dtype=a.dtype)
-    y, x = (s - h) // 2, (s - w) // 2
     out[y : y + h, x : x + w] = a
     return out
 

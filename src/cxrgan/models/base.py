@@ -46,6 +46,10 @@ class Family(nn.Module):
         self.z_dim, self.image_size, self.num_classes = z_dim, image_size, num_classes
         self.loss_kind, self.gp_weight, self.r1_gamma = loss, gp_weight, r1_gamma
 
+    def networks(self) -> dict[str, nn.Module]:
+        """The family's networks by name: ``G``, ``D`` and, where present, ``E``."""
+        return {n: getattr(self, n) for n in ("G", "D", "E") if hasattr(self, n)}
+
     # -- sampling -------------------------------------------------------------------------------
     def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         """Latents ``(n, z_dim)`` ~ N(0, I)."""

@@ -36,12 +36,12 @@ def _tail_mean(rows: list[dict[str, str]], key: str, frac: float = 0.1) -> float
     return float(np.mean(vals[-k:]))
 
 
-def summarize(run: Path) -> dict:
-    """Final figures of one run (means over the last 10% of logged rows)."""
+def summarize(run: Path, rows: list[dict[str, str]] | None = None) -> dict:
+    """Final figures of one run (means over the last 10% of logged rows); ``rows`` if already read."""
     from ..train.rundir import read_run
 
-    cfg, info = read_run(run)
-    rows = read_metrics(run / "metrics.csv")
+    cfg, _ = read_run(run)
+    rows = read_metrics(run / "metrics.csv") if rows is None else rows
     evals = [r for r in rows if r.get("fd")]
     best = min(evals, key=lambda r: float(r["fd"])) if evals else None
     last = evals[-1] if evals else None
@@ -96,7 +96,7 @@ def compare(runs: Sequence[str | Path], out: str | Path, per_row: int = 8, seed:
     else:
         log.warning("runs have different image sizes (%s): no combined samples.png; compare runs of one size "
                     "for a grid", ", ".join(map(str, sorted(sizes))))
-    summary = [summarize(p) | {"run": label} for label, p in zip(labels, paths)]
+    summary = [summarize(p, metrics[label]) | {"run": label} for label, p in zip(labels, paths)]
     buf = io.StringIO()
     w = csv.DictWriter(buf, SUMMARY_COLUMNS)
     w.writeheader()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 
 import numpy as np
 import torch
@@ -10,8 +9,6 @@ import torch
 from ..data.dataset import PreparedDataset
 from ..errors import CxrganError
 from ..models.base import Batch
-
-log = logging.getLogger("cxrgan.train")
 
 IN_MEMORY_LIMIT = 4 << 30  # bytes; larger subsets are gathered from the memory map batch by batch
 

@@ -26,6 +26,7 @@ from ..models.base import Family
 from ..models.registry import get_family
 from ..utils.images import labelled_rows, save_png, to_uint8
 from ..utils.io import write_json_atomic
+from ..utils.progress import progress_bar
 from . import checkpoint as ckpt
 from .augment import DiffAugment
 from .config import TrainConfig, save_config
@@ -125,7 +126,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     channels_last = cfg.channels_last and device.type != "mps"
     if channels_last:
         family.to(memory_format=torch.channels_last)
-    modules = {n: getattr(family, n) for n in ("G", "D", "E") if hasattr(family, n)}
+    modules = family.networks()
     optims = {
         phase: torch.optim.Adam([p for n in names for p in modules[n].parameters()],
                                 lr=cfg.optim.lr_d if phase == "D" else cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
@@ -185,7 +186,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         ckpt.save_checkpoint(run, at_step, tensors, state, {"family": cfg.model.family, "config_digest": cfg.digest(),
                                                            "images_seen": images_seen, "fd": last_eval.get("fd")})
 
-    bar = _bar(total, step, progress)
+    bar = progress_bar(total, progress, unit="step", initial=step)
     result = RunResult(run=run, step=step)
     last_eval: dict[str, float] = {}
     saved_step = step
@@ -313,18 +314,3 @@ def _plot(run: Path) -> None:
         return
     if rows:
         plot_runs({run.name: rows}, run / "plots")
-
-
-class _NoBar:
-    def update(self, n: int) -> None: ...
-    def set_description(self, s: str) -> None: ...
-    def set_postfix_str(self, s: str) -> None: ...
-    def close(self) -> None: ...
-
-
-def _bar(total: int, initial: int, enabled: bool):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=None)
