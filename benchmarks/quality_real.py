@@ -31,7 +31,8 @@ def main() -> None:
     ap.add_argument("--out", default="results/real64")
     a = ap.parse_args()
     from cxrgan.data import PreparedDataset, Preprocess, prepare
-    from cxrgan.evaluate.features import RandomConvFeatures, frechet_distance
+    from cxrgan.evaluate.distribution import frechet_distance
+    from cxrgan.evaluate.features import RandomConvFeatures
     from cxrgan.report.compare import compare
     from cxrgan.train import checkpoint as ckpt
     from cxrgan.train.config import load_config

@@ -207,6 +207,120 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------- evaluation
+def _classifier_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seeds", default="0,1,2", help="classifier seeds (mean and std over them), default 0,1,2")
+    p.add_argument("--arch", choices=("small", "resnet18"), default="small", help="classifier network")
+    p.add_argument("--epochs", type=int, default=12, help="classifier epochs (the best on real validation is kept)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--allow-leaky", action="store_true", help="run even if splits share a patient group (warns)")
+
+
+def _classifier_cfg(a: argparse.Namespace):
+    from .evaluate.classifier import ClassifierConfig
+
+    try:
+        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise CxrganError(f"--seeds {a.seeds!r}: expected integers like 0,1,2") from None
+    if not seeds or a.epochs < 1:
+        raise CxrganError("give at least one seed and --epochs >= 1")
+    return ClassifierConfig(arch=a.arch, epochs=a.epochs, device=a.device), seeds
+
+
+def _add_features(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("features", help="train the radiograph feature spaces (autoencoder, classifier) for evaluation")
+    p.add_argument("action", choices=("train",))
+    p.add_argument("--data", required=True, help="prepared real dataset (its training split is used)")
+    p.add_argument("--out", help="output directory (default: the cache used by evaluate, $CXRGAN_CACHE)")
+    p.add_argument("--kinds", default="autoencoder,classifier")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_features)
+
+
+def _cmd_features(a: argparse.Namespace) -> int:
+    from .data import PreparedDataset
+    from .evaluate.extractors import ExtractorTraining, cached_dir, train_extractors
+
+    ds = PreparedDataset.open(a.data)
+    out = Path(a.out) if a.out else cached_dir(ds)
+    spaces = train_extractors(ds, out, _csv_list(a.kinds) or [], ExtractorTraining(seed=a.seed), progress=not a.quiet)
+    for kind, sp in spaces.items():
+        print(f"{sp.ident}: {out / kind}  validation {sp.info.get('validation')}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="FD, KID, precision/recall/density/coverage, centroid study, memorization audit",
+                       description="Measure a synthetic set (or a run, sampled first) against a real prepared dataset. "
+                       "With --check-features, run the distortion check of the feature spaces instead.")
+    p.add_argument("target", nargs="?", help="synthetic set (cxrgan sample) or run directory")
+    p.add_argument("--real", required=True, help="prepared real dataset")
+    p.add_argument("--out", help="output directory")
+    p.add_argument("--features", default="classifier,autoencoder,randconv",
+                   help="feature spaces: classifier, autoencoder, randconv, inception:PATH or an extractor directory")
+    p.add_argument("--n", type=int, default=1000, help="images per class when sampling a run")
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check-features", action="store_true", help="run the distortion check of each feature space")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluate.suite import check_features, evaluate
+
+    if a.check_features:
+        results = check_features(a.real, a.features, a.out, progress=not a.quiet)
+        for r in results:
+            print(f"{r.space}: {'passed' if r.passed else 'FAILED: ' + '; '.join(r.failures)}")
+        return 0
+    if not a.target or not a.out:
+        raise CxrganError("evaluate needs TARGET (a synthetic set or run) and --out (or --check-features)")
+    evaluate(a.target, a.real, a.out, a.features, a.n, a.checkpoint, a.seed, progress=not a.quiet)
+    print(f"wrote {a.out}/metrics.md, metrics.csv, metrics.json, centroids.png, closest_pairs.png")
+    return 0
+
+
+def _add_tstr(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tstr", help="train a classifier on synthetic images, test it on real ones (beside TRTR)")
+    p.add_argument("--synthetic", required=True, help="synthetic set (cxrgan sample) with real class names")
+    p.add_argument("--real", required=True, help="prepared real dataset (val picks epoch and threshold; test is reported)")
+    p.add_argument("--out", required=True)
+    _classifier_args(p)
+    p.set_defaults(func=_cmd_tstr)
+
+
+def _cmd_tstr(a: argparse.Namespace) -> int:
+    from .evaluate.studies import tstr
+
+    cfg, seeds = _classifier_cfg(a)
+    tstr(a.synthetic, a.real, a.out, cfg, seeds, a.allow_leaky, progress=not a.quiet)
+    return 0
+
+
+def _add_augment_study(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("augment-study", help="the BR/BG/IR/RS/GS augmentation study with synthetic images")
+    p.add_argument("--real", required=True)
+    p.add_argument("--synthetic", required=True, nargs="+", help="one or more synthetic sets")
+    p.add_argument("--out", required=True)
+    p.add_argument("--minority-fraction", type=float, default=1.0, help="keep this fraction of the smallest class's training images")
+    p.add_argument("--synthetic-ratio", default="1", help="GS arms: synthetic images as multiples of the real training set, e.g. 0.25,0.5,1,2")
+    _classifier_args(p)
+    p.set_defaults(func=_cmd_augment_study)
+
+
+def _cmd_augment_study(a: argparse.Namespace) -> int:
+    from .evaluate.studies import augment_study
+
+    cfg, seeds = _classifier_cfg(a)
+    try:
+        ratios = [float(r) for r in a.synthetic_ratio.split(",") if r.strip()]
+    except ValueError:
+        raise CxrganError(f"--synthetic-ratio {a.synthetic_ratio!r}: expected numbers like 0.25,0.5,1,2") from None
+    augment_study(a.real, a.synthetic, a.out, a.minority_fraction, ratios, cfg, seeds, a.allow_leaky, progress=not a.quiet)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on the embedded phantom data (the README's first command)")
@@ -225,7 +339,8 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_compare, _add_demo]
+    _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_compare, _add_features, _add_evaluate, _add_tstr,
+    _add_augment_study, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cxrgan.data import PreparedDataset
-from cxrgan.evaluate.features import RandomConvFeatures, frechet_distance, mean_pairwise_distance
+from cxrgan.evaluate.distribution import frechet_distance, mean_pairwise_distance
+from cxrgan.evaluate.features import RandomConvFeatures
 from cxrgan.sample import generate, load_run
 from cxrgan.train.config import load_config
 from cxrgan.train.data import to_model_range

@@ -27,7 +27,7 @@ from .dataset import DatasetWriter, PreparedDataset, base_manifest
 from .decode import Decoded, Item, process
 from .preprocess import Preprocess
 from .sources import Source, SourceOptions, open_source
-from .splits import assign_splits
+from .splits import names_look_patient_keyed, assign_splits
 
 log = logging.getLogger("cxrgan.prepare")
 
@@ -175,6 +175,11 @@ def prepare(
         writer.finalize(labels, splits, manifest)
     if skipped:
         log.warning("skipped %d unusable file(s); see 'skipped' in %s", len(skipped), out / "manifest.json")
+    pattern = None if groups_present else names_look_patient_keyed([m["origin"] for m in items_meta])
+    if pattern:
+        log.warning("warning: the file names look like they carry patient ids (pattern %r) but no --patient-regex or "
+                    "--patient-column was given, so one patient's images may sit in several splits and inflate every "
+                    "figure measured on them; prepare again with e.g. --patient-regex '(person\\d+)_'", pattern)
     return PreparedDataset.open(out)
 
 

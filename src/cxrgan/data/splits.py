@@ -73,3 +73,31 @@ def assign_splits(
             for i in members[key]:
                 out[i] = split
     return out.astype(np.uint8)
+
+
+# File names that carry a patient id: Kermany's ``person123_bacteria_456.jpeg`` / ``IM-0115-0001.jpeg``, NIH's
+# ``00012345_001.png``. Images of one patient in two splits inflate every downstream figure.
+PATIENT_NAME_PATTERNS = (r"person\d+_", r"(?:^|/)\d{8}_\d{3}\.", r"(?:^|/)(?:NORMAL2-)?IM-\d{4}-\d{4}")
+
+
+def names_look_patient_keyed(origins: Sequence[str], min_share: float = 0.5) -> str | None:
+    """The pattern that at least ``min_share`` of the file names match, if any (only the pattern is returned,
+    never a name)."""
+    import re
+
+    if not origins:
+        return None
+    for pat in PATIENT_NAME_PATTERNS:
+        rx = re.compile(pat)
+        if sum(1 for o in origins if rx.search(o)) >= min_share * len(origins):
+            return pat
+    return None
+
+
+def leaky_groups(manifest: dict) -> int:
+    """Number of patient groups whose images lie in more than one split (0 when the data has no groups)."""
+    seen: dict[int, set[int]] = {}
+    for item in manifest.get("items", []):
+        if "group" in item:
+            seen.setdefault(int(item["group"]), set()).add(int(item.get("split", 0)))
+    return sum(1 for s in seen.values() if len(s) > 1)

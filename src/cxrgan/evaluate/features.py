@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+
 FEATURES_VERSION = "randconv-v1"
 
 
@@ -49,22 +50,3 @@ class RandomConvFeatures(nn.Module):
         dev = next(self.parameters()).device
         out = [self(images[i : i + batch].to(dev)).double().cpu().numpy() for i in range(0, len(images), batch)]
         return np.concatenate(out)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to feature sets ``a`` and ``b`` ``(N, D)``."""
-    mu1, mu2 = a.mean(0), b.mean(0)
-    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = root1 @ s2 @ root1
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2.0 * tr_sqrt)
-
-
-def mean_pairwise_distance(f: np.ndarray) -> float:
-    """Mean Euclidean distance between all pairs of rows: a diversity figure (0 for a collapsed set)."""
-    sq = (f**2).sum(1)
-    d2 = np.clip(sq[:, None] + sq[None, :] - 2.0 * f @ f.T, 0, None)
-    n = len(f)
-    return float(np.sqrt(d2)[~np.eye(n, dtype=bool)].mean()) if n > 1 else 0.0

@@ -7,8 +7,6 @@ final figures (``summary.csv`` and ``summary.md``).
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +17,8 @@ import torch
 from ..errors import CxrganError
 from ..train.metrics import read_metrics
 from ..utils.images import labelled_rows, save_png
-from ..utils.io import write_text_atomic
 from .plots import plot_runs
+from .tables import write_table
 
 log = logging.getLogger("cxrgan.compare")
 
@@ -54,10 +52,6 @@ def summarize(run: Path, rows: list[dict[str, str]] | None = None) -> dict:
         "diversity_ratio": float(last["diversity"]) / float(last["diversity_real"]) if last else None,
         "img_per_s": float(np.median([float(r["img_per_s"]) for r in rows if r.get("img_per_s")])) if rows else None,
     }
-
-
-def _fmt(v) -> str:
-    return "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
 
 def compare(runs: Sequence[str | Path], out: str | Path, per_row: int = 8, seed: int = 0, checkpoint: str = "best") -> Path:
@@ -97,12 +91,5 @@ def compare(runs: Sequence[str | Path], out: str | Path, per_row: int = 8, seed:
         log.warning("runs have different image sizes (%s): no combined samples.png; compare runs of one size "
                     "for a grid", ", ".join(map(str, sorted(sizes))))
     summary = [summarize(p, metrics[label]) | {"run": label} for label, p in zip(labels, paths)]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, SUMMARY_COLUMNS)
-    w.writeheader()
-    w.writerows({k: _fmt(v) for k, v in s.items()} for s in summary)
-    write_text_atomic(out / "summary.csv", buf.getvalue())
-    md = ["| " + " | ".join(SUMMARY_COLUMNS) + " |", "|" + "---|" * len(SUMMARY_COLUMNS)]
-    md += ["| " + " | ".join(_fmt(s[k]) for k in SUMMARY_COLUMNS) + " |" for s in summary]
-    write_text_atomic(out / "summary.md", "\n".join(md) + "\n")
+    write_table(summary, SUMMARY_COLUMNS, out / "summary")
     return out

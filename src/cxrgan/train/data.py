@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
 from ..data.dataset import PreparedDataset
 from ..errors import CxrganError
 from ..models.base import Batch
+from ..utils.tensors import to_model_range
 
 IN_MEMORY_LIMIT = 4 << 30  # bytes; larger subsets are gathered from the memory map batch by batch
 
@@ -44,11 +44,6 @@ class TrainData:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return Batch(x=x, y=torch.from_numpy(self.labels[rows]).to(device))
-
-
-def to_model_range(u8: torch.Tensor) -> torch.Tensor:
-    """``(B, S, S)`` uint8 -> ``(B, 1, S, S)`` float32 in [-1, 1]."""
-    return u8.unsqueeze(1).float().div_(127.5).sub_(1.0)
 
 
 class EpochSampler:

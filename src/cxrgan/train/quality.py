@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..evaluate.features import RandomConvFeatures, frechet_distance, mean_pairwise_distance
+from ..evaluate.distribution import frechet_distance, mean_pairwise_distance
+from ..evaluate.features import RandomConvFeatures
 from .data import TrainData, to_model_range
 
 DIVERSITY_BATCH = 128

@@ -1,0 +1,217 @@
+"""The two classifier studies: TSTR (train on synthetic, test on real) and the augmentation study.
+
+Both train the reusable classifier (:mod:`.classifier`) for several seeds, choose the epoch and the decision
+threshold on the *real* validation split and report the *real* test split, with mean and standard deviation.
+
+Augmentation study arms (Salehinejad et al.): IR, the imbalanced real training split (optionally with its
+smallest class cut to ``minority_fraction`` of its images); BR, IR under-sampled to balance; RS, IR plus one
+randomly rotated (+-10 degrees) and scaled (0.9-1.1) copy of each image; BG, IR topped up with synthetic
+images until every class has as many as the largest; GS@r, IR plus ``r`` x |IR| synthetic images, given to
+the smallest classes first (water-filling), then in proportion.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..data.dataset import PreparedDataset
+from ..data.splits import leaky_groups
+from ..errors import CxrganError
+from ..report.evalplots import bar_chart, confusion_figure
+from ..report.tables import write_table
+from ..utils.io import write_json_atomic
+from .classifier import ClassifierConfig, evaluate_classifier, random_affine, summarize_seeds, train_classifier
+from .suite import load_synthetic, match_classes
+
+log = logging.getLogger("cxrgan.studies")
+
+STUDY_COLUMNS = ["name", "train_images", "seeds", "roc_auc_mean", "roc_auc_std", "balanced_accuracy_mean",
+                 "balanced_accuracy_std", "accuracy_mean", "accuracy_std"]
+
+
+def check_leaks(ds: PreparedDataset, allow_leaky: bool) -> None:
+    """Refuse a dataset whose splits share a patient group (unless ``allow_leaky``, then warn loudly)."""
+    n = leaky_groups(ds.manifest)
+    if n:
+        msg = (f"{ds.root}: {n} patient group(s) have images in more than one split, so a classifier can recognise "
+               "patients instead of disease and every figure is inflated; prepare the data again grouped by patient")
+        if not allow_leaky:
+            raise CxrganError(msg + " (or pass --allow-leaky to run anyway)")
+        log.warning("WARNING: %s", msg)
+
+
+def _real(ds: PreparedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
+    idx = ds.indices(split)
+    return np.asarray(ds.images[idx]), np.asarray(ds.labels)[idx].astype(np.int64)
+
+
+def synthetic_by_real_class(target: str | Path, ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic images and their labels as indices of ``ds``'s classes; errors if a class has no match."""
+    synth = load_synthetic(target)
+    mapping = match_classes(synth, ds)
+    unknown = sorted(set(synth.classes.tolist()) - set(mapping))
+    if unknown:
+        raise CxrganError(f"synthetic set {synth.source} has class {unknown[0]!r}, which {ds.root} does not have "
+                          f"({', '.join(ds.class_names)}); sample class-labelled images (per-class runs or a conditional run)")
+    return synth.images, np.array([mapping[c] for c in synth.classes], np.int64)
+
+
+def run_arm(name: str, x: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+            class_names: Sequence[str], cfg: ClassifierConfig, seeds: Sequence[int],
+            say: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train and test one arm for every seed: ``(summary row, per-seed metrics)``."""
+    per_seed = []
+    for s in seeds:
+        clf = train_classifier(x, y, val[0], val[1], class_names, cfg, seed=s)
+        m = evaluate_classifier(clf, *test)
+        per_seed.append({**m, "seed": s, "threshold": clf.threshold})
+        say(f"  {name} seed {s}: ROC AUC {m['roc_auc']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}")
+    return {"name": name, "train_images": len(y), **summarize_seeds(per_seed)}, per_seed
+
+
+def _write_study(out: Path, rows: list[dict[str, Any]], per_seed: dict[str, list], class_names: Sequence[str], stem: str, title: str,
+                 extra: dict[str, Any]) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    md = write_table(rows, STUDY_COLUMNS, out / stem)
+    confusion_figure({r["name"]: np.asarray(r["confusion_sum"]) for r in rows}, class_names, out / "confusion.png")
+    bar_chart(rows, "balanced_accuracy", out / "balanced_accuracy.png", f"{title}: balanced accuracy on the real test split")
+    bar_chart(rows, "roc_auc", out / "roc_auc.png", f"{title}: ROC AUC on the real test split")
+    write_json_atomic(out / f"{stem}.json", {**extra, "rows": rows, "per_seed": per_seed})
+    return md
+
+
+def tstr(synthetic: str | Path, real: str | Path, out: str | Path, cfg: ClassifierConfig | None = None,
+         seeds: Sequence[int] = (0, 1, 2), allow_leaky: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train on synthetic, test on real; beside TRTR (the same classifier trained on the real training split)."""
+    cfg = cfg or ClassifierConfig()
+    ds = PreparedDataset.open(real)
+    check_leaks(ds, allow_leaky)
+    xs, ys = synthetic_by_real_class(synthetic, ds)
+    say = print if progress else (lambda s: None)
+    val, test = _real(ds, "val"), _real(ds, "test")
+    rows, per_seed = [], {}
+    for name, (x, y) in (("TRTR", _real(ds, "train")), ("TSTR", (xs, ys))):
+        row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say)
+        rows.append(row)
+        per_seed[name] = ps
+    ratios = {f"{k}_ratio": rows[1][f"{k}_mean"] / rows[0][f"{k}_mean"] for k in ("roc_auc", "balanced_accuracy")}
+    md = _write_study(Path(out), rows, per_seed, ds.class_names, "tstr", "TSTR vs TRTR",
+                      {"synthetic": str(synthetic), "real": str(ds.root), "classifier": cfg.__dict__, **ratios})
+    if progress:
+        print(md + f"TSTR/TRTR: ROC AUC {ratios['roc_auc_ratio']:.3f}x, balanced accuracy {ratios['balanced_accuracy_ratio']:.3f}x")
+    return {"rows": rows, **ratios}
+
+
+def cut_minority(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a training set whose smallest class keeps only ``fraction`` of its images."""
+    counts = np.bincount(y)
+    present = np.flatnonzero(counts)
+    minority = present[np.argmin(counts[present])]
+    keep = np.ones(len(y), bool)
+    rows = np.flatnonzero(y == minority)
+    drop = rng.choice(rows, size=len(rows) - max(1, int(round(fraction * len(rows)))), replace=False)
+    keep[drop] = False
+    return np.flatnonzero(keep)
+
+
+def water_fill(counts: np.ndarray, extra: int) -> np.ndarray:
+    """How many images to add per class: the smallest classes first until level, the rest in proportion."""
+    counts = counts.astype(np.int64)
+    add = np.zeros_like(counts)
+    left = int(extra)
+    while left > 0:
+        level = counts + add
+        low = np.flatnonzero(level == level.min())
+        if len(low) == len(level):
+            share = np.full(len(level), left // len(level))
+            share[: left % len(level)] += 1
+            add += share
+            break
+        target = np.sort(np.unique(level))[1]
+        need = int((target - level[low]).sum())
+        if need <= left:
+            add[low] += target - level[low]
+            left -= need
+        else:
+            share = np.full(len(low), left // len(low))
+            share[: left % len(low)] += 1
+            add[low] += share
+            left = 0
+    return add
+
+
+def _take_synthetic(xs: np.ndarray, ys: np.ndarray, per_class: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    rows = []
+    for c, k in enumerate(per_class):
+        pool = np.flatnonzero(ys == c)
+        if k > 0 and len(pool) == 0:
+            raise CxrganError(f"the synthetic sets have no image of class {c}; sample every class the study needs")
+        if k > 0:
+            rows.append(rng.choice(pool, size=int(k), replace=k > len(pool)))
+    return np.concatenate(rows) if rows else np.zeros(0, np.int64)
+
+
+def rotate_scale_copies(x: np.ndarray, seed: int) -> np.ndarray:
+    """One randomly rotated (+-10 degrees) and scaled (0.9-1.1) copy of each uint8 image."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.from_numpy(x).unsqueeze(1).float().div(127.5).sub(1)
+    out = random_affine(t, g, shift=0.0, degrees=10.0, scale=(0.9, 1.1), jitter=0.0)
+    return np.clip(np.rint((out[:, 0].numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
+
+
+def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | Path, minority_fraction: float = 1.0,
+                  ratios: Sequence[float] = (1.0,), cfg: ClassifierConfig | None = None, seeds: Sequence[int] = (0, 1, 2),
+                  allow_leaky: bool = False, progress: bool = True) -> dict[str, Any]:
+    """BR, BG, IR, RS and GS@ratio for each ratio, on the real test split."""
+    if not 0 < minority_fraction <= 1:
+        raise CxrganError(f"--minority-fraction must be in (0, 1], got {minority_fraction}")
+    if not ratios or any(r <= 0 for r in ratios):
+        raise CxrganError(f"--synthetic-ratio values must be positive, got {list(ratios)}")
+    cfg = cfg or ClassifierConfig()
+    ds = PreparedDataset.open(real)
+    check_leaks(ds, allow_leaky)
+    parts = [synthetic_by_real_class(s, ds) for s in synthetic]
+    xs, ys = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    rng = np.random.default_rng(0)
+    x_all, y_all = _real(ds, "train")
+    keep = cut_minority(y_all, minority_fraction, rng) if minority_fraction < 1 else np.arange(len(y_all))
+    x_ir, y_ir = x_all[keep], y_all[keep]
+    counts = np.bincount(y_ir, minlength=len(ds.class_names))
+    present = counts > 0
+    br = np.concatenate([rng.choice(np.flatnonzero(y_ir == c), size=counts[present].min(), replace=False)
+                         for c in np.flatnonzero(present)])
+    bg = _take_synthetic(xs, ys, np.where(present, counts.max() - counts, 0), rng)
+    arms: dict[str, tuple[np.ndarray, np.ndarray]] = {
+        "BR": (x_ir[br], y_ir[br]),
+        "BG": (np.concatenate([x_ir, xs[bg]]), np.concatenate([y_ir, ys[bg]])),
+        "IR": (x_ir, y_ir),
+        "RS": (np.concatenate([x_ir, rotate_scale_copies(x_ir, 0)]), np.concatenate([y_ir, y_ir])),
+    }
+    for r in ratios:
+        extra = _take_synthetic(xs, ys, water_fill(counts, int(round(r * len(y_ir)))), rng)
+        arms[f"GS@{r:g}"] = (np.concatenate([x_ir, xs[extra]]), np.concatenate([y_ir, ys[extra]]))
+    say = print if progress else (lambda s: None)
+    say(f"augmentation study on {ds.root}: training class counts {dict(zip(ds.class_names, counts.tolist()))}"
+        + (f" (smallest class cut to {minority_fraction:g} of its images)" if minority_fraction < 1 else ""))
+    val, test = _real(ds, "val"), _real(ds, "test")
+    rows, per_seed = [], {}
+    for name, (x, y) in arms.items():
+        row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say)
+        rows.append(row)
+        per_seed[name] = ps
+    ir = next(r for r in rows if r["name"] == "IR")
+    gs_best = max((r for r in rows if r["name"].startswith("GS")), key=lambda r: r["balanced_accuracy_mean"])
+    verdict = {"gs_minus_ir_balanced_accuracy": gs_best["balanced_accuracy_mean"] - ir["balanced_accuracy_mean"],
+               "ir_std": ir["balanced_accuracy_std"], "gs_best": gs_best["name"]}
+    md = _write_study(Path(out), rows, per_seed, ds.class_names, "augment_study", "Augmentation study",
+                      {"real": str(ds.root), "synthetic": [str(s) for s in synthetic], "minority_fraction": minority_fraction,
+                       "ratios": list(ratios), "classifier": cfg.__dict__, "train_counts": counts.tolist(), **verdict})
+    if progress:
+        print(md + f"best GS ({gs_best['name']}) minus IR balanced accuracy: {verdict['gs_minus_ir_balanced_accuracy']:+.4f} "
+              f"(IR std over seeds {ir['balanced_accuracy_std']:.4f})")
+    return {"rows": rows, **verdict}
