@@ -29,3 +29,17 @@ def radiograph(h: int = 80, w: int = 96, seed: int = 0) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w] / max(h, w)
     img = 0.5 + 0.3 * np.sin(6 * x + seed) * np.cos(4 * y) + 0.05 * rng.standard_normal((h, w))
     return np.clip(img, 0, 1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _feature_cache(tmp_path_factory):
+    """Trained feature spaces are cached under $CXRGAN_CACHE: keep the tests' own cache out of the home folder."""
+    import os
+
+    old = os.environ.get("CXRGAN_CACHE")
+    os.environ["CXRGAN_CACHE"] = str(tmp_path_factory.mktemp("cxrgan-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CXRGAN_CACHE", None)
+    else:
+        os.environ["CXRGAN_CACHE"] = old

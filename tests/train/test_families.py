@@ -32,8 +32,12 @@ def test_family_trains_with_finite_losses(phantom32, tmp_path, family):
         assert 0 <= float(r["d_acc_real"]) <= 1
     assert any(r["fd"] for r in rows)
     for f in ("config.yaml", "run.json", "plots/losses.png", "plots/d_accuracy.png", "samples/step-00000006.png",
-              "checkpoints/last.json", "checkpoints/best.json"):
+              "checkpoints/last.json"):
         assert (tmp_path / "run" / f).is_file(), f
+    # best.json exists exactly when some checkpoint had at least half the real diversity (the selection rule)
+    ratios = [float(r["diversity"]) / float(r["diversity_real"]) for r in rows if r["fd"]]
+    best = tmp_path / "run" / "checkpoints" / "best.json"
+    assert best.is_file() == any(q >= 0.5 for q in ratios)
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])

@@ -109,7 +109,8 @@ def test_resume_refuses_changed_data(phantom32, tmp_path):
 
 def test_checkpoints_are_pruned_but_best_kept(phantom32, tmp_path):
     run = tmp_path / "p"
-    res = train(tiny_config(phantom32, "dcgan", "steps=12", "ckpt_every=2", "keep_checkpoints=2"), run, progress=False)
+    # collapse_ratio=0: every checkpoint is eligible as best, so this tests pruning alone
+    res = train(tiny_config(phantom32, "dcgan", "steps=12", "ckpt_every=2", "keep_checkpoints=2", "collapse_ratio=0"), run, progress=False)
     kept = ckpt.list_checkpoints(run)
     assert kept[-2:] == [10, 12] and res.best_step in kept and len(kept) <= 3
     assert not list((run / "checkpoints").glob(".*partial*"))

@@ -25,7 +25,7 @@ from .distribution import frechet_distance, kid, prdc
 from .extractors import FeatureSpace, cached_dir
 
 STRENGTHS = {
-    "blur": (0.5, 1.0, 2.0, 4.0),          # Gaussian sigma in px at 64 px (scaled with the image size)
+    "blur": (0.5, 1.0, 2.0, 4.0),          # Gaussian sigma in px at 64 px (scaled up for larger images)
     "noise": (0.025, 0.05, 0.1, 0.2),      # Gaussian noise std in [0, 1] intensity units
     "salt_pepper": (0.01, 0.03, 0.1, 0.3),  # fraction of pixels set to 0 or 255
     "occlusion": (0.15, 0.25, 0.35, 0.5),  # side of a black rectangle as a fraction of the image
@@ -51,7 +51,7 @@ def distort(images: np.ndarray, kind: str, strength: float, seed: int = 0, label
         return images[mode_drop_rows(images, labels, strength, rng)]
     x = torch.from_numpy(np.asarray(images, np.float32) / 255.0).unsqueeze(1)
     if kind == "blur":
-        x = _gaussian_blur(x, strength * s / 64)
+        x = _gaussian_blur(x, strength * max(1.0, s / 64))
     elif kind == "noise":
         x = x + strength * torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
     elif kind == "salt_pepper":

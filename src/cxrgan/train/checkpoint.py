@@ -40,8 +40,9 @@ def save_checkpoint(run: Path, step: int, tensors: dict[str, torch.Tensor], stat
     return final
 
 
-def mark_best(run: Path, step: int, figure: float) -> None:
-    write_json_atomic(run / "checkpoints" / "best.json", {"step": step, "path": ckpt_name(step), "fd": figure})
+def mark_best(run: Path, step: int, figure: float, why: dict[str, Any] | None = None) -> None:
+    """Point ``best.json`` at checkpoint ``step`` with its FD and why it was chosen."""
+    write_json_atomic(run / "checkpoints" / "best.json", {"step": step, "path": ckpt_name(step), "fd": figure, **(why or {})})
 
 
 def prune(run: Path, keep: int) -> None:

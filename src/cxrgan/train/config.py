@@ -80,7 +80,9 @@ class TrainConfig:
     ema_decay: 0 disables the generator EMA. ckpt_every: steps between checkpoints and quality evaluations.
     grid_every: steps between sample grids (0 = once per epoch, at most about 100 per run). collapse_ratio: warn of mode collapse when
     sample diversity falls below this fraction of real-image diversity, from step ``collapse_warmup`` on (an
-    untrained generator has little diversity too).
+    untrained generator has little diversity too); a checkpoint below the ratio is never chosen as best, at any step.
+    quality_features: feature space of the training-time FD: ``auto`` (the dataset's trained classifier space once
+    it passed the distortion check, else ``randconv-v1``), ``randconv`` or a trained extractor directory.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -103,6 +105,7 @@ class TrainConfig:
     eval_samples: int = 1024
     collapse_ratio: float = 0.5
     collapse_warmup: int = 500
+    quality_features: str = "auto"
 
     def validate(self) -> "TrainConfig":
         from ..models.losses import LOSS_KINDS

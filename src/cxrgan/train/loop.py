@@ -33,7 +33,7 @@ from .config import TrainConfig, save_config
 from .data import EpochSampler, TrainData
 from .ema import EMA
 from .metrics import MetricsLog, read_metrics
-from .quality import QualityMonitor
+from .quality import QualityMonitor, better, eligible, quality_space, space_record
 from .rundir import code_version, read_run
 from .runtime import autocast, autocast_dtype, pick_device, rng_state, seed_everything, set_rng_state
 
@@ -138,7 +138,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     total = cfg.epochs * max(1, sampler.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
     # A grid per epoch, but at most about 100 per run (small datasets have very short epochs).
     grid_every = cfg.grid_every or max(1, sampler.steps_per_epoch, math.ceil(total / 100))
-    monitor = QualityMonitor(data, cfg.eval_samples, cfg.model.z_dim, cfg.seed, device)
+    space = quality_space(cfg.quality_features, ds, info.get("quality_space") if resume else None)
+    monitor = QualityMonitor(data, cfg.eval_samples, cfg.model.z_dim, cfg.seed, device, space)
     grid_z, grid_y, grid_labels = _grid_latents(family, data, cfg.model.z_dim, cfg.seed)
 
     step, images_seen, best = 0, 0, {"step": None, "fd": math.inf}
@@ -163,6 +164,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             "classes": cfg.data.classes, "conditional": family.conditional, "data_path": str(Path(cfg.data.path).resolve()),
             "data_manifest_sha256": ds.manifest_hash, "code": code_version(), "device": str(device),
             "precision": "bf16" if amp is not None else "fp32", "train_images": len(data),
+            "quality_space": space_record(space, ds),
         })
     save_config(cfg, run / "config.yaml")
     metrics = MetricsLog(run, resume_step=step if resume else None)
@@ -201,12 +203,17 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             result.collapse_step = step
             log.warning("possible mode collapse at step %d: sample diversity is %.2f of real-image diversity "
                         "(threshold %.2f); see %s", step, ratio, cfg.collapse_ratio, run / "samples")
-        if last_eval["fd"] < best["fd"]:
+        if better(last_eval, best, cfg.collapse_ratio):
             best = {"step": step, "fd": last_eval["fd"]}
         save(step)
         saved_step = step
         if best["step"] == step:
-            ckpt.mark_best(run, step, last_eval["fd"])
+            reason = (f"lowest FD {last_eval['fd']:.4g} in {monitor.space.ident} among checkpoints whose diversity is at "
+                      f"least {cfg.collapse_ratio:g} of real (this one: {ratio:.2f})")
+            ckpt.mark_best(run, step, last_eval["fd"], {"space": monitor.space.ident, "diversity_ratio": ratio, "reason": reason})
+            log.info("best checkpoint is now step %d: %s", step, reason)
+        elif not eligible(last_eval, cfg.collapse_ratio):
+            log.info("checkpoint %d is not eligible as best: diversity %.2f of real is below %g", step, ratio, cfg.collapse_ratio)
         ckpt.prune(run, cfg.keep_checkpoints)
         bar.set_postfix_str(f"FD {last_eval['fd']:.3g} div {ratio:.2f}" + (" COLLAPSE?" if collapsed else ""))
         row = row or {"step": step, "epoch": sampler.epoch, "kimg": round(images_seen / 1000, 3)}

@@ -1,41 +1,107 @@
-"""Training-time quality and diversity: Fréchet distance and mean pairwise distance in a fixed feature space,
-on a fixed set of latents, next to the same diversity figure on real images."""
+"""Training-time quality and diversity, and the rule that picks the best checkpoint.
+
+At every checkpoint the generator's samples for a fixed set of latents are embedded in a feature space and
+scored: Fréchet distance to real training images, and diversity (mean pairwise feature distance of 128
+samples) next to the same figure on real images. The feature space is the dataset's trained classifier space
+when one has been trained and has passed the distortion check (``cxrgan features train`` then ``cxrgan
+evaluate --check-features``; see :mod:`cxrgan.evaluate.validation`), otherwise the fixed ``randconv-v1``.
+
+Selection rule: a checkpoint is eligible as *best* only when its diversity is at least ``collapse_ratio`` of
+the real figure (at any step: an early, blurry, low-diversity checkpoint is not eligible either); among the
+eligible ones the lowest FD wins. A run with no eligible checkpoint has no best, and ``sample`` uses the last.
+"""
 
 from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..data.dataset import PreparedDataset
+from ..errors import CxrganError
 from ..evaluate.distribution import frechet_distance, mean_pairwise_distance
-from ..evaluate.features import RandomConvFeatures
-from .data import TrainData, to_model_range
+from ..evaluate.extractors import FeatureSpace, cached_extractor, load_extractor, randconv_space
+from ..evaluate.validation import cached_check
+from ..utils.tensors import to_model_range
+from .data import TrainData
 
+log = logging.getLogger("cxrgan.train")
 DIVERSITY_BATCH = 128
+
+
+def quality_space(spec: str, ds: PreparedDataset, recorded: dict | None = None) -> FeatureSpace:
+    """The feature space for training-time quality: ``randconv``, an extractor directory, or ``auto``.
+
+    ``recorded`` (from ``run.json`` on resume) pins the space the run started with, so figures stay comparable."""
+    if recorded:
+        if recorded.get("ident") == randconv_space().ident:
+            return randconv_space()
+        path = recorded.get("path")
+        if not path or not (Path(path) / "extractor.json").is_file():
+            raise CxrganError(f"this run measured quality in feature space {recorded.get('ident')} at {path}, which is gone; "
+                              "restore it (cxrgan features train) or start a new run")
+        return load_extractor(path)
+    if spec == "randconv":
+        return randconv_space()
+    if spec != "auto":
+        return load_extractor(spec)
+    space = cached_extractor(ds, "classifier")
+    if space is None:
+        return randconv_space()
+    check = cached_check(ds, space, run_if_missing=False)
+    if check is None or not check.passed:
+        log.info("feature space %s is %s; checkpoints are selected in randconv-v1", space.ident,
+                 "not validated yet (cxrgan evaluate --check-features)" if check is None else "failed its distortion check")
+        return randconv_space()
+    return space
+
+
+def space_record(space: FeatureSpace, ds: PreparedDataset) -> dict:
+    """What ``run.json`` keeps of the quality space."""
+    from ..evaluate.extractors import cached_dir
+
+    path = None if space.kind == "randconv" else str(cached_dir(ds) / space.kind)
+    return {"ident": space.ident, "path": space.info.get("path", path)}
 
 
 class QualityMonitor:
     """Holds real-image statistics and fixed latents; ``evaluate`` scores a generator on them."""
 
-    def __init__(self, data: TrainData, n: int, z_dim: int, seed: int, device: torch.device) -> None:
+    def __init__(self, data: TrainData, n: int, z_dim: int, seed: int, device: torch.device, space: FeatureSpace | None = None) -> None:
         g = np.random.default_rng([seed, 99])
         rows = np.sort(g.choice(len(data), size=min(n, len(data)), replace=False))
         self.device = device
-        self.features = RandomConvFeatures().to(device)
+        self.space = (space or randconv_space()).to(device)
         real = to_model_range(torch.from_numpy(data.uint8(rows)))
-        self.real_feats = self.features.embed(real)
+        self.real_feats = self.space.embed(real)
         self.diversity_real = mean_pairwise_distance(self.real_feats[:DIVERSITY_BATCH])
         gen = torch.Generator().manual_seed(seed * 1000 + 17)
         self.z = torch.randn(len(rows), z_dim, generator=gen)
         self.y = torch.from_numpy(data.labels[rows])
+
+    def score(self, fakes: torch.Tensor) -> dict[str, float]:
+        """fd, diversity and diversity_real of images ``(N, 1, S, S)`` in [-1, 1]."""
+        feats = self.space.embed(fakes)
+        return {"fd": frechet_distance(feats, self.real_feats), "diversity": mean_pairwise_distance(feats[:DIVERSITY_BATCH]),
+                "diversity_real": self.diversity_real}
 
     @torch.no_grad()
     def evaluate(self, generate) -> dict[str, float]:
         """``generate(z, y) -> images`` in [-1, 1]; returns fd, diversity, diversity_real."""
         fakes = torch.cat([generate(self.z[i : i + 256].to(self.device), self.y[i : i + 256].to(self.device)).float().cpu()
                            for i in range(0, len(self.z), 256)])
-        feats = self.features.embed(fakes)
-        return {
-            "fd": frechet_distance(feats, self.real_feats),
-            "diversity": mean_pairwise_distance(feats[:DIVERSITY_BATCH]),
-            "diversity_real": self.diversity_real,
-        }
+        return self.score(fakes)
+
+
+def eligible(figures: dict[str, float], collapse_ratio: float) -> bool:
+    """May a checkpoint with these figures be the best? Only with a finite FD and diversity >= the ratio."""
+    ratio = figures["diversity"] / max(figures["diversity_real"], 1e-12)
+    return math.isfinite(figures["fd"]) and ratio >= collapse_ratio
+
+
+def better(figures: dict[str, float], best: dict, collapse_ratio: float) -> bool:
+    """Does a checkpoint with ``figures`` replace ``best`` (``{"step", "fd"}``) under the selection rule?"""
+    return eligible(figures, collapse_ratio) and figures["fd"] < best.get("fd", math.inf)

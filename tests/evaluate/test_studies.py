@@ -1,0 +1,122 @@
+"""Classifier studies end to end on tiny data, feature spaces, the evaluate verb, leaky splits, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cxrgan.cli import main
+from cxrgan.data import PreparedDataset
+from cxrgan.data.splits import leaky_groups, names_look_patient_keyed
+from cxrgan.errors import CxrganError
+from cxrgan.evaluate.classifier import ClassifierConfig, evaluate_classifier, train_classifier
+from cxrgan.evaluate.extractors import inception_space
+from cxrgan.evaluate.studies import augment_study, tstr, water_fill
+from cxrgan.utils.io import write_json_atomic
+
+TINY = ClassifierConfig(width=4, epochs=2, batch_size=32, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def synth32(phantom32, tmp_path_factory):
+    """A 'synthetic' set: real phantom training images written through the sample format (class names kept)."""
+    from cxrgan.data.dataset import DatasetWriter, base_manifest
+
+    ds = PreparedDataset.open(phantom32)
+    idx = ds.indices("train")[:150]
+    out = tmp_path_factory.mktemp("synth") / "s"
+    out.mkdir()
+    w = DatasetWriter(out, len(idx), ds.size, with_masks=False)
+    for i in idx:
+        w.append(np.asarray(ds.images[i]))
+    labels = np.asarray(ds.labels)[idx]
+    splits = np.zeros(len(idx), np.uint8)
+    w.finalize(labels, splits, base_manifest(source={"kind": "synthetic"}, preprocess={"size": ds.size}, class_names=ds.class_names,
+                                             multilabel=False, size=ds.size, labels=labels, splits=splits,
+                                             items=[{"origin": str(i), "sha256": ""} for i in idx], skipped=[],
+                                             split_info={}, has_masks=False))
+    return out
+
+
+def test_classifier_beats_chance_on_separable_phantoms(phantom32):
+    ds = PreparedDataset.open(phantom32)
+    tr, va, te = (ds.indices(s) for s in ("train", "val", "test"))
+    lab = np.asarray(ds.labels)
+    cfg = ClassifierConfig(width=8, epochs=8, batch_size=32, device="cpu")
+    clf = train_classifier(np.asarray(ds.images[tr]), lab[tr], np.asarray(ds.images[va]), lab[va], ds.class_names, cfg, seed=0)
+    m = evaluate_classifier(clf, np.asarray(ds.images[te]), lab[te])
+    assert m["balanced_accuracy"] > 0.5 and m["roc_auc"] > 0.75  # chance: 1/3 and 0.5
+    assert np.asarray(m["confusion"]).sum() == len(te)
+    assert clf.predict_proba(np.asarray(ds.images[te[:5]])).shape == (5, 3)
+
+
+def test_tstr_and_augment_study_end_to_end(phantom32, synth32, tmp_path):
+    res = tstr(synth32, phantom32, tmp_path / "tstr", TINY, seeds=(0,), progress=False)
+    assert [r["name"] for r in res["rows"]] == ["TRTR", "TSTR"] and res["roc_auc_ratio"] > 0
+    for f in ("tstr.csv", "tstr.md", "tstr.json", "confusion.png", "balanced_accuracy.png"):
+        assert (tmp_path / "tstr" / f).is_file(), f
+    aug = augment_study(phantom32, [synth32], tmp_path / "aug", minority_fraction=0.3, ratios=(0.5, 1.0), cfg=TINY, seeds=(0,),
+                        progress=False)
+    names = [r["name"] for r in aug["rows"]]
+    assert names == ["BR", "BG", "IR", "RS", "GS@0.5", "GS@1"]
+    by = {r["name"]: r for r in aug["rows"]}
+    assert by["RS"]["train_images"] == 2 * by["IR"]["train_images"]
+    assert by["GS@1"]["train_images"] == 2 * by["IR"]["train_images"]
+    assert by["BR"]["train_images"] < by["IR"]["train_images"]
+    assert (tmp_path / "aug" / "augment_study.md").is_file()
+
+
+def test_water_fill_levels_smallest_first():
+    assert water_fill(np.array([10, 100]), 50).tolist() == [50, 0]
+    assert water_fill(np.array([10, 100]), 110).tolist() == [100, 10]
+    assert water_fill(np.array([5, 5, 20]), 31).tolist() == [16, 15, 0]
+
+
+def test_leaky_splits_refused_and_patient_names_detected(phantom32, synth32, tmp_path):
+    import shutil
+
+    leaky = tmp_path / "leaky"
+    shutil.copytree(phantom32, leaky)
+    man = json.loads((leaky / "manifest.json").read_text())
+    man["items"][0]["group"], man["items"][0]["split"] = 0, 0
+    man["items"][1]["group"], man["items"][1]["split"] = 0, 2
+    write_json_atomic(leaky / "manifest.json", man)
+    assert leaky_groups(man) == 1 and leaky_groups(json.loads((phantom32 / "manifest.json").read_text())) == 0
+    with pytest.raises(CxrganError, match="patient group"):
+        tstr(synth32, leaky, tmp_path / "t", TINY, seeds=(0,), progress=False)
+    assert names_look_patient_keyed(["PNEUMONIA/person12_bacteria_3.jpeg", "NORMAL/IM-0115-0001.jpeg"]) is not None
+    assert names_look_patient_keyed(["00012345_001.png", "00012346_000.png"]) is not None
+    assert names_look_patient_keyed(["a.png", "b.png"]) is None
+
+
+def test_evaluate_cli_end_to_end_and_bad_input(phantom32, synth32, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["--quiet", "evaluate", str(synth32), "--real", str(phantom32), "--out", str(out), "--features", "randconv"]) == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    rows = [r for r in summary["metrics"] if r["class"] == "all"]
+    assert {r["comparison"] for r in rows} == {"synthetic vs real train", "real train half A vs half B", "real train vs real test"}
+    assert (out / "closest_pairs.png").is_file() and summary["memorization"][0]["space"] == "pixels"
+    # the 'synthetic' images are training images: the audit must flag nearly all of them
+    assert summary["memorization"][0]["flagged_fraction"] > 0.95
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "nope"), "--real", str(phantom32), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["evaluate", str(synth32), "--real", str(phantom32), "--out", str(out), "--features", "inception:/no/such.pt"]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert main(["tstr", "--synthetic", str(synth32), "--real", str(phantom32), "--out", str(out), "--seeds", "x"]) == 2
+    assert "--seeds" in capsys.readouterr().err
+
+
+def test_inception_torchscript_file_is_used(tmp_path):
+    class Tiny(torch.nn.Module):
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+            return torch.stack([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3))], dim=1)
+
+    path = tmp_path / "incep.pt"
+    torch.jit.script(Tiny()).save(str(path))
+    space = inception_space(path)
+    f = space.embed_u8(np.full((3, 32, 32), 255, np.uint8))
+    assert f.shape == (3, 2) and np.allclose(f[:, 0], 255.0) and space.ident.startswith("inception-")

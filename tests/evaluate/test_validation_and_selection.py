@@ -1,0 +1,109 @@
+"""The distortion check on phantom data, the checkpoint-selection rule, and collapse handling in the loop."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cxrgan.data import PreparedDataset
+from cxrgan.evaluate.extractors import FeatureSpace, randconv_space
+from cxrgan.evaluate.validation import STRENGTHS, check_space, distort
+from cxrgan.train.data import TrainData
+from cxrgan.train.loop import train
+from cxrgan.train.quality import QualityMonitor, better
+from cxrgan.utils.tensors import to_model_range
+from tests.train.helpers import tiny_config
+
+
+def test_distortions_change_images_in_proportion(phantom32):
+    ds = PreparedDataset.open(phantom32)
+    x = np.asarray(ds.images[:40])
+    for kind, strengths in STRENGTHS.items():
+        diffs = [np.abs(distort(x, kind, s, labels=np.asarray(ds.labels[:40])).astype(float) - x).mean() for s in strengths]
+        assert diffs[-1] > diffs[0] > 0 or kind == "mode_drop", (kind, diffs)
+
+
+def test_randconv_check_on_phantoms_fd_rises_with_blur_and_noise(phantom32):
+    res = check_space(randconv_space(), PreparedDataset.open(phantom32), max_images=300)
+    for kind in ("blur", "salt_pepper", "occlusion"):
+        fd = [r["fd"] for r in res.rows if r["distortion"] in ("none", kind)]
+        assert len(fd) == 5 and all(b > a for a, b in zip(fd, fd[1:])), (kind, fd)
+    # mild noise hardly moves globally pooled random features at 32 px; strong noise must
+    noise = [r["fd"] for r in res.rows if r["distortion"] in ("none", "noise")]
+    assert noise[-1] > 5 * noise[0] and noise[-1] > noise[-2]
+    assert "FD" in res.table()
+
+
+class _Blind(nn.Module):
+    """A feature space that ignores its input: the check must fail it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(4), requires_grad=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator().manual_seed(len(x))
+        return torch.randn(len(x), 4, generator=g) * self.w
+
+
+def test_check_fails_a_space_blind_to_the_images(phantom32):
+    res = check_space(FeatureSpace(_Blind(), "blind", "blind-0"), PreparedDataset.open(phantom32), max_images=200)
+    assert not res.passed and any("FD does not rise" in f for f in res.failures)
+
+
+def test_blurry_low_diversity_checkpoint_is_not_chosen_over_sharp_diverse_one(phantom32):
+    """The demo's case: a blurrier checkpoint with a third of the real diversity must lose to a sharper one."""
+    ds = PreparedDataset.open(phantom32)
+    data = TrainData(ds)
+    mon = QualityMonitor(data, 256, 8, 0, torch.device("cpu"))
+    real = np.asarray(data.images[256:512])
+    sharp = to_model_range(torch.from_numpy(real))
+    few = np.repeat(real[:2], 128, axis=0)  # two distinct images: little diversity
+    blurry = to_model_range(torch.from_numpy(distort(few, "blur", 1.0)))
+    s_sharp, s_blurry = mon.score(sharp), mon.score(blurry)
+    assert s_blurry["diversity"] / s_blurry["diversity_real"] < 0.5 < s_sharp["diversity"] / s_sharp["diversity_real"]
+    best = {"step": None, "fd": float("inf")}
+    assert better(s_blurry, best, 0.5) is False  # whatever its FD, not eligible
+    assert better(s_sharp, best, 0.5) is True
+    assert better(s_blurry, {"step": 1, "fd": s_sharp["fd"]}, 0.5) is False
+
+
+def test_constant_generator_is_flagged_excluded_from_best_and_sampled_from_last(phantom32, tmp_path, caplog):
+    """A generator forced to a constant image: the collapse warning fires, no checkpoint becomes best."""
+    from cxrgan.sample import load_run
+
+    def flatten_generator(step, stats, holder={}):
+        pass
+
+    cfg = tiny_config(phantom32, "dcgan", "steps=6", "collapse_warmup=0", "ema_decay=0")
+    run = tmp_path / "const"
+    import cxrgan.train.loop as loop
+
+    orig = loop.build_family
+
+    def constant_family(*a, **k):
+        fam = orig(*a, **k)
+        last = [m for m in fam.G.modules() if isinstance(m, nn.ConvTranspose2d)][-1]
+        last.weight.data.zero_()
+        last.weight.requires_grad_(False)  # G's output stays tanh(0) = 0: one grey image for every z
+        return fam
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "build_family", constant_family)
+        with caplog.at_level("INFO", logger="cxrgan.train"):
+            res = train(cfg, run, progress=False)
+    assert res.collapse_step == 3
+    assert "possible mode collapse at step 3" in caplog.text and "not eligible as best" in caplog.text
+    assert res.best_step is None and not (run / "checkpoints" / "best.json").exists()
+    assert load_run(run, "best").step == 6  # sample's default falls back to the last checkpoint
+
+
+def test_best_json_says_why(phantom32, tmp_path):
+    res = train(tiny_config(phantom32, "dcgan", "collapse_ratio=0"), tmp_path / "r", progress=False)
+    info = json.loads((tmp_path / "r" / "checkpoints" / "best.json").read_text())
+    assert info["step"] == res.best_step and info["space"] == "randconv-v1" and "lowest FD" in info["reason"]
+    assert json.loads((tmp_path / "r" / "run.json").read_text())["quality_space"]["ident"] == "randconv-v1"
