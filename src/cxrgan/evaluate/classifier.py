@@ -173,7 +173,7 @@ def train_classifier(x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(y_train) / cfg.batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=0.2)
-    x_all = torch.from_numpy(np.ascontiguousarray(x_train))
+    x_all = torch.from_numpy(np.array(x_train, dtype=np.uint8))  # a writable copy (inputs may be memory-mapped)
     y_all = torch.from_numpy(y_train)
     result = TrainedClassifier(model, list(class_names), None, [], cfg)
     best_auc, best_state = -math.inf, None
