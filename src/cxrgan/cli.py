@@ -132,6 +132,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--on-collapse", choices=("continue", "stop", "rollback"),
+                   help="when diversity collapses: warn and go on (default), stop, or roll back to the last healthy checkpoint "
+                   "with a lower D learning rate")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set loss.r1_gamma=1 --set model.spectral_norm=true (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue OUT from its last checkpoint")
@@ -144,7 +147,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     flags = {"model.family": a.model, "data.path": a.data, "data.classes": a.classes, "steps": a.steps,
              "epochs": a.epochs, "batch_size": a.batch_size, "loss.kind": a.loss, "optim.lr_g": a.lr, "optim.lr_d": a.lr,
-             "augment.policy": a.augment, "seed": a.seed, "device": a.device, "precision": a.precision}
+             "augment.policy": a.augment, "seed": a.seed, "device": a.device, "precision": a.precision,
+             "on_collapse": a.on_collapse}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(a.overrides)
     if a.resume:
         if a.config:
@@ -159,6 +163,9 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"interrupted at step {result.step}; checkpoint written. Continue with: cxrgan train --resume --out {a.out}")
         return 130
+    if result.stopped_on_collapse:
+        print(f"stopped at step {result.step}: mode collapse (see {a.out}/samples). Continue with: cxrgan train --resume --out {a.out}")
+        return 3
     best = f", best FD {result.best_fd:.4g} at step {result.best_step}" if result.best_fd is not None else ""
     print(f"trained {result.step} steps into {a.out}{best}")
     if result.collapse_step is not None:
@@ -301,16 +308,25 @@ def _cmd_tstr(a: argparse.Namespace) -> int:
 def _add_augment_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("augment-study", help="the BR/BG/IR/RS/GS augmentation study with synthetic images")
     p.add_argument("--real", required=True)
-    p.add_argument("--synthetic", required=True, nargs="+", help="one or more synthetic sets")
-    p.add_argument("--out", required=True)
+    p.add_argument("--synthetic", nargs="+", help="one or more synthetic sets")
+    p.add_argument("--out", help="output directory of the study")
     p.add_argument("--minority-fraction", type=float, default=1.0, help="keep this fraction of the smallest class's training images")
     p.add_argument("--synthetic-ratio", default="1", help="GS arms: synthetic images as multiples of the real training set, e.g. 0.25,0.5,1,2")
+    p.add_argument("--write-imbalanced", metavar="DIR", help="only write the real dataset with the minority cut applied "
+                   "(train the generators for BG/GS on it), then exit")
     _classifier_args(p)
     p.set_defaults(func=_cmd_augment_study)
 
 
 def _cmd_augment_study(a: argparse.Namespace) -> int:
-    from .evaluate.studies import augment_study
+    from .data.summary import info_text
+    from .evaluate.studies import augment_study, write_imbalanced
+
+    if a.write_imbalanced:
+        print(info_text(write_imbalanced(a.real, a.minority_fraction, a.write_imbalanced)))
+        return 0
+    if not a.synthetic or not a.out:
+        raise CxrganError("augment-study needs --synthetic SYNTH... and --out DIR (or --write-imbalanced DIR)")
 
     cfg, seeds = _classifier_cfg(a)
     try:

@@ -22,22 +22,12 @@ TINY = ClassifierConfig(width=4, epochs=2, batch_size=32, device="cpu")
 
 @pytest.fixture(scope="module")
 def synth32(phantom32, tmp_path_factory):
-    """A 'synthetic' set: real phantom training images written through the sample format (class names kept)."""
-    from cxrgan.data.dataset import DatasetWriter, base_manifest
+    """A 'synthetic' set: real phantom training images written as a dataset (class names kept)."""
+    from cxrgan.data.dataset import write_subset
 
     ds = PreparedDataset.open(phantom32)
-    idx = ds.indices("train")[:150]
     out = tmp_path_factory.mktemp("synth") / "s"
-    out.mkdir()
-    w = DatasetWriter(out, len(idx), ds.size, with_masks=False)
-    for i in idx:
-        w.append(np.asarray(ds.images[i]))
-    labels = np.asarray(ds.labels)[idx]
-    splits = np.zeros(len(idx), np.uint8)
-    w.finalize(labels, splits, base_manifest(source={"kind": "synthetic"}, preprocess={"size": ds.size}, class_names=ds.class_names,
-                                             multilabel=False, size=ds.size, labels=labels, splits=splits,
-                                             items=[{"origin": str(i), "sha256": ""} for i in idx], skipped=[],
-                                             split_info={}, has_masks=False))
+    write_subset(ds, ds.indices("train")[:150], out, {"kind": "synthetic"})
     return out
 
 
@@ -120,3 +110,39 @@ def test_inception_torchscript_file_is_used(tmp_path):
     space = inception_space(path)
     f = space.embed_u8(np.full((3, 32, 32), 255, np.uint8))
     assert f.shape == (3, 2) and np.allclose(f[:, 0], 255.0) and space.ident.startswith("inception-")
+
+
+def test_prepare_warns_about_patient_ids_in_file_names(tmp_path, caplog):
+    from PIL import Image
+
+    from cxrgan.data import Preprocess, prepare
+
+    src = tmp_path / "src"
+    rng = np.random.default_rng(0)
+    for c in ("NORMAL", "PNEUMONIA"):
+        (src / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(src / c / f"person{i}_virus_{i}.png")
+    with caplog.at_level("WARNING"):
+        prepare(src, tmp_path / "d", Preprocess(size=32), progress=False, workers=1)
+    assert "look like they carry patient ids" in caplog.text and "person" not in caplog.text.split("pattern")[0]
+    caplog.clear()
+    from cxrgan.data import SourceOptions
+
+    with caplog.at_level("WARNING"):
+        prepare(src, tmp_path / "d2", Preprocess(size=32), SourceOptions(patient_regex=r"(person\d+)_"), progress=False, workers=1)
+    assert "patient ids" not in caplog.text
+
+
+def test_write_imbalanced_cuts_only_the_training_minority(phantom32, tmp_path, capsys):
+    ds = PreparedDataset.open(phantom32)
+    assert main(["--quiet", "augment-study", "--real", str(phantom32), "--minority-fraction", "0.2",
+                 "--write-imbalanced", str(tmp_path / "cut")]) == 0
+    cut = PreparedDataset.open(tmp_path / "cut")
+    before = ds.manifest["counts"]
+    after = cut.manifest["counts"]
+    small = min(before["train"], key=before["train"].get)
+    assert after["train"][small] == round(0.2 * before["train"][small])
+    assert after["val"] == before["val"] and after["test"] == before["test"]
+    assert {c: n for c, n in after["train"].items() if c != small} == {c: n for c, n in before["train"].items() if c != small}
+    assert cut.manifest["source"]["parent_manifest_sha256"] == ds.manifest_hash

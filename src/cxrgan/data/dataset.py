@@ -239,3 +239,27 @@ class PreparedDataset:
             labels = np.asarray(self.labels)
             keep &= labels[:, ids].any(axis=1) if self.multilabel else np.isin(labels, ids)
         return np.flatnonzero(keep)
+
+
+def write_subset(ds: PreparedDataset, rows: np.ndarray, out: str | Path, source: dict[str, Any],
+                 splits: np.ndarray | None = None, overwrite: bool = False) -> PreparedDataset:
+    """Write rows ``rows`` of ``ds`` (images, labels, masks, manifest items) as a new prepared dataset at ``out``.
+
+    ``source`` describes how the subset was made (kept in the manifest with the parent's manifest hash);
+    ``splits`` replaces the subset's split codes (default: kept)."""
+    from ..utils.io import atomic_directory
+
+    rows = np.asarray(rows, dtype=np.int64)
+    labels = np.asarray(ds.labels)[rows]
+    splits = np.asarray(ds.splits)[rows] if splits is None else np.asarray(splits, np.uint8)
+    items = [dict(ds.manifest["items"][i], split=int(s)) for i, s in zip(rows, splits)] if ds.manifest.get("items") else []
+    with atomic_directory(Path(out), overwrite=overwrite) as tmp:
+        w = DatasetWriter(tmp, len(rows), ds.size, with_masks=ds.masks is not None)
+        for i in rows:
+            w.append(np.asarray(ds.images[i]), None if ds.masks is None else np.asarray(ds.masks[i]))
+        w.finalize(labels, splits, base_manifest(
+            source={**source, "parent": str(ds.root), "parent_manifest_sha256": ds.manifest_hash},
+            preprocess=ds.manifest.get("preprocess", {}), class_names=ds.class_names, multilabel=ds.multilabel,
+            size=ds.size, labels=labels, splits=splits, items=items, skipped=[],
+            split_info=ds.manifest.get("splits", {}), has_masks=ds.masks is not None))
+    return PreparedDataset.open(out)

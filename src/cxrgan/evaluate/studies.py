@@ -119,6 +119,31 @@ def cut_minority(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np
     return np.flatnonzero(keep)
 
 
+def write_imbalanced(real: str | Path, minority_fraction: float, out: str | Path, overwrite: bool = False) -> PreparedDataset:
+    """The real dataset with its training split cut exactly as ``augment_study`` cuts it (validation and test
+    unchanged), so the generators for BG/GS can be trained on what IR has, and nothing more."""
+    from ..data.dataset import write_subset
+
+    ds = PreparedDataset.open(real)
+    tr = ds.indices("train")
+    keep = cut_minority(np.asarray(ds.labels)[tr], minority_fraction, np.random.default_rng(0))
+    rows = np.sort(np.concatenate([tr[keep], ds.indices("val"), ds.indices("test")]))
+    return write_subset(ds, rows, out, {"kind": "imbalanced", "minority_fraction": minority_fraction}, overwrite=overwrite)
+
+
+def _warn_if_generators_saw_the_cut(synthetic: Sequence[str | Path], ds: PreparedDataset) -> None:
+    """With an induced imbalance, generators trained on the full dataset saw the minority images IR lost."""
+    for s in synthetic:
+        try:
+            runs = PreparedDataset.open(s).manifest.get("source", {}).get("runs", [])
+        except CxrganError:
+            continue
+        if any(r.get("data_manifest_sha256") == ds.manifest_hash for r in runs):
+            log.warning("WARNING: %s comes from a generator trained on %s before the minority class was cut, so BG and GS "
+                        "see information IR does not have; train the generator on `augment-study --write-imbalanced DIR` "
+                        "output for an honest comparison", s, ds.root)
+
+
 def water_fill(counts: np.ndarray, extra: int) -> np.ndarray:
     """How many images to add per class: the smallest classes first until level, the rest in proportion."""
     counts = counts.astype(np.int64)
@@ -180,6 +205,8 @@ def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | 
     rng = np.random.default_rng(0)
     x_all, y_all = _real(ds, "train")
     keep = cut_minority(y_all, minority_fraction, rng) if minority_fraction < 1 else np.arange(len(y_all))
+    if minority_fraction < 1:
+        _warn_if_generators_saw_the_cut(synthetic, ds)
     x_ir, y_ir = x_all[keep], y_all[keep]
     counts = np.bincount(y_ir, minlength=len(ds.class_names))
     present = counts > 0

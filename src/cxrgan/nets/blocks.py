@@ -86,19 +86,34 @@ class ConvTrunk(nn.Module):
         return self.net(x)
 
 
+def minibatch_stddev(h: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """Karras et al.'s minibatch standard deviation: one extra channel holding the mean standard deviation of
+    the features across groups of ``group`` samples, so D can see a batch that lacks variety."""
+    n, c, hh, ww = h.shape
+    g = min(group, n)
+    while n % g:
+        g -= 1
+    y = h.float().reshape(g, n // g, c, hh, ww)
+    y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (n // g,)
+    y = y.to(h.dtype).repeat(g)[:, None, None, None].expand(n, 1, hh, ww)
+    return torch.cat([h, y], dim=1)
+
+
 class ConvDiscriminator(nn.Module):
     """DCGAN discriminator with optional class conditioning: ``(N, 1, S, S)`` -> logits ``(N,)``.
 
     cond: ``none``; ``projection`` (Miyato & Koyama: logit += <embed(y), pooled features>); or ``concat``
-    (one-hot label planes concatenated to the input image).
+    (one-hot label planes concatenated to the input image). mbstd: append the minibatch standard deviation
+    channel before the head.
     """
 
-    def __init__(self, size: int, base: int = 64, norm: str = "bn", sn: bool = False, num_classes: int = 0, cond: str = "none") -> None:
+    def __init__(self, size: int, base: int = 64, norm: str = "bn", sn: bool = False, num_classes: int = 0, cond: str = "none",
+                 mbstd: bool = False) -> None:
         super().__init__()
-        self.cond, self.num_classes = cond, num_classes
+        self.cond, self.num_classes, self.mbstd = cond, num_classes, mbstd
         in_ch = 1 + (num_classes if cond == "concat" else 0)
         self.trunk = ConvTrunk(size, base, in_ch, norm, sn)
-        self.head = maybe_sn(nn.Conv2d(self.trunk.out_channels, 1, 4, 1, 0), sn)
+        self.head = maybe_sn(nn.Conv2d(self.trunk.out_channels + int(mbstd), 1, 4, 1, 0), sn)
         self.embed = maybe_sn(nn.Embedding(num_classes, self.trunk.out_channels), sn) if cond == "projection" else None
         dcgan_init(self.head)
         if self.embed is not None:  # small like every other weight: the projection must not swamp the logit
@@ -110,7 +125,7 @@ class ConvDiscriminator(nn.Module):
             planes = nn.functional.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, planes.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
         h = self.trunk(x)
-        logit = self.head(h).flatten()
+        logit = self.head(minibatch_stddev(h) if self.mbstd else h).flatten()
         if self.embed is not None:
             logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
         return logit

@@ -45,6 +45,14 @@ def mark_best(run: Path, step: int, figure: float, why: dict[str, Any] | None = 
     write_json_atomic(run / "checkpoints" / "best.json", {"step": step, "path": ckpt_name(step), "fd": figure, **(why or {})})
 
 
+def rewind(run: Path, step: int) -> None:
+    """Make checkpoint ``step`` the last one again: later checkpoints (an abandoned trajectory) are removed."""
+    for s in list_checkpoints(run):
+        if s > step:
+            shutil.rmtree(run / "checkpoints" / ckpt_name(s), ignore_errors=True)
+    write_json_atomic(run / "checkpoints" / "last.json", {"step": step, "path": ckpt_name(step)})
+
+
 def prune(run: Path, keep: int) -> None:
     """Remove all but the newest ``keep`` checkpoints, never the best one."""
     root = run / "checkpoints"

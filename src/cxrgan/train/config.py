@@ -19,7 +19,7 @@ from ..errors import CxrganError
 @dataclass
 class ModelConfig:
     """Which family and how wide. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
-    ``embed_dim`` for ``cgan``."""
+    ``embed_dim`` for ``cgan``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan`` and ``cgan``."""
 
     family: str = "dcgan"
     z_dim: int = 100
@@ -29,6 +29,7 @@ class ModelConfig:
     spectral_norm: bool = False
     cond_d: str = "projection"
     embed_dim: int = 32
+    mbstd: bool = False
 
 
 @dataclass
@@ -81,6 +82,9 @@ class TrainConfig:
     grid_every: steps between sample grids (0 = once per epoch, at most about 100 per run). collapse_ratio: warn of mode collapse when
     sample diversity falls below this fraction of real-image diversity, from step ``collapse_warmup`` on (an
     untrained generator has little diversity too); a checkpoint below the ratio is never chosen as best, at any step.
+    on_collapse: what the loop does when it flags collapse: ``continue`` (warn only), ``stop`` (write the checkpoint and
+    stop with the resume command), ``rollback`` (return to the best, healthy checkpoint with the D learning rate
+    times ``collapse_lr_factor``, at most ``max_rollbacks`` times, then stop).
     quality_features: feature space of the training-time FD: ``auto`` (the dataset's trained classifier space once
     it passed the distortion check, else ``randconv-v1``), ``randconv`` or a trained extractor directory.
     """
@@ -106,6 +110,9 @@ class TrainConfig:
     collapse_ratio: float = 0.5
     collapse_warmup: int = 500
     quality_features: str = "auto"
+    on_collapse: str = "continue"
+    collapse_lr_factor: float = 0.5
+    max_rollbacks: int = 3
 
     def validate(self) -> "TrainConfig":
         from ..models.losses import LOSS_KINDS
@@ -121,6 +128,8 @@ class TrainConfig:
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be at least 1"),
             (self.eval_samples >= 16, "eval_samples must be at least 16"),
+            (self.on_collapse in ("continue", "stop", "rollback"), f"on_collapse must be continue, stop or rollback, got {self.on_collapse!r}"),
+            (0 < self.collapse_lr_factor <= 1, f"collapse_lr_factor must be in (0, 1], got {self.collapse_lr_factor}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -51,6 +51,8 @@ class RunResult:
     best_fd: float | None = None
     collapse_step: int | None = None
     last_eval: dict[str, float] = field(default_factory=dict)
+    stopped_on_collapse: bool = False
+    rollbacks: list[tuple[int, int]] = field(default_factory=list)  # (collapsed step, step rolled back to)
 
 
 def build_family(cfg: TrainConfig, image_size: int, num_classes: int) -> Family:
@@ -63,6 +65,8 @@ def build_family(cfg: TrainConfig, image_size: int, num_classes: int) -> Family:
         kwargs["hidden"] = m.hidden
     else:
         kwargs.update(g_channels=m.g_channels, d_channels=m.d_channels)
+    if m.family in ("dcgan", "cgan"):
+        kwargs["mbstd"] = m.mbstd
     if m.family == "cgan":
         kwargs.update(cond_d=m.cond_d, embed_dim=m.embed_dim)
     try:
@@ -142,9 +146,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     monitor = QualityMonitor(data, cfg.eval_samples, cfg.model.z_dim, cfg.seed, device, space)
     grid_z, grid_y, grid_labels = _grid_latents(family, data, cfg.model.z_dim, cfg.seed)
 
-    step, images_seen, best = 0, 0, {"step": None, "fd": math.inf}
-    if resume:
-        path = ckpt.resolve(run, "last")
+    step, images_seen, best, rollbacks = 0, 0, {"step": None, "fd": math.inf}, 0
+
+    def restore(path: Path) -> dict:
+        """Load weights, EMA, optimizer moments, sampler position and every RNG from checkpoint ``path``."""
         tensors, state, _ = ckpt.load_checkpoint(path, cfg.model.family)
         ckpt.load_modules(modules, tensors)
         if ema is not None:
@@ -152,8 +157,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         for phase, opt in optims.items():
             opt.load_state_dict(state["optim"][phase])
         sampler.load_state_dict(state["sampler"])
-        step, images_seen, best = int(state["step"]), int(state["images_seen"]), dict(state["best"])
         set_rng_state(state["rng"])
+        return state
+
+    if resume:
+        state = restore(ckpt.resolve(run, "last"))
+        step, images_seen, best = int(state["step"]), int(state["images_seen"]), dict(state["best"])
+        rollbacks = int(state.get("rollbacks", 0))
         log.info("resumed %s from step %d", run, step)
         if step >= total:
             log.info("run %s already reached %d steps; raise --steps to continue", run, step)
@@ -184,7 +194,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         if ema is not None:
             tensors.update(ckpt.module_tensors(ema.shadow, prefix="ema."))
         state = {"step": at_step, "images_seen": images_seen, "sampler": sampler.state_dict(), "best": best,
-                 "optim": {p: o.state_dict() for p, o in optims.items()}, "rng": rng_state()}
+                 "optim": {p: o.state_dict() for p, o in optims.items()}, "rng": rng_state(), "rollbacks": rollbacks}
         ckpt.save_checkpoint(run, at_step, tensors, state, {"family": cfg.model.family, "config_digest": cfg.digest(),
                                                            "images_seen": images_seen, "fd": last_eval.get("fd")})
 
@@ -274,6 +284,31 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                                      f"  FD {row['fd']:.4g}" if "fd" in row else "")
                 if on_step is not None:
                     on_step(step, stats)
+                if row.get("collapse") and cfg.on_collapse != "continue":
+                    healthy = best["step"]
+                    if cfg.on_collapse == "rollback" and healthy is not None and rollbacks < cfg.max_rollbacks:
+                        collapsed_at = step
+                        state = restore(ckpt.resolve(run, healthy))
+                        step, images_seen, best = int(state["step"]), int(state["images_seen"]), dict(state["best"])
+                        rollbacks += 1
+                        for group in optims["D"].param_groups:
+                            group["lr"] *= cfg.collapse_lr_factor
+                        ckpt.rewind(run, step)
+                        metrics.close()
+                        metrics = MetricsLog(run, resume_step=step)
+                        saved_step = step
+                        result.rollbacks.append((collapsed_at, step))
+                        log.warning("collapse at step %d: rolled back to step %d, the last healthy checkpoint, with the D "
+                                    "learning rate x%g (now %.3g); rollback %d of at most %d", collapsed_at, step,
+                                    cfg.collapse_lr_factor, optims["D"].param_groups[0]["lr"], rollbacks, cfg.max_rollbacks)
+                        continue
+                    result.stopped_on_collapse = True
+                    why = ("no healthy checkpoint to roll back to" if healthy is None else
+                           f"{rollbacks} rollbacks used" if cfg.on_collapse == "rollback" else "on_collapse=stop")
+                    log.warning("stopped at step %d because of mode collapse (%s); the checkpoint is written. Look at %s, "
+                                "then continue with `cxrgan train --resume --out %s` (perhaps with --set on_collapse=rollback "
+                                "or a lower --set optim.lr_d)", step, why, run / "samples", run)
+                    break
                 if stop.requested:
                     if saved_step != step:
                         metrics.write(evaluate_and_save({}))
