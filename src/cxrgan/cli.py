@@ -261,7 +261,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="FD, KID, precision/recall/density/coverage, centroid study, memorization audit",
                        description="Measure a synthetic set (or a run, sampled first) against a real prepared dataset. "
                        "With --check-features, run the distortion check of the feature spaces instead.")
-    p.add_argument("target", nargs="?", help="synthetic set (cxrgan sample) or run directory")
+    p.add_argument("target", nargs="*", help="synthetic set(s) (cxrgan sample) or run directories; several are combined")
     p.add_argument("--real", required=True, help="prepared real dataset")
     p.add_argument("--out", help="output directory")
     p.add_argument("--features", default="classifier,autoencoder,randconv",
@@ -290,7 +290,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
 def _add_tstr(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tstr", help="train a classifier on synthetic images, test it on real ones (beside TRTR)")
-    p.add_argument("--synthetic", required=True, help="synthetic set (cxrgan sample) with real class names")
+    p.add_argument("--synthetic", required=True, nargs="+", help="synthetic set(s) (cxrgan sample) with real class names; several are combined")
     p.add_argument("--real", required=True, help="prepared real dataset (val picks epoch and threshold; test is reported)")
     p.add_argument("--out", required=True)
     _classifier_args(p)

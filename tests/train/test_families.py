@@ -99,3 +99,17 @@ def test_user_errors(phantom32, tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(CxrganError, match="no CUDA"):
             train(tiny_config(phantom32, "dcgan", "device=cuda"), tmp_path / "d", progress=False)
+
+
+def test_minibatch_stddev_option(phantom32, tmp_path):
+    from cxrgan.nets.blocks import minibatch_stddev
+
+    h = torch.randn(8, 5, 4, 4)
+    out = minibatch_stddev(h, group=4)
+    assert out.shape == (8, 6, 4, 4) and torch.equal(out[:, :5], h)
+    assert float(minibatch_stddev(torch.ones(8, 5, 4, 4))[:, 5].max()) < 1e-3  # identical samples: no spread
+    cfg = tiny_config(phantom32, "cgan", "model.mbstd=true", "model.spectral_norm=true", "loss.kind=hinge")
+    fam = build_family(cfg, 32, 3)
+    assert fam.D.head.in_channels == fam.D.trunk.out_channels + 1
+    res = train(cfg, tmp_path / "r", progress=False)
+    assert res.step == 6 and math.isfinite(res.last_eval["fd"])

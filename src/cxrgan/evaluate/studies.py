@@ -85,13 +85,21 @@ def _write_study(out: Path, rows: list[dict[str, Any]], per_seed: dict[str, list
     return md
 
 
-def tstr(synthetic: str | Path, real: str | Path, out: str | Path, cfg: ClassifierConfig | None = None,
+def combined_synthetic(synthetic: Sequence[str | Path], ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Several synthetic sets (for example one per class) as one labelled set in ``ds``'s class indices."""
+    parts = [synthetic_by_real_class(s, ds) for s in synthetic]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def tstr(synthetic: str | Path | Sequence[str | Path], real: str | Path, out: str | Path, cfg: ClassifierConfig | None = None,
          seeds: Sequence[int] = (0, 1, 2), allow_leaky: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train on synthetic, test on real; beside TRTR (the same classifier trained on the real training split)."""
+    """Train on synthetic (one set or several, combined), test on real; beside TRTR (the same classifier trained
+    on the real training split)."""
     cfg = cfg or ClassifierConfig()
     ds = PreparedDataset.open(real)
     check_leaks(ds, allow_leaky)
-    xs, ys = synthetic_by_real_class(synthetic, ds)
+    synthetic = [synthetic] if isinstance(synthetic, (str, Path)) else list(synthetic)
+    xs, ys = combined_synthetic(synthetic, ds)
     say = print if progress else (lambda s: None)
     val, test = _real(ds, "val"), _real(ds, "test")
     rows, per_seed = [], {}
@@ -101,7 +109,7 @@ def tstr(synthetic: str | Path, real: str | Path, out: str | Path, cfg: Classifi
         per_seed[name] = ps
     ratios = {f"{k}_ratio": rows[1][f"{k}_mean"] / rows[0][f"{k}_mean"] for k in ("roc_auc", "balanced_accuracy")}
     md = _write_study(Path(out), rows, per_seed, ds.class_names, "tstr", "TSTR vs TRTR",
-                      {"synthetic": str(synthetic), "real": str(ds.root), "classifier": cfg.__dict__, **ratios})
+                      {"synthetic": [str(s) for s in synthetic], "real": str(ds.root), "classifier": cfg.__dict__, **ratios})
     if progress:
         print(md + f"TSTR/TRTR: ROC AUC {ratios['roc_auc_ratio']:.3f}x, balanced accuracy {ratios['balanced_accuracy_ratio']:.3f}x")
     return {"rows": rows, **ratios}
@@ -200,8 +208,7 @@ def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | 
     cfg = cfg or ClassifierConfig()
     ds = PreparedDataset.open(real)
     check_leaks(ds, allow_leaky)
-    parts = [synthetic_by_real_class(s, ds) for s in synthetic]
-    xs, ys = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    xs, ys = combined_synthetic(synthetic, ds)
     rng = np.random.default_rng(0)
     x_all, y_all = _real(ds, "train")
     keep = cut_minority(y_all, minority_fraction, rng) if minority_fraction < 1 else np.arange(len(y_all))

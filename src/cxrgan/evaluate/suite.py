@@ -107,9 +107,18 @@ def distribution_rows(space: FeatureSpace, validated: str, real_tr: np.ndarray, 
     return rows
 
 
-def evaluate(target: str | Path, real: str | Path, out: str | Path, features: str = "classifier,autoencoder,randconv",
+def load_targets(targets: Sequence[str | Path], out: Path, n: int, checkpoint: str, seed: int) -> SyntheticSet:
+    """One or several synthetic sets or runs (for example a per-class pair) as one synthetic set."""
+    sets = [load_synthetic(t, out / (f"target{i}" if len(targets) > 1 else ""), n, checkpoint, seed) for i, t in enumerate(targets)]
+    if len({s.images.shape[1:] for s in sets}) > 1:
+        raise CxrganError("the synthetic sets have different image sizes; evaluate sets of one size together")
+    return SyntheticSet(np.concatenate([s.images for s in sets]), np.concatenate([s.classes for s in sets]),
+                        ",".join(s.source for s in sets))
+
+
+def evaluate(target: str | Path | Sequence[str | Path], real: str | Path, out: str | Path, features: str = "classifier,autoencoder,randconv",
              n: int = 1000, checkpoint: str = "best", seed: int = 0, max_real: int = 10000, progress: bool = True) -> dict[str, Any]:
-    """Run every measurement of ``target`` (a synthetic set or a run) against the real dataset ``real``.
+    """Run every measurement of ``target`` (a synthetic set or a run, or several combined) against ``real``.
 
     Returns the summary that is also written to ``out/metrics.json``."""
     out = Path(out)
@@ -117,7 +126,8 @@ def evaluate(target: str | Path, real: str | Path, out: str | Path, features: st
     ds = PreparedDataset.open(real)
     if ds.multilabel:
         raise CxrganError(f"{ds.root} is multi-label; evaluate against a single-label dataset")
-    synth = load_synthetic(target, out, n, checkpoint, seed)
+    targets = [target] if isinstance(target, (str, Path)) else list(target)
+    synth = load_targets(targets, out, n, checkpoint, seed)
     if synth.images.shape[-1] != ds.size:
         raise CxrganError(f"synthetic images are {synth.images.shape[-1]} px but {ds.root} is {ds.size} px; prepare the real data at the same size")
     rng = np.random.default_rng(seed)
@@ -140,7 +150,7 @@ def evaluate(target: str | Path, real: str | Path, out: str | Path, features: st
         if progress:
             print(f"  {space.ident}: distribution metrics done", flush=True)
     md = write_table(rows, METRIC_COLUMNS, out / "metrics")
-    summary: dict[str, Any] = {"target": str(target), "synthetic": synth.source, "real": str(ds.root), "real_manifest_sha256": ds.manifest_hash,
+    summary: dict[str, Any] = {"target": [str(t) for t in targets], "synthetic": synth.source, "real": str(ds.root), "real_manifest_sha256": ds.manifest_hash,
                                "spaces": [s.ident for s in spaces], "metrics": rows}
     ae = next((s for s in spaces if s.kind == "autoencoder"), None)
     if ae is not None and mapping:

@@ -76,6 +76,6 @@ def closest_pairs(synth: np.ndarray, train: np.ndarray, pairs: Sequence[tuple[in
     """Top row: the synthetic images closest to a training image; bottom row: those training images."""
     top = np.stack([synth[i] for i, _, _ in pairs])
     bottom = np.stack([train[j] for _, j, _ in pairs])
-    scale = max(1, 64 // synth.shape[-1])
+    scale = max(1, 128 // synth.shape[-1])
     save_png(labelled_rows([top, bottom], ["synthetic", "nearest train"], scale=scale), path)
     return Path(path)
