@@ -13,7 +13,6 @@ by TSTR (small CNN, several seeds, threshold on real validation, real test split
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,6 @@ def main() -> None:
     a = ap.parse_args()
 
     from cxrgan.data import PreparedDataset
-    from cxrgan.data.dataset import DatasetWriter, base_manifest
     from cxrgan.evaluate.classifier import ClassifierConfig
     from cxrgan.evaluate.distribution import frechet_distance, mean_pairwise_distance, prdc
     from cxrgan.evaluate.extractors import ensure_extractors

@@ -8,7 +8,6 @@ study in the autoencoder latent), ``memorization.json``/``closest_pairs.png`` (t
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
