@@ -39,6 +39,7 @@ def main() -> None:
     from cxrgan.train import checkpoint as ckpt
     from cxrgan.train.metrics import read_metrics
     from cxrgan.utils.io import write_json_atomic
+    from cxrgan.utils.tensors import batches
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -69,7 +70,7 @@ def main() -> None:
             imgs = generate(lr, z, torch.zeros(a.n, dtype=torch.long))
             f = space.embed_u8(imgs)
             with torch.no_grad():
-                logits = torch.cat([clf_net(x) for x in torch.from_numpy(imgs).unsqueeze(1).float().div(127.5).sub(1).split(256)])
+                logits = torch.cat([clf_net(x) for x in batches(imgs, 256)])
             faithful = float((logits.argmax(1) == c).float().mean())
             pr = prdc(f_real, f, k=5)
             row = {"run": run.name, "class": cls, "step": step, "fd_randconv": randconv_fd.get(step),

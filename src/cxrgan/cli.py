@@ -133,8 +133,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
     p.add_argument("--on-collapse", choices=("continue", "stop", "rollback"),
-                   help="when diversity collapses: warn and go on (default), stop, or roll back to the last healthy checkpoint "
-                   "with a lower D learning rate")
+                   help="when diversity collapses: warn and go on (default), stop (exit status 3), or roll back to the last "
+                   "healthy checkpoint with a lower D learning rate")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set loss.r1_gamma=1 --set model.spectral_norm=true (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue OUT from its last checkpoint")
@@ -227,7 +227,7 @@ def _classifier_cfg(a: argparse.Namespace):
     from .evaluate.classifier import ClassifierConfig
 
     try:
-        seeds = [int(s) for s in a.seeds.split(",") if s.strip()]
+        seeds = [int(s) for s in _csv_list(a.seeds) or []]
     except ValueError:
         raise CxrganError(f"--seeds {a.seeds!r}: expected integers like 0,1,2") from None
     if not seeds or a.epochs < 1:
@@ -327,10 +327,9 @@ def _cmd_augment_study(a: argparse.Namespace) -> int:
         return 0
     if not a.synthetic or not a.out:
         raise CxrganError("augment-study needs --synthetic SYNTH... and --out DIR (or --write-imbalanced DIR)")
-
     cfg, seeds = _classifier_cfg(a)
     try:
-        ratios = [float(r) for r in a.synthetic_ratio.split(",") if r.strip()]
+        ratios = [float(r) for r in _csv_list(a.synthetic_ratio) or []]
     except ValueError:
         raise CxrganError(f"--synthetic-ratio {a.synthetic_ratio!r}: expected numbers like 0.25,0.5,1,2") from None
     augment_study(a.real, a.synthetic, a.out, a.minority_fraction, ratios, cfg, seeds, a.allow_leaky, progress=not a.quiet)

@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import CxrganError
-from ..utils.io import sha256_file, write_json_atomic
+from ..utils.io import atomic_directory, sha256_file, write_json_atomic
 from .splits import SPLIT_NAMES
 
 FORMAT = "cxrgan-dataset"
@@ -242,17 +242,13 @@ class PreparedDataset:
 
 
 def write_subset(ds: PreparedDataset, rows: np.ndarray, out: str | Path, source: dict[str, Any],
-                 splits: np.ndarray | None = None, overwrite: bool = False) -> PreparedDataset:
-    """Write rows ``rows`` of ``ds`` (images, labels, masks, manifest items) as a new prepared dataset at ``out``.
-
-    ``source`` describes how the subset was made (kept in the manifest with the parent's manifest hash);
-    ``splits`` replaces the subset's split codes (default: kept)."""
-    from ..utils.io import atomic_directory
-
+                 overwrite: bool = False) -> PreparedDataset:
+    """Write rows ``rows`` of ``ds`` (images, labels, splits, masks, manifest items) as a new prepared dataset at
+    ``out``. ``source`` describes how the subset was made (kept in the manifest with the parent's manifest hash)."""
     rows = np.asarray(rows, dtype=np.int64)
     labels = np.asarray(ds.labels)[rows]
-    splits = np.asarray(ds.splits)[rows] if splits is None else np.asarray(splits, np.uint8)
-    items = [dict(ds.manifest["items"][i], split=int(s)) for i, s in zip(rows, splits)] if ds.manifest.get("items") else []
+    splits = np.asarray(ds.splits)[rows]
+    items = [ds.manifest["items"][i] for i in rows] if ds.manifest.get("items") else []
     with atomic_directory(Path(out), overwrite=overwrite) as tmp:
         w = DatasetWriter(tmp, len(rows), ds.size, with_masks=ds.masks is not None)
         for i in rows:

@@ -95,6 +95,14 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
     }
 
 
+def compare(a: np.ndarray, b: np.ndarray, kid_subsets: int = 50) -> dict[str, float]:
+    """Every distribution figure of ``b`` against ``a``: sizes, FD, KID mean and std, and PRDC (k = 5, or fewer
+    for tiny sets)."""
+    k_mean, k_std = kid(a, b, subsets=kid_subsets, subset_size=1000)
+    return {"n_a": len(a), "n_b": len(b), "fd": frechet_distance(a, b), "kid": k_mean, "kid_std": k_std,
+            **prdc(a, b, k=min(5, len(a) - 1, len(b) - 1))}
+
+
 def nearest_distances(query: np.ndarray, reference: np.ndarray, exclude_self: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """For each query row, the Euclidean distance to its nearest reference row and that row's index.
 

@@ -32,7 +32,7 @@ from ..errors import CxrganError
 from ..nets.evaluators import ConvAutoencoder, build_classifier
 from ..train.runtime import pick_device
 from ..utils.io import atomic_directory, sha256_file, write_json_atomic
-from ..utils.tensors import batches
+from ..utils.tensors import batches, to_model_range
 from .classifier import ClassifierConfig, evaluate_classifier, random_affine, train_classifier
 from .features import FEATURES_VERSION, RandomConvFeatures
 
@@ -153,7 +153,7 @@ def train_autoencoder(train_u8: np.ndarray, val_u8: np.ndarray, size: int, epoch
             idx = perm[i : i + batch_size]
             if len(idx) < 2:
                 continue
-            x = random_affine(data[idx].unsqueeze(1).float().div(127.5).sub(1).to(dev), gen, degrees=3, jitter=0.05)
+            x = random_affine(to_model_range(data[idx]).to(dev), gen, degrees=3, jitter=0.05)
             x = x.contiguous(memory_format=torch.channels_last)
             loss = nn.functional.mse_loss(ae(x), x)
             opt.zero_grad(set_to_none=True)

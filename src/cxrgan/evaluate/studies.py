@@ -24,7 +24,9 @@ from ..data.splits import leaky_groups
 from ..errors import CxrganError
 from ..report.evalplots import bar_chart, confusion_figure
 from ..report.tables import write_table
+from ..utils.images import to_uint8
 from ..utils.io import write_json_atomic
+from ..utils.tensors import to_model_range
 from .classifier import ClassifierConfig, evaluate_classifier, random_affine, summarize_seeds, train_classifier
 from .suite import load_synthetic, match_classes
 
@@ -192,9 +194,8 @@ def _take_synthetic(xs: np.ndarray, ys: np.ndarray, per_class: np.ndarray, rng: 
 def rotate_scale_copies(x: np.ndarray, seed: int) -> np.ndarray:
     """One randomly rotated (+-10 degrees) and scaled (0.9-1.1) copy of each uint8 image."""
     g = torch.Generator().manual_seed(seed)
-    t = torch.from_numpy(x).unsqueeze(1).float().div(127.5).sub(1)
-    out = random_affine(t, g, shift=0.0, degrees=10.0, scale=(0.9, 1.1), jitter=0.0)
-    return np.clip(np.rint((out[:, 0].numpy() + 1) * 127.5), 0, 255).astype(np.uint8)
+    out = random_affine(to_model_range(torch.from_numpy(x)), g, shift=0.0, degrees=10.0, scale=(0.9, 1.1), jitter=0.0)
+    return to_uint8(out[:, 0].numpy())
 
 
 def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | Path, minority_fraction: float = 1.0,

@@ -8,7 +8,6 @@ study in the autoencoder latent), ``memorization.json``/``closest_pairs.png`` (t
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,12 +20,10 @@ from ..report.evalplots import centroid_boxplots, closest_pairs
 from ..report.tables import write_table
 from ..utils.io import write_json_atomic
 from .centroids import centroid_study
-from .distribution import frechet_distance, kid, prdc
+from .distribution import compare
 from .extractors import FeatureSpace, resolve_spaces
 from .memorization import memorization_audit
 from .validation import cached_check
-
-log = logging.getLogger("cxrgan.evaluate")
 
 METRIC_COLUMNS = ["space", "validated", "comparison", "class", "n_a", "n_b", "fd", "kid", "kid_std", "precision",
                   "recall", "density", "coverage"]
@@ -39,9 +36,6 @@ class SyntheticSet:
     images: np.ndarray
     classes: np.ndarray
     source: str
-
-    def by_class(self) -> dict[str, np.ndarray]:
-        return {c: self.images[self.classes == c] for c in sorted(set(self.classes.tolist()))}
 
 
 def load_synthetic(target: str | Path, out: Path | None = None, n: int = 1000, checkpoint: str = "best", seed: int = 0) -> SyntheticSet:
@@ -74,11 +68,6 @@ def match_classes(synth: SyntheticSet, real: PreparedDataset) -> dict[str, int]:
     return out
 
 
-def _figures(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    k_mean, k_std = kid(a, b, subsets=50, subset_size=1000)
-    return {"n_a": len(a), "n_b": len(b), "fd": frechet_distance(a, b), "kid": k_mean, "kid_std": k_std, **prdc(a, b, k=min(5, len(a) - 1, len(b) - 1))}
-
-
 def distribution_rows(space: FeatureSpace, validated: str, real_tr: np.ndarray, real_te: np.ndarray, y_tr: np.ndarray,
                       y_te: np.ndarray, synth: np.ndarray, synth_y: np.ndarray | None, class_names: Sequence[str],
                       seed: int = 0) -> list[dict[str, Any]]:
@@ -99,10 +88,10 @@ def distribution_rows(space: FeatureSpace, validated: str, real_tr: np.ndarray, 
         if m_sy is not None or cname == "all":
             sy = synth if m_sy is None else synth[m_sy]
             if len(sy) > 6:
-                rows.append({**base, "comparison": "synthetic vs real train", **_figures(tr, sy)})
-        rows.append({**base, "comparison": "real train half A vs half B", **_figures(half_a, half_b)})
+                rows.append({**base, "comparison": "synthetic vs real train", **compare(tr, sy)})
+        rows.append({**base, "comparison": "real train half A vs half B", **compare(half_a, half_b)})
         if len(te) > 6:
-            rows.append({**base, "comparison": "real train vs real test", **_figures(tr, te)})
+            rows.append({**base, "comparison": "real train vs real test", **compare(tr, te)})
     return rows
 
 

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from ..data.dataset import PreparedDataset
 from ..errors import CxrganError
 from ..utils.io import write_json_atomic
-from .distribution import frechet_distance, kid, prdc
+from .distribution import compare
 from .extractors import FeatureSpace, cached_dir
 
 STRENGTHS = {
@@ -139,12 +139,12 @@ def check_space(space: FeatureSpace, ds: PreparedDataset, max_images: int = 2000
     ref = space.embed_u8(np.asarray(ds.images[tr]))
     test_imgs = np.asarray(ds.images[te])
     test_labels = None if ds.multilabel else np.asarray(ds.labels)[te]
-    base = _figures(ref, space.embed_u8(test_imgs))
+    base = compare(ref, space.embed_u8(test_imgs))
     rows, failures = [], []
     for kind, strengths in STRENGTHS.items():
         series = [base]
         for st in strengths:
-            series.append(_figures(ref, space.embed_u8(distort(test_imgs, kind, st, seed, test_labels))))
+            series.append(compare(ref, space.embed_u8(distort(test_imgs, kind, st, seed, test_labels))))
             rows.append({"distortion": kind, "strength": st, **series[-1]})
         if progress:
             progress(f"  {space.ident}: {kind} done")
@@ -157,11 +157,6 @@ def check_space(space: FeatureSpace, ds: PreparedDataset, max_images: int = 2000
                 failures.append(f"{key} does not fall with {kind}")
     rows.insert(0, {"distortion": "none", "strength": 0.0, **base})
     return CheckResult(space.ident, rows, failures)
-
-
-def _figures(ref: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    k_mean, _ = kid(ref, test, subsets=50, subset_size=1000)
-    return {"fd": frechet_distance(ref, test), "kid": k_mean, **prdc(ref, test, k=5)}
 
 
 def check_path(ds: PreparedDataset, space: FeatureSpace) -> Path:
