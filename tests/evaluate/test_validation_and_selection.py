@@ -59,17 +59,40 @@ def test_blurry_low_diversity_checkpoint_is_not_chosen_over_sharp_diverse_one(ph
     """The demo's case: a blurrier checkpoint with a third of the real diversity must lose to a sharper one."""
     ds = PreparedDataset.open(phantom32)
     data = TrainData(ds)
-    mon = QualityMonitor(data, 256, 8, 0, torch.device("cpu"))
-    real = np.asarray(data.images[256:512])
+    mon = QualityMonitor(data, 128, 8, 0, torch.device("cpu"))
+    real = np.asarray(data.images[128:256])
     sharp = to_model_range(torch.from_numpy(real))
-    few = np.repeat(real[:2], 128, axis=0)  # two distinct images: little diversity
+    few = np.repeat(real[:1], 128, axis=0)  # one image: no diversity
     blurry = to_model_range(torch.from_numpy(distort(few, "blur", 1.0)))
     s_sharp, s_blurry = mon.score(sharp), mon.score(blurry)
-    assert s_blurry["diversity"] / s_blurry["diversity_real"] < 0.5 < s_sharp["diversity"] / s_sharp["diversity_real"]
+    assert s_blurry["diversity_ratio"] < 0.5 < s_sharp["diversity_ratio"]
     best = {"step": None, "fd": float("inf")}
     assert better(s_blurry, best, 0.5) is False  # whatever its FD, not eligible
     assert better(s_sharp, best, 0.5) is True
     assert better(s_blurry, {"step": 1, "fd": s_sharp["fd"]}, 0.5) is False
+
+
+def test_conditional_diversity_is_measured_within_each_class_on_a_random_subset(phantom32):
+    """Prepared data are often sorted by class. The diversity groups must still cover every class (not the first
+    128 rows, which would all be one class), and a generator that draws one image per class must score near 0
+    even though its pooled, between-class diversity is large."""
+    ds = PreparedDataset.open(phantom32)
+    data = TrainData(ds)
+    order = np.argsort(data.labels, kind="stable")  # a class-sorted view of the same data
+    data.labels, rows = data.labels[order], order
+    data.uint8 = lambda r, _u=data.uint8: _u(rows[r])  # type: ignore[method-assign]
+    mon = QualityMonitor(data, 512, 8, 0, torch.device("cpu"), conditional=True)
+    assert set(mon.groups) == set(np.unique(data.labels).tolist())
+    real = to_model_range(torch.from_numpy(data.uint8(np.arange(len(data)))))
+    y = mon.y.numpy()
+    per_class = {int(c): real[int(np.flatnonzero(data.labels == c)[5])] for c in np.unique(y)}
+    one_per_class = torch.stack([per_class[int(c)] for c in y])
+    s = mon.score(one_per_class)
+    assert s["diversity_ratio"] < 0.05
+    pooled = QualityMonitor(data, 512, 8, 0, torch.device("cpu"), conditional=False).score(one_per_class)
+    assert pooled["diversity_ratio"] > 0.3  # what an unconditional, pooled figure would have let through
+    matched = torch.stack([real[int(np.flatnonzero(data.labels == c)[k % 40])] for k, c in enumerate(y)])
+    assert mon.score(matched)["diversity_ratio"] > 0.6
 
 
 def test_constant_generator_is_flagged_excluded_from_best_and_sampled_from_last(phantom32, tmp_path, caplog):

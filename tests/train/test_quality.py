@@ -12,6 +12,7 @@ from cxrgan.sample import generate, load_run
 from cxrgan.train.config import load_config
 from cxrgan.train.data import to_model_range
 from cxrgan.train.loop import build_family, train
+from tests.train.helpers import tiny_config
 
 
 @pytest.mark.slow
@@ -56,3 +57,31 @@ def test_dcgan_learns_phantom_radiographs(phantom32, tmp_path):
     # Anatomy: the mediastinum column is brighter than the lung fields, as in real phantoms.
     m = fake_u8.astype(float).mean(0)
     assert m[8:22, 15:17].mean() > m[8:22, 5:9].mean() + 15
+
+
+def test_ema_generator_gets_batch_norm_statistics_of_its_own_weights(phantom32, tmp_path):
+    """The averaged G must not borrow the live G's running statistics: after a run, the saved EMA statistics are
+    what the EMA weights themselves produce on the fixed calibration batches, and differ from the live ones."""
+    from cxrgan.train import checkpoint as ckpt
+    from cxrgan.train.ema import EMA
+
+    cfg = tiny_config(phantom32, "dcgan", "ema_decay=0.9")
+    train(cfg, tmp_path / "run", progress=False)
+    tensors, _, _ = ckpt.load_checkpoint(ckpt.resolve(tmp_path / "run", "last"), "dcgan", with_state=False)
+    live = {k: v for k, v in tensors.items() if k.startswith("G.") and k.endswith("running_mean")}
+    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.G.") and k.endswith("running_mean")}
+    assert live and set(live) == set(ema)
+    assert any(not torch.allclose(live[k], ema[k]) for k in live)
+    # Recomputing the statistics from the saved EMA weights with the same batches reproduces them.
+    family = build_family(cfg, 32, 3)
+    ckpt.load_modules({"G": family.G}, tensors, prefix="ema.")
+    holder = EMA({"G": family.G}, 0.9)
+    from cxrgan.data import PreparedDataset
+    from cxrgan.train.data import TrainData
+    from cxrgan.train.loop import _calibration_batches
+
+    data = TrainData(PreparedDataset.open(phantom32))
+    holder.recalibrate("G", _calibration_batches(data, cfg, torch.device("cpu")),
+                       lambda G, b: family.generate(b[1], torch.from_numpy(data.labels[b[0]]), G=G))
+    for k, v in ema.items():
+        assert torch.allclose(holder.shadow["G"].state_dict()[k[2:]], v, atol=1e-5), k

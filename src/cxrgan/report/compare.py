@@ -36,12 +36,15 @@ def _tail_mean(rows: list[dict[str, str]], key: str, frac: float = 0.1) -> float
 
 def summarize(run: Path, rows: list[dict[str, str]] | None = None) -> dict:
     """Final figures of one run (means over the last 10% of logged rows); ``rows`` if already read."""
+    from ..train.quality import diversity_ratio, eligible
     from ..train.rundir import read_run
 
     cfg, _ = read_run(run)
     rows = read_metrics(run / "metrics.csv") if rows is None else rows
     evals = [r for r in rows if r.get("fd")]
-    best = min(evals, key=lambda r: float(r["fd"])) if evals else None
+    # The run's own selection rule: lowest FD among checkpoints that kept their diversity.
+    healthy = [r for r in evals if eligible({"fd": float(r["fd"]), "diversity_ratio": diversity_ratio(r)}, cfg.collapse_ratio)]
+    best = min(healthy, key=lambda r: float(r["fd"])) if healthy else None
     last = evals[-1] if evals else None
     return {
         "run": run.name, "family": cfg.model.family, "classes": ",".join(cfg.data.classes) or "all",
@@ -49,7 +52,7 @@ def summarize(run: Path, rows: list[dict[str, str]] | None = None) -> dict:
         "g_loss": _tail_mean(rows, "g_loss"), "d_loss": _tail_mean(rows, "d_loss"),
         "d_acc_real": _tail_mean(rows, "d_acc_real"), "d_acc_fake": _tail_mean(rows, "d_acc_fake"),
         "best_fd": float(best["fd"]) if best else None, "best_step": int(float(best["step"])) if best else None,
-        "diversity_ratio": float(last["diversity"]) / float(last["diversity_real"]) if last else None,
+        "diversity_ratio": diversity_ratio(last) if last else None,
         "img_per_s": float(np.median([float(r["img_per_s"]) for r in rows if r.get("img_per_s")])) if rows else None,
     }
 

@@ -41,6 +41,13 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
 
 
+def _with_ratio(rows: Sequence[dict[str, str]]) -> list[dict]:
+    """Rows with ``diversity_ratio`` filled in from the pooled figures where a run predates that column."""
+    from ..train.quality import diversity_ratio
+
+    return [{**r, "diversity_ratio": diversity_ratio(r)} if r.get("fd") else r for r in rows]
+
+
 def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[Path]:
     """Write losses.png (G and D), d_accuracy.png (real and fake) and quality.png (FD, diversity) for
     ``{label: metrics rows}``; several runs share the axes, one colour per run."""
@@ -50,20 +57,18 @@ def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[
     panels = [
         ("losses.png", [("g_loss", "generator loss"), ("d_loss", "discriminator loss")]),
         ("d_accuracy.png", [("d_acc_real", "D accuracy on real"), ("d_acc_fake", "D accuracy on fake")]),
-        ("quality.png", [("fd", "Fréchet distance (fixed features, lower is better)"), ("diversity", "sample diversity")]),
+        ("quality.png", [("fd", "Fréchet distance (lower is better)"), ("diversity_ratio", "diversity / real diversity (worst class)")]),
     ]
     for name, keys in panels:
         fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.6))
         for ax, (key, title) in zip(np.atleast_1d(axes), keys):
             for i, (label, rows) in enumerate(runs.items()):
-                x, y = _series(rows, key)
+                x, y = _series(_with_ratio(rows) if key == "diversity_ratio" else rows, key)
                 if len(x):
-                    ax.plot(x, smooth(y) if key not in ("fd", "diversity") else y, label=label, color=f"C{i}",
-                            marker="o" if key in ("fd", "diversity") else None, ms=3)
-                if key == "diversity":
-                    xr, yr = _series(rows, "diversity_real")
-                    if len(xr):
-                        ax.plot(xr, yr, ls="--", color=f"C{i}", alpha=0.6, label=f"{label} (real)")
+                    ax.plot(x, smooth(y) if key not in ("fd", "diversity_ratio") else y, label=label, color=f"C{i}",
+                            marker="o" if key in ("fd", "diversity_ratio") else None, ms=3)
+            if key == "diversity_ratio":
+                ax.axhline(1.0, color="grey", lw=0.7, ls=":")
             if key.startswith("d_acc"):
                 ax.set_ylim(-0.02, 1.02)
                 ax.axhline(0.5, color="grey", lw=0.7, ls=":")

@@ -33,7 +33,7 @@ from .config import TrainConfig, save_config
 from .data import EpochSampler, TrainData
 from .ema import EMA
 from .metrics import MetricsLog, read_metrics
-from .quality import QualityMonitor, better, eligible, quality_space, space_record
+from .quality import QualityMonitor, better, diversity_ratio, eligible, quality_space, space_record
 from .rundir import code_version, read_run
 from .runtime import autocast, autocast_dtype, pick_device, rng_state, seed_everything, set_rng_state
 
@@ -143,15 +143,19 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     # A grid per epoch, but at most about 100 per run (small datasets have very short epochs).
     grid_every = cfg.grid_every or max(1, sampler.steps_per_epoch, math.ceil(total / 100))
     space = quality_space(cfg.quality_features, ds, info.get("quality_space") if resume else None)
-    monitor = QualityMonitor(data, cfg.eval_samples, cfg.model.z_dim, cfg.seed, device, space)
+    monitor = QualityMonitor(data, cfg.eval_samples, cfg.model.z_dim, cfg.seed, device, space, family.conditional)
     grid_z, grid_y, grid_labels = _grid_latents(family, data, cfg.model.z_dim, cfg.seed)
+    calibration = _calibration_batches(data, cfg, device)
+    calibrated_at = -1
 
     step, images_seen, best, rollbacks = 0, 0, {"step": None, "fd": math.inf}, 0
 
     def restore(path: Path) -> dict:
         """Load weights, EMA, optimizer moments, sampler position and every RNG from checkpoint ``path``."""
+        nonlocal calibrated_at
         tensors, state, _ = ckpt.load_checkpoint(path, cfg.model.family)
         ckpt.load_modules(modules, tensors)
+        calibrated_at = -1
         if ema is not None:
             ckpt.load_modules(ema.shadow, tensors, prefix="ema.")
         for phase, opt in optims.items():
@@ -179,7 +183,19 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     save_config(cfg, run / "config.yaml")
     metrics = MetricsLog(run, resume_step=step if resume else None)
 
+    def calibrate_ema() -> None:
+        """Give the averaged networks batch-norm statistics of their own (see ``ema.py``), once per step."""
+        nonlocal calibrated_at
+        if ema is None or calibrated_at == step:
+            return
+        with autocast(device, amp):
+            ema.recalibrate("G", calibration, lambda G, b: family.generate(b[1], torch.from_numpy(data.labels[b[0]]).to(device), G=G))
+            if "E" in ema.shadow:
+                ema.recalibrate("E", calibration, lambda E, b: family.encode(data.batch(b[0], device, channels_last).x, E=E))
+        calibrated_at = step
+
     def sample_fn(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calibrate_ema()
         G = ema.shadow["G"] if ema is not None else modules["G"]
         was = G.training
         G.eval()
@@ -207,7 +223,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         """Quality figures, collapse check, checkpoint, best pointer, pruning; returns the metrics row."""
         nonlocal last_eval, best, saved_step
         last_eval = monitor.evaluate(sample_fn)
-        ratio = last_eval["diversity"] / max(last_eval["diversity_real"], 1e-12)
+        ratio = diversity_ratio(last_eval)
         collapsed = ratio < cfg.collapse_ratio and step >= cfg.collapse_warmup
         if collapsed and result.collapse_step is None:
             result.collapse_step = step
@@ -324,6 +340,16 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     result.best_fd = None if best["step"] is None else float(best["fd"])
     result.last_eval = last_eval
     return result
+
+
+def _calibration_batches(data: TrainData, cfg: TrainConfig, device: torch.device, n_batches: int = 8) -> list[tuple]:
+    """Fixed training-sized batches ``(real rows, latents)`` for recomputing the EMA networks' batch-norm
+    statistics; drawn from their own seeded generators, so the training random streams are untouched."""
+    rng = np.random.default_rng([cfg.seed, 23])
+    g = torch.Generator().manual_seed(cfg.seed * 1000 + 23)
+    size = min(cfg.batch_size, len(data))
+    return [(np.sort(rng.choice(len(data), size, replace=False)), torch.randn(size, cfg.model.z_dim, generator=g).to(device))
+            for _ in range(n_batches)]
 
 
 def _grid_latents(family: Family, data: TrainData, z_dim: int, seed: int, per_row: int = 8):

@@ -1,10 +1,11 @@
 """Training-time quality and diversity, and the rule that picks the best checkpoint.
 
 At every checkpoint the generator's samples for a fixed set of latents are embedded in a feature space and
-scored: Fréchet distance to real training images, and diversity (mean pairwise feature distance of 128
-samples) next to the same figure on real images. The feature space is the dataset's trained classifier space
-when one has been trained and has passed the distortion check (``cxrgan features train`` then ``cxrgan
-evaluate --check-features``; see :mod:`cxrgan.evaluate.validation`), otherwise the fixed ``randconv-v1``.
+scored: Fréchet distance to real training images, and diversity (mean pairwise feature distance of up to 128
+samples, within each class for conditional families) next to the same figure on real images; the diversity
+ratio is the worst class's. The feature space is the dataset's trained classifier space when one has been
+trained and has passed the distortion check (``cxrgan features train`` then ``cxrgan evaluate
+--check-features``; see :mod:`cxrgan.evaluate.validation`), otherwise the fixed ``randconv-v1``.
 
 Selection rule: a checkpoint is eligible as *best* only when its diversity is at least ``collapse_ratio`` of
 the real figure (at any step: an early, blurry, low-diversity checkpoint is not eligible either); among the
@@ -68,38 +69,65 @@ def space_record(space: FeatureSpace, ds: PreparedDataset) -> dict:
 
 
 class QualityMonitor:
-    """Holds real-image statistics and fixed latents; ``evaluate`` scores a generator on them."""
+    """Holds real-image statistics and fixed latents; ``evaluate`` scores a generator on them.
 
-    def __init__(self, data: TrainData, n: int, z_dim: int, seed: int, device: torch.device, space: FeatureSpace | None = None) -> None:
+    Diversity is measured within groups: per class for a conditional family (between-class distances would
+    hide a generator that draws one image per class), else over all images. Each group is a random subset of
+    at most ``DIVERSITY_BATCH`` images: not the first rows, since prepared data are often sorted by class."""
+
+    def __init__(self, data: TrainData, n: int, z_dim: int, seed: int, device: torch.device, space: FeatureSpace | None = None,
+                 conditional: bool = False) -> None:
         g = np.random.default_rng([seed, 99])
         rows = np.sort(g.choice(len(data), size=min(n, len(data)), replace=False))
         self.device = device
         self.space = (space or randconv_space()).to(device)
         real = to_model_range(torch.from_numpy(data.uint8(rows)))
         self.real_feats = self.space.embed(real)
-        self.diversity_real = mean_pairwise_distance(self.real_feats[:DIVERSITY_BATCH])
         gen = torch.Generator().manual_seed(seed * 1000 + 17)
         self.z = torch.randn(len(rows), z_dim, generator=gen)
         self.y = torch.from_numpy(data.labels[rows])
+        order = g.permutation(len(rows))
+        if conditional:
+            labels = self.y.numpy()[order]
+            groups = {int(c): order[labels == c][:DIVERSITY_BATCH] for c in np.unique(labels)}
+            self.groups = {c: idx for c, idx in groups.items() if len(idx) >= 2} or {-1: order[:DIVERSITY_BATCH]}
+        else:
+            self.groups = {-1: order[:DIVERSITY_BATCH]}
+        self.group_real = {c: mean_pairwise_distance(self.real_feats[idx]) for c, idx in self.groups.items()}
+        self.diversity_real = float(np.mean(list(self.group_real.values())))
 
     def score(self, fakes: torch.Tensor) -> dict[str, float]:
-        """fd, diversity and diversity_real of images ``(N, 1, S, S)`` in [-1, 1]."""
+        """Figures for images ``(N, 1, S, S)`` in [-1, 1], generated for this monitor's ``z`` and ``y`` in order.
+
+        ``fd``; ``diversity`` and ``diversity_real`` (mean pairwise feature distance, averaged over the groups);
+        ``diversity_ratio``: the worst group's synthetic-to-real diversity (1 = as varied as real images)."""
+        if len(fakes) != len(self.z):
+            raise ValueError(f"score needs {len(self.z)} images, one per monitor latent; got {len(fakes)}")
         feats = self.space.embed(fakes)
-        return {"fd": frechet_distance(feats, self.real_feats), "diversity": mean_pairwise_distance(feats[:DIVERSITY_BATCH]),
-                "diversity_real": self.diversity_real}
+        fake_div = {c: mean_pairwise_distance(feats[idx]) for c, idx in self.groups.items()}
+        ratio = min(fake_div[c] / max(self.group_real[c], 1e-12) for c in self.groups)
+        return {"fd": frechet_distance(feats, self.real_feats), "diversity": float(np.mean(list(fake_div.values()))),
+                "diversity_real": self.diversity_real, "diversity_ratio": ratio}
 
     @torch.no_grad()
     def evaluate(self, generate) -> dict[str, float]:
-        """``generate(z, y) -> images`` in [-1, 1]; returns fd, diversity, diversity_real."""
+        """``generate(z, y) -> images`` in [-1, 1]; returns the figures of :meth:`score`."""
         fakes = torch.cat([generate(self.z[i : i + 256].to(self.device), self.y[i : i + 256].to(self.device)).float().cpu()
                            for i in range(0, len(self.z), 256)])
         return self.score(fakes)
 
 
+def diversity_ratio(figures: dict) -> float:
+    """Synthetic-to-real diversity of a metrics row (older rows have no ``diversity_ratio``: pooled figures)."""
+    value = figures.get("diversity_ratio")
+    if value not in (None, ""):
+        return float(value)
+    return float(figures["diversity"]) / max(float(figures["diversity_real"]), 1e-12)
+
+
 def eligible(figures: dict[str, float], collapse_ratio: float) -> bool:
     """May a checkpoint with these figures be the best? Only with a finite FD and diversity >= the ratio."""
-    ratio = figures["diversity"] / max(figures["diversity_real"], 1e-12)
-    return math.isfinite(figures["fd"]) and ratio >= collapse_ratio
+    return math.isfinite(figures["fd"]) and diversity_ratio(figures) >= collapse_ratio
 
 
 def better(figures: dict[str, float], best: dict, collapse_ratio: float) -> bool:
