@@ -48,3 +48,24 @@ def test_missing_and_invalid_yaml(tmp_path):
     (tmp_path / "bad.yaml").write_text("model: [unclosed")
     with pytest.raises(CxrganError, match="not valid YAML"):
         load_config(tmp_path / "bad.yaml")
+
+
+def test_family_presets_apply_under_the_users_choices(tmp_path):
+    """A family's measured defaults come before the user's YAML, flags and --set; other families are unaffected;
+    a saved config reloads to the same run whatever the presets."""
+    from cxrgan.train.config import family_preset
+
+    preset = family_preset("cgan")
+    assert preset["loss"]["kind"] == "hinge" and preset["model"]["spectral_norm"] is True
+    cgan = load_config(None, ["model.family=cgan"])
+    assert cgan.loss.kind == "hinge" and cgan.model.spectral_norm and cgan.model.mbstd and cgan.optim.lr_d == 0.0004
+    assert cgan.augment.policy == "translation"
+    dcgan = load_config(None, ["model.family=dcgan"])
+    assert dcgan.loss.kind == "bce" and not dcgan.model.spectral_norm and dcgan.optim.lr_d == 0.0002
+    f = tmp_path / "c.yaml"
+    f.write_text("model:\n  family: cgan\noptim:\n  lr_d: 0.0001\n")
+    mine = load_config(f, ["loss.kind=bce"])
+    assert mine.optim.lr_d == 0.0001 and mine.loss.kind == "bce" and mine.model.mbstd  # file and --set win; rest is preset
+    assert load_config(f, ["model.family=dcgan"]).loss.kind == "bce"  # the flag's family picks the preset
+    save_config(cgan, tmp_path / "saved.yaml")
+    assert load_config(tmp_path / "saved.yaml") == cgan

@@ -200,8 +200,27 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     return _from_dict(TrainConfig, data, "")
 
 
+def family_preset(family: str) -> dict[str, Any]:
+    """A family's measured defaults: the partial config tree in ``cxrgan/configs/FAMILY.yaml`` ({} if none)."""
+    from importlib import resources
+
+    res = resources.files("cxrgan") / "configs" / f"{family}.yaml"
+    if not res.is_file():
+        return {}
+    return yaml.safe_load(res.read_text(encoding="utf-8")) or {}
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key.sub=value`` overrides."""
+    """Defaults, then the chosen family's preset (:func:`family_preset`), then the YAML file at ``path`` (if any),
+    then ``key.sub=value`` overrides. The family is the last ``model.family`` override, else the file's, else
+    the default; a saved ``RUN/config.yaml`` is complete, so reloading it reproduces the run whatever the presets."""
     data: dict[str, Any] = {}
     if path:
         p = Path(path)
@@ -211,7 +230,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise CxrganError(f"config file {p} does not exist") from None
         except yaml.YAMLError as exc:
             raise CxrganError(f"config file {p} is not valid YAML ({exc})") from None
-    merged = config_from_dict(data).to_dict()
+    config_from_dict(data)  # unknown keys in the file are reported against the file, before any merging
+    family = (data.get("model") or {}).get("family", ModelConfig.family)
+    for item in overrides or []:
+        key, _, raw = item.partition("=")
+        if key.strip() == "model.family" and raw.strip():
+            family = str(yaml.safe_load(raw))
+    merged = _merge(_merge(TrainConfig().to_dict(), family_preset(family)), data)
     for item in overrides or []:
         if "=" not in item:
             raise CxrganError(f"override {item!r}: expected key=value, e.g. loss.kind=hinge")

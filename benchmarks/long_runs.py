@@ -1,0 +1,171 @@
+"""Long runs on real radiographs: does every family keep its diversity at its own defaults?
+
+Trains each family on ``../shared/data/cxr_real_64.npz`` for a long budget (default 50 epochs, the seed study's)
+with the family's defaults (``cxrgan/configs/FAMILY.yaml`` where one exists), then writes into ``--results``:
+
+- ``curves.png``: FD and diversity ratio (worst class for conditional families) of every family against epochs,
+  with the 0.8 target and the run's collapse threshold;
+- ``summary.md`` / ``summary.csv``: final and best (the run's own selection rule) FD and diversity ratio, the
+  lowest diversity ratio from step 1,000 on, wall time and throughput.
+
+All figures are measured in the dataset's validated classifier feature space (trained and checked first when
+the cache lacks it). Families run as separate ``cxrgan train`` processes, ``--parallel`` at a time, one thread
+each; a run directory that exists is resumed, so an interrupted benchmark continues where it stopped.
+
+    python benchmarks/long_runs.py --work /tmp/long --results docs/results/long_runs [--epochs 50] [--parallel 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT.parent / "shared" / "data" / "cxr_real_64.npz"
+TARGET = 0.8
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REAL), help="source to prepare, or a prepared dataset directory")
+    ap.add_argument("--work", required=True, help="folder for the prepared data and the runs")
+    ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "long_runs"))
+    ap.add_argument("--families", default="gan,dcgan,cgan,bigan")
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--channels", type=int, default=32, help="g_channels and d_channels (half the default width)")
+    ap.add_argument("--ckpt-every", type=int, default=250)
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for every run")
+    a = ap.parse_args()
+
+    from cxrgan.data import PreparedDataset, Preprocess, prepare
+    from cxrgan.evaluate.extractors import ensure_extractors
+    from cxrgan.evaluate.validation import cached_check
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = Path(a.data)
+    if not (data / "manifest.json").is_file():
+        prepared = work / "data"
+        if not (prepared / "manifest.json").is_file():
+            prepare(str(data), prepared, Preprocess(size=64), progress=False)
+        data = prepared
+    ds = PreparedDataset.open(data)
+    space = ensure_extractors(ds, ["classifier"])["classifier"]
+    check = cached_check(ds, space, run_if_missing=True)
+    print(f"feature space {space.ident}: distortion check {'passed' if check.passed else 'FAILED'}")
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+    families = [f.strip() for f in a.families.split(",") if f.strip()]
+    jobs = {f: _command(f, data, work / f, a) for f in families}
+    walls = _run_all(jobs, work, a.parallel)
+    _report(families, work, Path(a.results), walls, a)
+
+
+def _command(family: str, data: Path, out: Path, a: argparse.Namespace) -> list[str]:
+    cmd = [sys.executable, "-m", "cxrgan", "--quiet", "train", "--model", family, "--data", str(data), "--out", str(out),
+           "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
+           "--set", f"model.g_channels={a.channels}", "--set", f"model.d_channels={a.channels}",
+           "--set", f"ckpt_every={a.ckpt_every}", "--set", "keep_checkpoints=40"]
+    for o in a.overrides:
+        cmd += ["--set", o]
+    if (out / "config.yaml").is_file():
+        cmd = [c for c in cmd if c not in ("--model", family)] + ["--resume"]
+        cmd = _drop_flag(cmd, "--data")
+    return cmd
+
+
+def _drop_flag(cmd: list[str], flag: str) -> list[str]:
+    i = cmd.index(flag)
+    return cmd[:i] + cmd[i + 2:]
+
+
+def _run_all(jobs: dict[str, list[str]], work: Path, parallel: int) -> dict[str, float]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    pending, running, walls = list(jobs), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            fam = pending.pop(0)
+            log = open(work / f"{fam}.log", "a")
+            running[fam] = (subprocess.Popen(jobs[fam], stdout=log, stderr=subprocess.STDOUT, env=env), time.time(), log)
+            print(f"started {fam}: {' '.join(jobs[fam])}", flush=True)
+        time.sleep(5)
+        for fam, (proc, t0, log) in list(running.items()):
+            if proc.poll() is not None:
+                walls[fam] = time.time() - t0
+                log.close()
+                del running[fam]
+                print(f"{fam} finished (exit {proc.returncode}) in {walls[fam] / 60:.1f} min", flush=True)
+    return walls
+
+
+def _report(families: list[str], work: Path, results: Path, walls: dict[str, float], a: argparse.Namespace) -> None:
+    import json
+
+    from cxrgan.report.plots import _plt
+    from cxrgan.report.tables import write_table
+    from cxrgan.train.metrics import read_metrics
+    from cxrgan.train.quality import diversity_ratio
+    from cxrgan.train.rundir import read_run
+
+    results.mkdir(parents=True, exist_ok=True)
+    plt = _plt()
+    fig, (ax_fd, ax_div) = plt.subplots(1, 2, figsize=(11, 3.8))
+    rows = []
+    for i, fam in enumerate(families):
+        run = work / fam
+        if not (run / "metrics.csv").is_file():
+            continue
+        cfg, info = read_run(run)
+        metrics = read_metrics(run / "metrics.csv")
+        evals = [r for r in metrics if r.get("fd")]
+        if not evals:
+            continue
+        steps_per_epoch = max(1, int(info["train_images"]) // cfg.batch_size)
+        step = np.array([float(r["step"]) for r in evals])
+        fd = np.array([float(r["fd"]) for r in evals])
+        div = np.array([diversity_ratio(r) for r in evals])
+        ax_fd.plot(step / steps_per_epoch, fd, marker="o", ms=2.5, color=f"C{i}", label=fam)
+        ax_div.plot(step / steps_per_epoch, div, marker="o", ms=2.5, color=f"C{i}", label=fam)
+        best_file = run / "checkpoints" / "best.json"
+        best = json.loads(best_file.read_text()) if best_file.is_file() else {}
+        late = div[step >= 1000]
+        speeds = [float(r["img_per_s"]) for r in metrics if r.get("img_per_s")]
+        rows.append({
+            "family": fam, "steps": int(step[-1]), "epochs": round(step[-1] / steps_per_epoch, 1),
+            "final FD": float(fd[-1]), "final diversity": float(div[-1]),
+            "min diversity from step 1000": float(late.min()) if len(late) else None,
+            "held >= 0.8": bool(len(late) and late.min() >= TARGET),
+            "best step": best.get("step"), "best FD": best.get("fd"), "best diversity": best.get("diversity_ratio"),
+            "img/s": float(np.median(speeds)) if speeds else None,
+            "wall min": round(walls[fam] / 60, 1) if fam in walls else None,
+        })
+    ax_fd.set_yscale("log")
+    ax_fd.set_title("FD to real training images (classifier space)")
+    ax_div.axhline(TARGET, color="grey", ls="--", lw=0.8, label="target 0.8")
+    ax_div.axhline(0.5, color="red", ls=":", lw=0.8, label="collapse threshold")
+    ax_div.set_title("diversity / real diversity (worst class)")
+    for ax in (ax_fd, ax_div):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(results / "curves.png", dpi=110)
+    caption = (f"{a.epochs} epochs, batch {a.batch_size}, width {a.channels}, each family at its defaults, one CPU "
+               f"thread per run ({torch.backends.cpu.get_cpu_capability()}). Diversity: mean pairwise distance of "
+               "samples in the validated classifier space over the same figure for real images, per class for "
+               "conditional families (the worst class is shown).")
+    md = write_table(rows, list(rows[0]) if rows else ["family"], results / "summary")
+    print(caption + "\n\n" + md)
+
+
+if __name__ == "__main__":
+    main()
