@@ -7,6 +7,7 @@ exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -135,6 +136,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--on-collapse", choices=("continue", "stop", "rollback"),
                    help="when diversity collapses: warn and go on (default), stop (exit status 3), or roll back to the last "
                    "healthy checkpoint with a lower D learning rate")
+    p.add_argument("--code", dest="codes", action="append", metavar="DIST:DIM[:K=V,...]",
+                   help="semicond: a latent code block, repeatable, e.g. --code bernoulli:5:p=0.5 --code exponential:5:rate=1 "
+                   "--code uniform:5:low=-1,high=1 --code normal:5 (the default set)")
+    p.add_argument("--code-correlation", type=float, help="semicond: correlation between the dimensions of each code block")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set loss.r1_gamma=1 --set model.spectral_norm=true (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue OUT from its last checkpoint")
@@ -148,7 +153,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
     flags = {"model.family": a.model, "data.path": a.data, "data.classes": a.classes, "steps": a.steps,
              "epochs": a.epochs, "batch_size": a.batch_size, "loss.kind": a.loss, "optim.lr_g": a.lr, "optim.lr_d": a.lr,
              "augment.policy": a.augment, "seed": a.seed, "device": a.device, "precision": a.precision,
-             "on_collapse": a.on_collapse}
+             "on_collapse": a.on_collapse, "model.code_correlation": a.code_correlation,
+             "model.codes": json.dumps(a.codes) if a.codes else None}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(a.overrides)
     if a.resume:
         if a.config:
@@ -185,6 +191,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-png", action="store_true", help="write only the dataset arrays")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--code", dest="codes", action="append", metavar="BLOCK=V[,V...]",
+                   help="semicond runs: fix a code block, e.g. --code exponential=0.2,0.5,1,2,3 (one value per dimension, "
+                   "or one for all); other blocks are drawn from their distributions (repeatable)")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -192,8 +201,41 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from .data.summary import info_text
     from .sample import sample
 
-    ds = sample(a.runs, a.out, a.n, _csv_list(a.classes), a.truncation, a.seed, a.checkpoint, a.device, a.overwrite, not a.no_png)
+    ds = sample(a.runs, a.out, a.n, _csv_list(a.classes), a.truncation, a.seed, a.checkpoint, a.device, a.overwrite, not a.no_png,
+                codes=a.codes)
     print(info_text(ds))
+    return 0
+
+
+def _add_traverse(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("traverse", help="semicond: image grid sweeping one code block (a row per class), and code recovery",
+                       description="Renders one row per class; along a row one code block (or one of its dimensions, --dim) "
+                       "sweeps its 5th to 95th percentile while the noise and the other blocks stay fixed. --measure prints how "
+                       "well the discriminator recovers each block from fresh samples (R^2, or accuracy for Bernoulli blocks).")
+    p.add_argument("run")
+    p.add_argument("--block", help="code block to sweep (e.g. exponential); required unless --measure alone")
+    p.add_argument("--dim", type=int, help="sweep only this dimension of the block (0-based); the others keep their drawn values")
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--out", help="PNG to write")
+    p.add_argument("--class", dest="classes", help="classes (rows), comma-separated; default all")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--measure", action="store_true", help="print code recovery figures")
+    p.set_defaults(func=_cmd_traverse)
+
+
+def _cmd_traverse(a: argparse.Namespace) -> int:
+    from .sample import code_recovery, traverse
+
+    if not a.measure and not (a.block and a.out):
+        raise CxrganError("traverse needs --block and --out (or --measure)")
+    if a.block and a.out:
+        path = traverse(a.run, a.block, a.out, steps=a.steps, dim=a.dim, classes=_csv_list(a.classes), seed=a.seed,
+                        checkpoint=a.checkpoint)
+        print(f"wrote {path}")
+    if a.measure:
+        for key, value in code_recovery(a.run, checkpoint=a.checkpoint).items():
+            print(f"{key:28s} {value:.3f}")
     return 0
 
 
@@ -354,7 +396,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_compare, _add_features, _add_evaluate, _add_tstr,
+    _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_traverse, _add_compare, _add_features, _add_evaluate, _add_tstr,
     _add_augment_study, _add_demo]
 
 

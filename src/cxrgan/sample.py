@@ -24,7 +24,7 @@ from .train.config import TrainConfig
 from .train.loop import build_family
 from .train.rundir import read_run
 from .train.runtime import pick_device
-from .utils.images import save_png, to_uint8
+from .utils.images import labelled_rows, save_png, to_uint8
 from .utils.io import atomic_directory
 
 @dataclass
@@ -102,13 +102,35 @@ def _plan(loaded: LoadedRun, n: int, classes: Sequence[str] | None) -> list[str]
     return [wanted[i % len(wanted)] for i in range(n)]
 
 
+def fixed_codes(loaded: LoadedRun, codes: Sequence[str] | None) -> dict[str, torch.Tensor]:
+    """``["exponential=0.2,0.5,1,2,3", ...]`` -> pinned blocks of a semicond run (an error for other families)."""
+    if not codes:
+        return {}
+    space = getattr(loaded.family, "code_space", None)
+    if space is None:
+        raise CxrganError(f"--code: run {loaded.path} is a {loaded.cfg.model.family} run and has no latent codes; "
+                          "codes need a semicond run")
+    return dict(space.parse_fixed(text) for text in codes)
+
+
+def draw_latents(loaded: LoadedRun, n: int, generator: torch.Generator, truncation: float | None = None,
+                 fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """Latents for ``n`` images: noise (truncated when asked), then the run's code blocks where it has them."""
+    z = truncated_normal(n, loaded.cfg.model.z_dim, truncation, generator)
+    space = getattr(loaded.family, "code_space", None)
+    if space is None:
+        return z
+    return torch.cat([z, space.sample(n, generator, fixed)], dim=1)
+
+
 def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: Sequence[str] | None = None,
            truncation: float | None = None, seed: int = 0, checkpoint: str | int = "best", device: str = "auto",
-           overwrite: bool = False, png: bool = True) -> PreparedDataset:
+           overwrite: bool = False, png: bool = True, codes: Sequence[str] | None = None) -> PreparedDataset:
     """Generate ``n`` images per run (balanced over ``classes`` or the run's classes) into ``out``.
 
     Runs that do not carry ``classes`` are skipped when several runs are combined; a single run must carry
-    them. Returns the synthetic set opened as a :class:`PreparedDataset`.
+    them. ``codes`` pins code blocks of semicond runs (``BLOCK=V[,V...]``); the manifest records every image's
+    codes. Returns the synthetic set opened as a :class:`PreparedDataset`.
     """
     if n < 1:
         raise CxrganError(f"--n must be at least 1, got {n}")
@@ -117,6 +139,7 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
         raise CxrganError(f"output {out} already exists; choose another --out or pass --overwrite")
     dev = pick_device(device)
     loaded = [load_run(r, checkpoint, dev) for r in runs]
+    pinned = [fixed_codes(lr, codes) for lr in loaded]
     sizes = {int(lr.info["image_size"]) for lr in loaded}
     if len(sizes) > 1:
         raise CxrganError(f"runs have different image sizes ({sorted(sizes)}); combine runs of one size")
@@ -140,18 +163,25 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
         labels, items, runs_meta = [], [], []
         for k, (lr, plan) in enumerate(plans):
             gen = torch.Generator().manual_seed(seed * 7919 + k)
-            z = truncated_normal(len(plan), lr.cfg.model.z_dim, truncation, gen)
+            z = draw_latents(lr, len(plan), gen, truncation, pinned[loaded.index(lr)])
             names = lr.info["class_names"]
             y = torch.tensor([names.index(c) if c in names else 0 for c in plan], dtype=torch.long)
             imgs = generate(lr, z, y)
+            space = getattr(lr.family, "code_space", None)
             for i, (img, c) in enumerate(zip(imgs, plan)):
                 writer.append(img)
                 labels.append(class_names.index(c))
                 items.append({"origin": f"{lr.path.name}/{lr.checkpoint.name}/{i}", "sha256": ""})
+                if space is not None:
+                    code = z[i, lr.cfg.model.z_dim :]
+                    items[-1]["codes"] = {name: [round(float(v), 6) for v in code[sl]] for name, sl in space.slices().items()}
                 if png:
                     save_png(img, tmp / "png" / c / f"{len(labels) - 1:06d}.png")
             runs_meta.append({"run": str(lr.path.resolve()), "family": lr.cfg.model.family, "checkpoint": lr.checkpoint.name,
                               "step": lr.step, "count": len(plan), "data_manifest_sha256": lr.info.get("data_manifest_sha256")})
+            if space is not None:
+                runs_meta[-1]["codes"] = {"blocks": [b.spec() for b in space.blocks], "correlation": space.correlation,
+                                          "fixed": {name: [round(float(x), 6) for x in v] for name, v in pinned[loaded.index(lr)].items()}}
         lab = np.asarray(labels, np.int64)
         splits = np.zeros(len(lab), np.uint8)
         for meta, c in zip(items, lab):
@@ -163,3 +193,50 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
             items=items, skipped=[], split_info={"from_source": True, "by_patient": False}, has_masks=False)
         writer.finalize(lab, splits, manifest)
     return PreparedDataset.open(out)
+
+
+def _code_run(run: str | Path, checkpoint: str | int) -> LoadedRun:
+    loaded = load_run(run, checkpoint)
+    if getattr(loaded.family, "code_space", None) is None:
+        raise CxrganError(f"run {run} is a {loaded.cfg.model.family} run; traverse needs a semicond run (cxrgan train --model semicond)")
+    return loaded
+
+
+def traverse(run: str | Path, block: str, out: str | Path, steps: int = 8, dim: int | None = None,
+             classes: Sequence[str] | None = None, seed: int = 0, checkpoint: str | int = "best") -> Path:
+    """The seed study's figure: a row per class, columns sweeping code ``block`` (or its dimension ``dim``) over its
+    5th-95th percentiles with the noise and the other blocks fixed; written as a labelled PNG at ``out``."""
+    if steps < 2:
+        raise CxrganError(f"--steps must be at least 2, got {steps}")
+    loaded = _code_run(run, checkpoint)
+    space = loaded.family.code_space
+    b = space.block(block)
+    if dim is not None and not 0 <= dim < b.dim:
+        raise CxrganError(f"--dim {dim}: block {b.name} has dimensions 0 to {b.dim - 1}")
+    rows_classes = _plan(loaded, len(classes or loaded.trained_classes), classes)
+    names = loaded.info["class_names"]
+    gen = torch.Generator().manual_seed(seed)
+    base = draw_latents(loaded, 1, gen)  # one noise vector and one draw of every block, shared by all images
+    values = space.quantile_values(b.name, steps)
+    sl = space.slices()[b.name]
+    start = loaded.cfg.model.z_dim + sl.start
+    rows = []
+    for c in rows_classes:
+        z = base.repeat(steps, 1)
+        if dim is None:
+            z[:, start : start + b.dim] = values[:, None]
+        else:
+            z[:, start + dim] = values
+        y = torch.full((steps,), names.index(c) if c in names else 0, dtype=torch.long)
+        rows.append(generate(loaded, z, y))
+    out = Path(out)
+    scale = max(1, 64 // int(loaded.info["image_size"]))
+    save_png(labelled_rows(rows, [f"{c}" for c in rows_classes], scale=scale), out)
+    return out
+
+
+def code_recovery(run: str | Path, checkpoint: str | int = "best") -> dict[str, float]:
+    """Code and class recovery of a semicond run's discriminator on fresh samples (see ``SemiConditional.code_recovery``)."""
+    loaded = _code_run(run, checkpoint)
+    family = loaded.family
+    return family.code_recovery(lambda z, y: family.generate(z, y))

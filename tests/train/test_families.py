@@ -13,13 +13,13 @@ from cxrgan.train.metrics import read_metrics
 from .helpers import tiny_config
 
 
-def test_registry_lists_the_four_families():
-    assert family_names() == ["bigan", "cgan", "dcgan", "gan"]
+def test_registry_lists_the_families():
+    assert family_names() == ["bigan", "cgan", "dcgan", "gan", "semicond"]
     with pytest.raises(CxrganError, match="unknown model 'stylegan'"):
         get_family("stylegan")
 
 
-@pytest.mark.parametrize("family", ["gan", "dcgan", "cgan", "bigan"])
+@pytest.mark.parametrize("family", ["gan", "dcgan", "cgan", "bigan", "semicond"])
 def test_family_trains_with_finite_losses(phantom32, tmp_path, family):
     res = train(tiny_config(phantom32, family), tmp_path / "run", progress=False)
     assert res.step == 6 and not res.interrupted

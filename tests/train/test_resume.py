@@ -25,6 +25,8 @@ def _weights(run):
 @pytest.mark.parametrize("family, extra", [
     ("dcgan", ["augment.policy=translation,cutout,color", "loss.r1_gamma=0.1"]),
     ("bigan", []),
+    ("cgan", []),  # its measured defaults: hinge, spectral norm, projection, minibatch stddev, translation
+    ("semicond", ["model.code_correlation=0.3"]),
 ])
 def test_resume_equals_uninterrupted(phantom32, tmp_path, family, extra):
     straight = tiny_config(phantom32, family, "steps=8", "ckpt_every=4", *extra)

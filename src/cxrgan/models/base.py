@@ -51,8 +51,13 @@ class Family(nn.Module):
         return {n: getattr(self, n) for n in ("G", "D", "E") if hasattr(self, n)}
 
     # -- sampling -------------------------------------------------------------------------------
+    @property
+    def latent_dim(self) -> int:
+        """Width of the generator's latent input (``z_dim``, plus code dimensions for ``semicond``)."""
+        return self.z_dim
+
     def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Latents ``(n, z_dim)`` ~ N(0, I)."""
+        """Latents ``(n, latent_dim)``: N(0, I) here; families with structured latents extend them."""
         return torch.randn(n, self.z_dim, generator=generator, device=device)
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, G: nn.Module | None = None) -> torch.Tensor:
@@ -75,23 +80,35 @@ class Family(nn.Module):
         y = batch.y
         with torch.no_grad():
             fake = self.fake_inputs(self.sample_z(len(y), device=y.device), y)
-        real = self.real_inputs(batch)
-        real_aug = (augment(real[0]),) + real[1:]
-        fake_aug = (augment(fake[0]),) + fake[1:]
+        real_aug, fake_aug = self.augmented(self.real_inputs(batch), augment), self.augmented(fake, augment)
         real_logits = self.discriminate(real_aug, y)
         fake_logits = self.discriminate(fake_aug, y)
+        loss = self.d_adversarial(real_aug, fake_aug, real_logits, fake_logits, y)
+        return loss, self.d_stats(loss, real_logits, fake_logits)
+
+    @staticmethod
+    def augmented(inputs: tuple[torch.Tensor, ...], augment: Augment) -> tuple[torch.Tensor, ...]:
+        """The image (first input) augmented; other inputs (latents) as they are."""
+        return (augment(inputs[0]),) + inputs[1:]
+
+    def d_adversarial(self, real: tuple[torch.Tensor, ...], fake: tuple[torch.Tensor, ...], real_logits: torch.Tensor,
+                      fake_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The configured adversarial D loss plus its penalties (WGAN-GP, R1) on the inputs D scored."""
         loss = losses.d_loss(self.loss_kind, real_logits, fake_logits)
         critic = lambda *inp: self.discriminate(inp, y)  # noqa: E731
         if self.loss_kind == "wgan-gp":
-            loss = loss + self.gp_weight * losses.gradient_penalty(critic, real_aug, fake_aug)
+            loss = loss + self.gp_weight * losses.gradient_penalty(critic, real, fake)
         if self.r1_gamma > 0:
-            loss = loss + self.r1_gamma * losses.r1_penalty(critic, real_aug)
-        stats = {
+            loss = loss + self.r1_gamma * losses.r1_penalty(critic, real)
+        return loss
+
+    @staticmethod
+    def d_stats(loss: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {
             "d_loss": loss.detach(),
             "d_acc_real": (real_logits.detach() > 0).float().mean(),
             "d_acc_fake": (fake_logits.detach() < 0).float().mean(),
         }
-        return loss, stats
 
     def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """G loss: fakes (with the real batch's classes) scored by D."""
@@ -107,6 +124,14 @@ class Family(nn.Module):
         if phase == "G":
             return self.g_phase(batch, augment)
         raise KeyError(f"{type(self).__name__} has no phase {phase!r}")
+
+    # -- family-specific figures ---------------------------------------------------------------------
+    metric_columns: tuple[str, ...] = ()
+
+    def checkpoint_figures(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, float]:
+        """Extra figures the loop logs at every checkpoint (keys among ``metric_columns``); none by default.
+        ``generate(latents, y)`` draws images with the weights used for sampling (the EMA when kept)."""
+        return {}
 
     def d_norm(self, spectral_norm: bool) -> str:
         """Batch norm in D only for losses and settings where it is sound."""

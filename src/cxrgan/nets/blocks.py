@@ -120,7 +120,8 @@ class ConvDiscriminator(nn.Module):
             w = self.embed.parametrizations.weight.original if sn else self.embed.weight
             nn.init.normal_(w, 0.0, 0.02)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    def score(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(N,)`` and the trunk's features ``(N, C, 4, 4)`` (for auxiliary heads)."""
         if self.cond == "concat":
             planes = nn.functional.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, planes.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
@@ -128,7 +129,10 @@ class ConvDiscriminator(nn.Module):
         logit = self.head(minibatch_stddev(h) if self.mbstd else h).flatten()
         if self.embed is not None:
             logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
-        return logit
+        return logit, h
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        return self.score(x, y)[0]
 
 
 class ConvEncoder(nn.Module):

@@ -16,10 +16,18 @@ import yaml
 from ..errors import CxrganError
 
 
+def _default_codes() -> list[str]:
+    from ..models.codes import DEFAULT_CODES
+
+    return list(DEFAULT_CODES)
+
+
 @dataclass
 class ModelConfig:
     """Which family and how wide. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
-    ``embed_dim`` for ``cgan``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan`` and ``cgan``."""
+    ``embed_dim`` for ``cgan`` and ``semicond``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan``,
+    ``cgan`` and ``semicond``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
+    dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``."""
 
     family: str = "dcgan"
     z_dim: int = 100
@@ -30,6 +38,10 @@ class ModelConfig:
     cond_d: str = "projection"
     embed_dim: int = 32
     mbstd: bool = False
+    codes: list[str] = field(default_factory=_default_codes)
+    code_correlation: float = 0.0
+    code_weight: float = 1.0
+    class_weight: float = 1.0
 
 
 @dataclass
@@ -134,6 +146,10 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise CxrganError(msg)
+        if self.model.family == "semicond":
+            from ..models.codes import CodeSpace
+
+            CodeSpace(self.model.codes, self.model.code_correlation)  # one clear message per bad block
         unknown = set(filter(None, (p.strip() for p in self.augment.policy.split(",")))) - {"translation", "cutout", "color"}
         if unknown:
             raise CxrganError(f"augment.policy: unknown {', '.join(sorted(unknown))}; use translation, cutout, color")
@@ -201,13 +217,16 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
 
 
 def family_preset(family: str) -> dict[str, Any]:
-    """A family's measured defaults: the partial config tree in ``cxrgan/configs/FAMILY.yaml`` ({} if none)."""
+    """A family's measured defaults: the partial config tree in ``cxrgan/configs/FAMILY.yaml`` ({} if none);
+    a ``_base: OTHER`` key starts from another family's preset."""
     from importlib import resources
 
     res = resources.files("cxrgan") / "configs" / f"{family}.yaml"
     if not res.is_file():
         return {}
-    return yaml.safe_load(res.read_text(encoding="utf-8")) or {}
+    preset = yaml.safe_load(res.read_text(encoding="utf-8")) or {}
+    base = preset.pop("_base", None)
+    return _merge(family_preset(base), preset) if base else preset
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -57,18 +57,14 @@ class RunResult:
 
 def build_family(cfg: TrainConfig, image_size: int, num_classes: int) -> Family:
     """Instantiate the configured family for ``image_size`` and ``num_classes``."""
+    import inspect
+
     m = cfg.model
     cls = get_family(m.family)
+    accepted = {name for klass in cls.__mro__ if "__init__" in vars(klass) for name in inspect.signature(klass.__init__).parameters}
     kwargs = dict(z_dim=m.z_dim, image_size=image_size, num_classes=num_classes, loss=cfg.loss.kind,
-                  gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma, spectral_norm=m.spectral_norm)
-    if m.family == "gan":
-        kwargs["hidden"] = m.hidden
-    else:
-        kwargs.update(g_channels=m.g_channels, d_channels=m.d_channels)
-    if m.family in ("dcgan", "cgan"):
-        kwargs["mbstd"] = m.mbstd
-    if m.family == "cgan":
-        kwargs.update(cond_d=m.cond_d, embed_dim=m.embed_dim)
+                  gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma)
+    kwargs.update({k: v for k, v in vars(m).items() if k in accepted and k not in ("family", "z_dim")})
     try:
         return cls(**kwargs)
     except ValueError as exc:
@@ -143,9 +139,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     # A grid per epoch, but at most about 100 per run (small datasets have very short epochs).
     grid_every = cfg.grid_every or max(1, sampler.steps_per_epoch, math.ceil(total / 100))
     space = quality_space(cfg.quality_features, ds, info.get("quality_space") if resume else None)
-    monitor = QualityMonitor(data, cfg.eval_samples, cfg.model.z_dim, cfg.seed, device, space, family.conditional)
-    grid_z, grid_y, grid_labels = _grid_latents(family, data, cfg.model.z_dim, cfg.seed)
-    calibration = _calibration_batches(data, cfg, device)
+    monitor = QualityMonitor(data, cfg.eval_samples, family.sample_z, cfg.seed, device, space, family.conditional)
+    grid_z, grid_y, grid_labels = _grid_latents(family, data, cfg.seed)
+    calibration = _calibration_batches(family, data, cfg, device)
     calibrated_at = -1
 
     step, images_seen, best, rollbacks = 0, 0, {"step": None, "fd": math.inf}, 0
@@ -181,7 +177,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             "quality_space": space_record(space, ds),
         })
     save_config(cfg, run / "config.yaml")
-    metrics = MetricsLog(run, resume_step=step if resume else None)
+    metrics = MetricsLog(run, resume_step=step if resume else None, extra_columns=family.metric_columns)
 
     def calibrate_ema() -> None:
         """Give the averaged networks batch-norm statistics of their own (see ``ema.py``), once per step."""
@@ -223,6 +219,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         """Quality figures, collapse check, checkpoint, best pointer, pruning; returns the metrics row."""
         nonlocal last_eval, best, saved_step
         last_eval = monitor.evaluate(sample_fn)
+        last_eval.update(family.checkpoint_figures(sample_fn))
         ratio = diversity_ratio(last_eval)
         collapsed = ratio < cfg.collapse_ratio and step >= cfg.collapse_warmup
         if collapsed and result.collapse_step is None:
@@ -311,7 +308,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                             group["lr"] *= cfg.collapse_lr_factor
                         ckpt.rewind(run, step)
                         metrics.close()
-                        metrics = MetricsLog(run, resume_step=step)
+                        metrics = MetricsLog(run, resume_step=step, extra_columns=family.metric_columns)
                         saved_step = step
                         result.rollbacks.append((collapsed_at, step))
                         log.warning("collapse at step %d: rolled back to step %d, the last healthy checkpoint, with the D "
@@ -342,17 +339,17 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     return result
 
 
-def _calibration_batches(data: TrainData, cfg: TrainConfig, device: torch.device, n_batches: int = 8) -> list[tuple]:
+def _calibration_batches(family: Family, data: TrainData, cfg: TrainConfig, device: torch.device, n_batches: int = 8) -> list[tuple]:
     """Fixed training-sized batches ``(real rows, latents)`` for recomputing the EMA networks' batch-norm
     statistics; drawn from their own seeded generators, so the training random streams are untouched."""
     rng = np.random.default_rng([cfg.seed, 23])
     g = torch.Generator().manual_seed(cfg.seed * 1000 + 23)
     size = min(cfg.batch_size, len(data))
-    return [(np.sort(rng.choice(len(data), size, replace=False)), torch.randn(size, cfg.model.z_dim, generator=g).to(device))
+    return [(np.sort(rng.choice(len(data), size, replace=False)), family.sample_z(size, generator=g).to(device))
             for _ in range(n_batches)]
 
 
-def _grid_latents(family: Family, data: TrainData, z_dim: int, seed: int, per_row: int = 8):
+def _grid_latents(family: Family, data: TrainData, seed: int, per_row: int = 8):
     """Fixed latents for the sample grids: a row per class present (conditional) or four rows."""
     g = torch.Generator().manual_seed(seed * 1000 + 5)
     if family.conditional:
@@ -362,7 +359,7 @@ def _grid_latents(family: Family, data: TrainData, z_dim: int, seed: int, per_ro
     else:
         y = torch.zeros(4 * per_row, dtype=torch.long)
         labels = [""] * 4
-    return torch.randn(len(y), z_dim, generator=g), y, labels
+    return family.sample_z(len(y), generator=g), y, labels
 
 
 def _write_grid(path: Path, sample_fn, z, y, labels, device) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..utils.io import write_text_atomic
 
@@ -16,21 +16,22 @@ COLUMNS = ["step", "epoch", "kimg", "g_loss", "d_loss", "d_acc_real", "d_acc_fak
 class MetricsLog:
     """Appends rows to ``metrics.csv``; on resume, rows after the resumed step are dropped first."""
 
-    def __init__(self, run: Path, resume_step: int | None = None) -> None:
+    def __init__(self, run: Path, resume_step: int | None = None, extra_columns: Sequence[str] = ()) -> None:
         self.path = run / "metrics.csv"
+        self.columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
         rows = read_metrics(self.path) if resume_step is not None and self.path.is_file() else []
         rows = [r for r in rows if resume_step is not None and int(float(r["step"])) <= resume_step]
         buf = io.StringIO()
-        w = csv.DictWriter(buf, COLUMNS)
+        w = csv.DictWriter(buf, self.columns, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
         write_text_atomic(self.path, buf.getvalue())
         self._fh = open(self.path, "a", newline="", encoding="utf-8")
-        self._writer = csv.DictWriter(self._fh, COLUMNS)
+        self._writer = csv.DictWriter(self._fh, self.columns)
         self._tb = _tensorboard(run / "events")
 
     def write(self, row: dict[str, Any]) -> None:
-        clean = {k: ("" if row.get(k) is None else _fmt(row[k])) for k in COLUMNS}
+        clean = {k: ("" if row.get(k) is None else _fmt(row[k])) for k in self.columns}
         self._writer.writerow(clean)
         self._fh.flush()
         if self._tb is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -75,8 +76,9 @@ class QualityMonitor:
     hide a generator that draws one image per class), else over all images. Each group is a random subset of
     at most ``DIVERSITY_BATCH`` images: not the first rows, since prepared data are often sorted by class."""
 
-    def __init__(self, data: TrainData, n: int, z_dim: int, seed: int, device: torch.device, space: FeatureSpace | None = None,
-                 conditional: bool = False) -> None:
+    def __init__(self, data: TrainData, n: int, latents: int | Callable[..., torch.Tensor], seed: int, device: torch.device,
+                 space: FeatureSpace | None = None, conditional: bool = False) -> None:
+        """``latents``: the latent width (N(0, I) latents) or the family's ``sample_z(n, generator=...)``."""
         g = np.random.default_rng([seed, 99])
         rows = np.sort(g.choice(len(data), size=min(n, len(data)), replace=False))
         self.device = device
@@ -84,7 +86,7 @@ class QualityMonitor:
         real = to_model_range(torch.from_numpy(data.uint8(rows)))
         self.real_feats = self.space.embed(real)
         gen = torch.Generator().manual_seed(seed * 1000 + 17)
-        self.z = torch.randn(len(rows), z_dim, generator=gen)
+        self.z = torch.randn(len(rows), latents, generator=gen) if isinstance(latents, int) else latents(len(rows), generator=gen)
         self.y = torch.from_numpy(data.labels[rows])
         order = g.permutation(len(rows))
         if conditional:
