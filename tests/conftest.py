@@ -13,6 +13,21 @@ REAL_NPZ = SHARED_DATA / "cxr_real_64.npz"
 KERMANY = SHARED_DATA / "kermany_sample"
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist, give each worker its share of the cores: two workers with torch's default of one
+    thread per core oversubscribe the machine, and OpenMP's waiting threads then make training steps several
+    times slower (a 20 s test took 180 s beside a second worker on 2 cores)."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        torch.set_num_threads(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))  # for the CLI subprocesses some tests start
+
+
 @pytest.fixture(scope="session")
 def phantom32(tmp_path_factory) -> Path:
     """A small prepared phantom dataset at 32 px, shared by the tests of a session (read-only)."""

@@ -81,7 +81,7 @@ def test_ema_generator_gets_batch_norm_statistics_of_its_own_weights(phantom32, 
     from cxrgan.train.loop import _calibration_batches
 
     data = TrainData(PreparedDataset.open(phantom32))
-    holder.recalibrate("G", _calibration_batches(data, cfg, torch.device("cpu")),
+    holder.recalibrate("G", _calibration_batches(family, data, cfg, torch.device("cpu")),
                        lambda G, b: family.generate(b[1], torch.from_numpy(data.labels[b[0]]), G=G))
     for k, v in ema.items():
         assert torch.allclose(holder.shadow["G"].state_dict()[k[2:]], v, atol=1e-5), k
