@@ -152,6 +152,26 @@ class CodeSpace:
             parts.append(values)
         return torch.cat(parts, dim=1)
 
+    def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and standard deviation ``(dim,)`` of the marginals (the copula leaves them as they are)."""
+        means, sds = [], []
+        for b in self.blocks:
+            m = b.marginal()
+            means.append(m.mean.float().expand(b.dim))
+            sds.append(m.stddev.float().expand(b.dim))
+        return torch.cat(means), torch.cat(sds)
+
+    def standardize(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes in units of their marginal's standard deviation around its mean, so that every block weighs the
+        same in a squared-error loss (a Bernoulli(0.5) dimension has variance 0.25, a normal one 1)."""
+        mean, sd = (t.to(codes.device) for t in self.moments())
+        return (codes - mean) / sd
+
+    def unstandardize(self, values: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`standardize`."""
+        mean, sd = (t.to(values.device) for t in self.moments())
+        return values * sd + mean
+
     def quantile_values(self, name: str, steps: int) -> torch.Tensor:
         """``steps`` values sweeping block ``name`` from its 5th to its 95th percentile (Bernoulli: 0 then 1)."""
         b = self.block(name)

@@ -7,6 +7,11 @@ one predicts the code blocks of a generated image, one its class. Following the 
 error between predicted and sampled codes (not a mutual-information bound) trains both the code head (D
 phase) and the generator (G phase); the class head learns on real images and the generator is asked to make
 images that it classifies as their label. ``code_weight`` and ``class_weight`` scale those terms.
+
+The squared error is taken on standardized codes (each dimension divided by its marginal's standard deviation):
+with raw codes a Bernoulli(0.5) dimension (variance 0.25) and a uniform(-1, 1) one (1/3) weigh a quarter and a
+third of a normal one, and on real radiographs the generator learned to ignore them (Bernoulli recovery 0.54,
+uniform R^2 0.46 after 2000 steps, against 0.82 for the normal block).
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ class CodeDiscriminator(nn.Module):
         return self.adv(x, y)
 
     def score(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Real/fake logits ``(N,)``, predicted codes ``(N, code_dim)`` and class logits ``(N, classes)``."""
+        """Real/fake logits ``(N,)``, predicted standardized codes ``(N, code_dim)`` and class logits ``(N, classes)``."""
         logit, h = self.adv.score(x, y)
         shared = self.shared(h.float())
         return logit, self.codes(shared), self.classes(shared)
@@ -89,7 +94,7 @@ class SemiConditional(CGAN):
         real_logits, _, real_classes = self.D.score(real, y)
         fake_logits, fake_codes, _ = self.D.score(fake, y)
         adversarial = self.d_adversarial((real,), (fake,), real_logits, fake_logits, y)
-        code_loss = F.mse_loss(fake_codes.float(), self.split(latent)[1])
+        code_loss = F.mse_loss(fake_codes.float(), self.code_space.standardize(self.split(latent)[1]))
         class_loss = F.cross_entropy(real_classes.float(), y)
         loss = adversarial + self.code_weight * code_loss + self.class_weight * class_loss
         return loss, {**self.d_stats(adversarial, real_logits, fake_logits), "d_code_mse": code_loss.detach(),
@@ -100,7 +105,7 @@ class SemiConditional(CGAN):
         latent = self.sample_z(len(y), device=y.device)
         logits, codes, classes = self.D.score(augment(self.generate(latent, y)), y)
         adversarial = losses.g_loss(self.loss_kind, logits)
-        code_loss = F.mse_loss(codes.float(), self.split(latent)[1])
+        code_loss = F.mse_loss(codes.float(), self.code_space.standardize(self.split(latent)[1]))
         class_loss = F.cross_entropy(classes.float(), y)
         loss = adversarial + self.code_weight * code_loss + self.class_weight * class_loss
         return loss, {"g_loss": adversarial.detach(), "g_code_mse": code_loss.detach(), "g_class_ce": class_loss.detach()}
@@ -131,7 +136,7 @@ class SemiConditional(CGAN):
                 logits.append(classes.float().cpu())
         finally:
             self.D.train(was)
-        figures = self.code_space.recovery(torch.cat(preds), self.split(latent)[1])
+        figures = self.code_space.recovery(self.code_space.unstandardize(torch.cat(preds)), self.split(latent)[1])
         figures["class_acc"] = float((torch.cat(logits).argmax(1) == y).float().mean())
         return figures
 
