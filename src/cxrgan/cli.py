@@ -25,10 +25,12 @@ def _csv_list(text: str | None) -> list[str] | None:
 
 # --------------------------------------------------------------------------------------------- data
 def _add_prepare(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prepare", help="read images (folder, CSV, DICOM, npz, parquet, phantom) into a prepared dataset",
+    p = sub.add_parser("prepare", help="read images (folder, CSV, DICOM, npz, parquet, phantom, digits) into a prepared dataset",
                        description="Read SOURCE and write a prepared dataset to --out. SOURCE is a folder with one "
                        "sub-folder per class (optionally under train/val/test), a flat folder with --labels CSV, a "
-                       "MedMNIST-style .npz, a Hugging Face .parquet file or folder, or 'phantom'.")
+                       "MedMNIST-style .npz, a Hugging Face .parquet file or folder, 'phantom' (the embedded radiograph phantoms "
+                       "with lesion masks) or 'digits' (scikit-learn's bundled 8x8 handwritten digits, for the dgm anomaly "
+                       "demonstration with --normal-class 1).")
     p.add_argument("source")
     p.add_argument("--out", required=True, help="output dataset directory (must not exist unless --overwrite)")
     p.add_argument("--size", type=int, default=64, help="output side in px: 32, 64, 128 or 256 (default 64)")
@@ -140,6 +142,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="semicond: a latent code block, repeatable, e.g. --code bernoulli:5:p=0.5 --code exponential:5:rate=1 "
                    "--code uniform:5:low=-1,high=1 --code normal:5 (the default set)")
     p.add_argument("--code-correlation", type=float, help="semicond: correlation between the dimensions of each code block")
+    p.add_argument("--normal-class", help="dgm: the normal class it learns to synthesize and trains on (default NORMAL)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="any config field, e.g. --set loss.r1_gamma=1 --set model.spectral_norm=true (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue OUT from its last checkpoint")
@@ -154,7 +157,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
              "epochs": a.epochs, "batch_size": a.batch_size, "loss.kind": a.loss, "optim.lr_g": a.lr, "optim.lr_d": a.lr,
              "augment.policy": a.augment, "seed": a.seed, "device": a.device, "precision": a.precision,
              "on_collapse": a.on_collapse, "model.code_correlation": a.code_correlation,
-             "model.codes": json.dumps(a.codes) if a.codes else None}
+             "model.codes": json.dumps(a.codes) if a.codes else None, "model.normal_class": a.normal_class}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(a.overrides)
     if a.resume:
         if a.config:
@@ -253,6 +256,57 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     out = compare(a.runs, a.out, checkpoint=a.checkpoint)
     print((out / "summary.md").read_text())
     print(f"wrote {out}/losses.png, d_accuracy.png, quality.png, samples.png, summary.csv")
+    return 0
+
+
+def _add_decompose(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decompose", help="dgm: split radiographs into the synthesized normal image and the residual (disease)",
+                       description="For each input (files, folders, or a prepared dataset's --split) writes OUT/normal/, "
+                       "OUT/residual/ (grey = no difference, brighter = denser than normal) and OUT/overlay/ PNGs, and "
+                       "OUT/scores.csv with every anomaly score. Unreadable inputs are listed with the reason; the rest go on.")
+    p.add_argument("run", help="a dgm run directory")
+    p.add_argument("inputs", nargs="+", help="image files, folders, or prepared dataset directories")
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test", help="split of prepared-dataset inputs (train, val, test; default test)")
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_decompose)
+
+
+def _cmd_decompose(a: argparse.Namespace) -> int:
+    from .decompose import decompose
+
+    rows = decompose(a.run, a.inputs, a.out, checkpoint=a.checkpoint, split=a.split, device=a.device)
+    bad = [r for r in rows if r["error"]]
+    for r in bad:
+        print(f"skipped: {r['error']}", file=sys.stderr)
+    print(f"decomposed {len(rows) - len(bad)} image(s) into {a.out} (normal/, residual/, overlay/, scores.csv)"
+          + (f"; {len(bad)} skipped" if bad else ""))
+    return 0
+
+
+def _add_anomaly(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("anomaly", help="dgm: anomaly detection on a dataset's test split beside two baselines",
+                       description="Scores the test split with the dgm run, a plain autoencoder and the distance to the mean "
+                       "normal image; the DGM score (--score auto) and every threshold are chosen on the validation split. "
+                       "Writes anomaly.json, report.md, scores.csv, roc.png, box.png and the four example panels.")
+    p.add_argument("run", help="a dgm run directory")
+    p.add_argument("--data", required=True, help="prepared dataset (its val and test splits are used)")
+    p.add_argument("--normal-class", default="NORMAL")
+    p.add_argument("--out", required=True)
+    p.add_argument("--score", default="auto", help="auto (best on validation) or encoding, residual, residual_l2, opacity, dfeature")
+    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--baseline-epochs", type=int, default=10, help="training epochs of the autoencoder baseline")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_cmd_anomaly)
+
+
+def _cmd_anomaly(a: argparse.Namespace) -> int:
+    from .decompose import anomaly
+
+    anomaly(a.run, a.data, a.out, a.normal_class, a.checkpoint, a.score, a.baseline_epochs, a.seed, a.device)
+    print((Path(a.out) / "report.md").read_text())
     return 0
 
 
@@ -396,7 +450,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_traverse, _add_compare, _add_features, _add_evaluate, _add_tstr,
+    _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_traverse, _add_decompose, _add_anomaly, _add_compare, _add_features, _add_evaluate, _add_tstr,
     _add_augment_study, _add_demo]
 
 

@@ -59,6 +59,14 @@ def load_run(run: str | Path, which: str | int = "best", device: torch.device | 
     return LoadedRun(run, cfg, info, family, path, int(meta["step"]))
 
 
+def require_sampler(loaded: LoadedRun) -> LoadedRun:
+    """Refuse runs whose generator translates images (dgm) where images are to be drawn from noise."""
+    if loaded.family.translates:
+        raise CxrganError(f"run {loaded.path} is a {loaded.cfg.model.family} run: it turns input radiographs into normal ones "
+                          "and draws nothing from noise; use `cxrgan decompose` or `cxrgan anomaly` with it")
+    return loaded
+
+
 def truncated_normal(n: int, dim: int, psi: float | None, generator: torch.Generator) -> torch.Tensor:
     """``(n, dim)`` N(0, 1) latents; with ``psi``, values outside [-psi, psi] are redrawn (truncation trick)."""
     z = torch.randn(n, dim, generator=generator)
@@ -138,7 +146,7 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
     if out.exists() and not overwrite:
         raise CxrganError(f"output {out} already exists; choose another --out or pass --overwrite")
     dev = pick_device(device)
-    loaded = [load_run(r, checkpoint, dev) for r in runs]
+    loaded = [require_sampler(load_run(r, checkpoint, dev)) for r in runs]
     pinned = [fixed_codes(lr, codes) for lr in loaded]
     sizes = {int(lr.info["image_size"]) for lr in loaded}
     if len(sizes) > 1:
@@ -196,7 +204,7 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
 
 
 def _code_run(run: str | Path, checkpoint: str | int) -> LoadedRun:
-    loaded = load_run(run, checkpoint)
+    loaded = require_sampler(load_run(run, checkpoint))
     if getattr(loaded.family, "code_space", None) is None:
         raise CxrganError(f"run {run} is a {loaded.cfg.model.family} run; traverse needs a semicond run (cxrgan train --model semicond)")
     return loaded

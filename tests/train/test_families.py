@@ -14,12 +14,12 @@ from .helpers import tiny_config
 
 
 def test_registry_lists_the_families():
-    assert family_names() == ["bigan", "cgan", "dcgan", "gan", "semicond"]
+    assert family_names() == ["bigan", "cgan", "dcgan", "dgm", "gan", "semicond"]
     with pytest.raises(CxrganError, match="unknown model 'stylegan'"):
         get_family("stylegan")
 
 
-@pytest.mark.parametrize("family", ["gan", "dcgan", "cgan", "bigan", "semicond"])
+@pytest.mark.parametrize("family", ["gan", "dcgan", "cgan", "bigan", "semicond", "dgm"])
 def test_family_trains_with_finite_losses(phantom32, tmp_path, family):
     res = train(tiny_config(phantom32, family), tmp_path / "run", progress=False)
     assert res.step == 6 and not res.interrupted

@@ -27,6 +27,7 @@ def _weights(run):
     ("bigan", []),
     ("cgan", []),  # its measured defaults: hinge, spectral norm, projection, minibatch stddev, translation
     ("semicond", ["model.code_correlation=0.3"]),
+    ("dgm", []),  # inputs drawn from the bound training images with the loop's own generators
 ])
 def test_resume_equals_uninterrupted(phantom32, tmp_path, family, extra):
     straight = tiny_config(phantom32, family, "steps=8", "ckpt_every=4", *extra)

@@ -31,11 +31,13 @@ class Family(nn.Module):
     """Base of all model families. Subclasses build ``self.G``, ``self.D`` (and optionally ``self.E``).
 
     Attributes: ``conditional`` (G takes a class), ``has_encoder`` (``encode`` maps images to latents),
+    ``translates`` (G maps an input radiograph to an image; ``sample_z`` then draws training images),
     ``phases`` (phase name -> names of the modules it optimizes), ``ema_modules`` (averaged for sampling).
     """
 
     conditional: bool = False
     has_encoder: bool = False
+    translates: bool = False  # G maps images to images (dgm): its "latents" are input radiographs
     phases: dict[str, tuple[str, ...]] = {"D": ("D",), "G": ("G",)}
     ema_modules: tuple[str, ...] = ("G",)
 
@@ -49,6 +51,15 @@ class Family(nn.Module):
     def networks(self) -> dict[str, nn.Module]:
         """The family's networks by name: ``G``, ``D`` and, where present, ``E``."""
         return {n: getattr(self, n) for n in ("G", "D", "E") if hasattr(self, n)}
+
+    # -- data -------------------------------------------------------------------------------------
+    @classmethod
+    def training_classes(cls, model_cfg) -> list[str] | None:
+        """The classes this family trains on when the user names none (``None``: all of them)."""
+        return None
+
+    def bind_data(self, data) -> None:
+        """Called by the loop with the training subset before anything is sampled; most families ignore it."""
 
     # -- sampling -------------------------------------------------------------------------------
     @property
@@ -128,10 +139,17 @@ class Family(nn.Module):
     # -- family-specific figures ---------------------------------------------------------------------
     metric_columns: tuple[str, ...] = ()
 
-    def checkpoint_figures(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, float]:
+    def checkpoint_figures(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                           nets: dict[str, nn.Module] | None = None) -> dict[str, float]:
         """Extra figures the loop logs at every checkpoint (keys among ``metric_columns``); none by default.
-        ``generate(latents, y)`` draws images with the weights used for sampling (the EMA when kept)."""
+        ``generate(latents, y)`` draws images with the weights used for sampling (the EMA when kept); ``nets``
+        are those networks by name (the averaged ones where kept, the live D)."""
         return {}
+
+    def grid_rows(self, latents: torch.Tensor, images: torch.Tensor, labels: list[str]) -> tuple[list[torch.Tensor], list[str]]:
+        """How a sample grid shows ``images`` ``(R*K, 1, S, S)`` drawn for ``latents`` under row ``labels``: R rows."""
+        k = len(images) // len(labels)
+        return [images[i * k : (i + 1) * k] for i in range(len(labels))], labels
 
     def d_norm(self, spectral_norm: bool) -> str:
         """Batch norm in D only for losses and settings where it is sound."""

@@ -36,4 +36,4 @@ def get_family(name: str) -> type:
 
 
 def _load_builtin() -> None:
-    from . import bigan, cgan, dcgan, gan, semicond  # noqa: F401  (each registers itself)
+    from . import bigan, cgan, dcgan, dgm, gan, semicond  # noqa: F401  (each registers itself)

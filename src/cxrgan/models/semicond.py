@@ -140,5 +140,6 @@ class SemiConditional(CGAN):
         figures["class_acc"] = float((torch.cat(logits).argmax(1) == y).float().mean())
         return figures
 
-    def checkpoint_figures(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, float]:
+    def checkpoint_figures(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                           nets: dict[str, nn.Module] | None = None) -> dict[str, float]:
         return self.code_recovery(generate)

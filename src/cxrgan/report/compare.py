@@ -59,7 +59,7 @@ def summarize(run: Path, rows: list[dict[str, str]] | None = None) -> dict:
 
 def compare(runs: Sequence[str | Path], out: str | Path, per_row: int = 8, seed: int = 0, checkpoint: str = "best") -> Path:
     """Write the comparative study of ``runs`` into ``out``; returns ``out``."""
-    from ..sample import generate, load_run, truncated_normal
+    from ..sample import generate, load_run
 
     if not runs:
         raise CxrganError("compare needs at least one run directory")
@@ -78,19 +78,22 @@ def compare(runs: Sequence[str | Path], out: str | Path, per_row: int = 8, seed:
     rows, row_labels, sizes = [], [], set()
     for label, p in zip(labels, paths):
         lr = load_run(p, checkpoint)
+        if lr.family.translates:
+            log.info("%s is a %s run (image to image): it has no row in samples.png", p, lr.cfg.model.family)
+            continue
         sizes.add(int(lr.info["image_size"]))
         names = lr.info["class_names"]
         classes = lr.trained_classes if lr.family.conditional else [None]
         for c in classes:
             g = torch.Generator().manual_seed(seed)
-            z = truncated_normal(per_row, lr.cfg.model.z_dim, None, g)
+            z = lr.family.sample_z(per_row, generator=g)  # semicond latents carry code blocks after the noise
             y = torch.full((per_row,), names.index(c) if c else 0, dtype=torch.long)
             rows.append(generate(lr, z, y))
             tag = c or (",".join(lr.cfg.data.classes) if lr.cfg.data.classes else "")
             row_labels.append(f"{label} ({lr.cfg.model.family}{': ' + tag if tag else ''})")
-    if len(sizes) == 1:
+    if len(sizes) == 1 and rows:
         save_png(labelled_rows(rows, row_labels, scale=max(1, 64 // sizes.pop())), out / "samples.png")
-    else:
+    elif len(sizes) > 1:
         log.warning("runs have different image sizes (%s): no combined samples.png; compare runs of one size "
                     "for a grid", ", ".join(map(str, sorted(sizes))))
     summary = [summarize(p, metrics[label]) | {"run": label} for label, p in zip(labels, paths)]

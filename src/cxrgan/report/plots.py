@@ -49,8 +49,9 @@ def _with_ratio(rows: Sequence[dict[str, str]]) -> list[dict]:
 
 
 def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[Path]:
-    """Write losses.png (G and D), d_accuracy.png (real and fake) and quality.png (FD, diversity) for
-    ``{label: metrics rows}``; several runs share the axes, one colour per run."""
+    """Write losses.png (G and D), d_accuracy.png (real and fake), quality.png (FD, diversity) and, for families
+    with their own columns, family.png (one panel per column) for ``{label: metrics rows}``; several runs share
+    the axes, one colour per run."""
     plt = _plt()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -81,4 +82,36 @@ def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[
         _save(fig, out_dir / name)
         plt.close(fig)
         written.append(out_dir / name)
+    extra = family_columns(runs)
+    if extra:
+        cols = min(4, len(extra))
+        nrows = -(-len(extra) // cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.2 * nrows), squeeze=False)
+        for ax, key in zip(axes.ravel(), extra):
+            for i, (label, rows) in enumerate(runs.items()):
+                x, y = _series(rows, key)
+                if len(x):
+                    sparse = len(x) < 0.5 * len([r for r in rows if r.get("g_loss")])  # measured at checkpoints only
+                    ax.plot(x, y if sparse else smooth(y), label=label, color=f"C{i}", marker="o" if sparse else None, ms=3)
+            ax.set_title(key, fontsize=9)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        for ax in axes.ravel()[len(extra):]:
+            ax.axis("off")
+        fig.tight_layout()
+        _save(fig, out_dir / "family.png")
+        plt.close(fig)
+        written.append(out_dir / "family.png")
     return written
+
+
+def family_columns(runs: dict[str, Sequence[dict[str, str]]]) -> list[str]:
+    """The family's own metrics columns (loss terms, code recovery, validation AUCs) that hold values."""
+    from ..train.metrics import COLUMNS
+
+    keys: list[str] = []
+    for rows in runs.values():
+        for k in (rows[0].keys() if rows else ()):
+            if k not in COLUMNS and k not in keys and any(r.get(k) not in (None, "") for r in rows):
+                keys.append(k)
+    return keys

@@ -27,7 +27,9 @@ class ModelConfig:
     """Which family and how wide. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
     ``embed_dim`` for ``cgan`` and ``semicond``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan``,
     ``cgan`` and ``semicond``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
-    dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``."""
+    dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``. ``normal_class`` (the
+    class it trains on when ``data.classes`` is empty) and the weights of the adversarial, reconstruction, total
+    variation and encoding terms for ``dgm``."""
 
     family: str = "dcgan"
     z_dim: int = 100
@@ -42,6 +44,11 @@ class ModelConfig:
     code_correlation: float = 0.0
     code_weight: float = 1.0
     class_weight: float = 1.0
+    normal_class: str = "NORMAL"
+    adv_weight: float = 1.0
+    rec_weight: float = 20.0
+    tv_weight: float = 1.0
+    enc_weight: float = 1.0
 
 
 @dataclass

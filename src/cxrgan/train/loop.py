@@ -115,11 +115,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     if resume and info.get("data_manifest_sha256") != ds.manifest_hash:
         raise CxrganError(f"dataset {cfg.data.path} differs from the one run {run} was trained on (manifest hash changed); "
                           "resume with the original data or start a new run")
-    data = TrainData(ds, cfg.data.split, cfg.data.classes)
+    classes = cfg.data.classes or get_family(cfg.model.family).training_classes(cfg.model)
+    data = TrainData(ds, cfg.data.split, classes)
     device = pick_device(cfg.device)
     amp = autocast_dtype(cfg.precision, device)
     seed_everything(cfg.seed)
     family = build_family(cfg, ds.size, data.num_classes)
+    family.bind_data(data)
     if family.conditional and ds.multilabel:
         raise CxrganError(f"{cfg.model.family} needs single-label data; {ds.root} is multi-label (prepare it without --multilabel)")
     family.to(device)
@@ -171,7 +173,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         run.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run / "run.json", {
             "family": cfg.model.family, "image_size": ds.size, "class_names": ds.class_names,
-            "classes": cfg.data.classes, "conditional": family.conditional, "data_path": str(Path(cfg.data.path).resolve()),
+            "classes": classes or [], "conditional": family.conditional, "data_path": str(Path(cfg.data.path).resolve()),
             "data_manifest_sha256": ds.manifest_hash, "code": code_version(), "device": str(device),
             "precision": "bf16" if amp is not None else "fp32", "train_images": len(data),
             "quality_space": space_record(space, ds),
@@ -219,7 +221,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         """Quality figures, collapse check, checkpoint, best pointer, pruning; returns the metrics row."""
         nonlocal last_eval, best, saved_step
         last_eval = monitor.evaluate(sample_fn)
-        last_eval.update(family.checkpoint_figures(sample_fn))
+        nets = {**modules, **(ema.shadow if ema is not None else {})}
+        last_eval.update(family.checkpoint_figures(sample_fn, nets))
         ratio = diversity_ratio(last_eval)
         collapsed = ratio < cfg.collapse_ratio and step >= cfg.collapse_warmup
         if collapsed and result.collapse_step is None:
@@ -284,7 +287,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                     row.update(step=step, epoch=sampler.epoch, kimg=round(images_seen / 1000, 3), img_per_s=n_window / max(dt, 1e-9))
                     window, t_window, n_window = {}, time.perf_counter(), 0
                 if step % grid_every == 0 or step == total:
-                    _write_grid(run / "samples" / f"step-{step:08d}.png", sample_fn, grid_z, grid_y, grid_labels, device)
+                    _write_grid(run / "samples" / f"step-{step:08d}.png", family, sample_fn, grid_z, grid_y, grid_labels, device)
                 if step % cfg.ckpt_every == 0 or step == total:
                     row = evaluate_and_save(row)
                 if row:
@@ -362,12 +365,11 @@ def _grid_latents(family: Family, data: TrainData, seed: int, per_row: int = 8):
     return family.sample_z(len(y), generator=g), y, labels
 
 
-def _write_grid(path: Path, sample_fn, z, y, labels, device) -> None:
+def _write_grid(path: Path, family: Family, sample_fn, z, y, labels, device) -> None:
     with torch.no_grad():
-        imgs = to_uint8(sample_fn(z.to(device), y.to(device)).cpu().numpy()[:, 0])
-    per_row = len(z) // len(labels)
-    rows = [imgs[i * per_row : (i + 1) * per_row] for i in range(len(labels))]
-    save_png(labelled_rows(rows, labels, scale=max(1, 64 // imgs.shape[-1])), path)
+        rows, labels = family.grid_rows(z, sample_fn(z.to(device), y.to(device)), labels)
+    rows = [to_uint8(r.float().cpu().numpy()[:, 0]) for r in rows]
+    save_png(labelled_rows(rows, labels, scale=max(1, 64 // rows[0].shape[-1])), path)
 
 
 def _plot(run: Path) -> None:

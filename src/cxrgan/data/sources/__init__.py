@@ -16,14 +16,18 @@ __all__ = ["Record", "Source", "SourceOptions", "open_source"]
 
 
 def open_source(spec: str, opts: SourceOptions, salt: bytes) -> Source:
-    """Open ``spec`` (a path or ``phantom``) as a :class:`Source`; raises :class:`CxrganError` for bad input."""
+    """Open ``spec`` (a path, ``phantom`` or ``digits``) as a :class:`Source`; raises :class:`CxrganError` for bad input."""
     if spec == "phantom":
         from .phantom import open_phantom
 
         return open_phantom(opts)
+    if spec == "digits":
+        from .digits import open_digits
+
+        return open_digits(opts)
     path = Path(spec)
     if not path.exists():
-        raise CxrganError(f"source {spec} does not exist; give a folder, a .npz or .parquet file, or 'phantom'")
+        raise CxrganError(f"source {spec} does not exist; give a folder, a .npz or .parquet file, 'phantom' or 'digits'")
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix == ".npz":

@@ -1,0 +1,361 @@
+"""Disease decomposition and anomaly scoring with a trained ``dgm`` run: ``decompose`` and ``anomaly``.
+
+``decompose`` writes, for every input radiograph, the synthesized normal image, the residual map and an overlay of
+the map on the input, with a row of anomaly scores per image in ``scores.csv``. ``anomaly`` scores a prepared
+dataset's test split, chooses the score and the threshold on the validation split, and reports ROC AUC, average
+precision, sensitivity and specificity beside two baselines (a plain autoencoder and the distance to the mean
+normal image), with the ROC curves, a box plot per class, the four example panels and, where the dataset has
+lesion masks, pixel-level localization.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .data.dataset import PreparedDataset
+from .data.decode import FileItem, process
+from .data.preprocess import Preprocess
+from .data.sources.folder import _walk_files, classify_file
+from .errors import CxrganError
+from .evaluate import anomaly as am
+from .sample import LoadedRun, load_run
+from .train.runtime import pick_device
+from .utils.images import labelled_rows, save_png, to_uint8
+from .utils.io import write_json_atomic, write_text_atomic
+from .utils.tensors import batches
+
+log = logging.getLogger("cxrgan.decompose")
+
+
+def load_translator(run: str | Path, checkpoint: str | int = "best", device: str = "auto") -> LoadedRun:
+    """Load a ``dgm`` run (its averaged G and its D); any other family is refused with a clear message."""
+    loaded = load_run(run, checkpoint, pick_device(device))
+    if not getattr(loaded.family, "translates", False):
+        raise CxrganError(f"run {run} is a {loaded.cfg.model.family} run; decompose and anomaly need a dgm run "
+                          "(cxrgan train --model dgm)")
+    return loaded
+
+
+@torch.no_grad()
+def score_images(loaded: LoadedRun, images_u8: np.ndarray, batch: int = 128) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every anomaly score ``{name: (N,)}`` and the normal images ``(N, S, S)`` float in [-1, 1] for uint8 inputs."""
+    fam = loaded.family
+    dev = next(fam.parameters()).device
+    scores: dict[str, list[np.ndarray]] = {}
+    normals = []
+    for x in batches(images_u8, batch, dev):
+        for k, v in fam.anomaly_scores(x).items():
+            scores.setdefault(k, []).append(v.float().cpu().numpy())
+        normals.append(fam.generate(x).float().cpu().numpy()[:, 0])
+    size = int(loaded.info["image_size"])
+    return ({k: np.concatenate(v) for k, v in scores.items()},
+            np.concatenate(normals) if normals else np.zeros((0, size, size), np.float32))
+
+
+def residual_u8(x: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    """The residual ``x - normal`` (both in [-1, 1]) as uint8 with 128 = no difference, brighter = denser input."""
+    return to_uint8(np.clip(x - normal, -1, 1))
+
+
+def overlay(x_u8: np.ndarray, residual: np.ndarray, scale: float | None = None) -> np.ndarray:
+    """RGB ``(S, S, 3)`` uint8: the input in grey with the residual's magnitude in red (``scale`` = magnitude shown
+    at full red; default the image's 99th percentile)."""
+    mag = np.abs(residual)
+    scale = scale or max(float(np.quantile(mag, 0.99)), 1e-6)
+    heat = np.clip(mag / scale, 0, 1)
+    grey = x_u8.astype(np.float32)
+    rgb = np.stack([grey * (1 - heat) + 255 * heat, grey * (1 - heat), grey * (1 - heat)], axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+# -- decompose ---------------------------------------------------------------------------------------------
+@dataclass
+class InputImage:
+    name: str
+    origin: str
+    image: np.ndarray | None = None
+    note: str = ""
+    error: str = ""
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80] or "image"
+
+
+def _is_dataset(path: Path) -> bool:
+    return path.is_dir() and (path / "manifest.json").is_file() and (path / "images.npy").is_file()
+
+
+def _run_preprocess(loaded: LoadedRun) -> Preprocess:
+    """The preprocessing the run's training data had (size from the run), so inputs look like training images."""
+    size = int(loaded.info["image_size"])
+    try:
+        manifest = json.loads((Path(loaded.info["data_path"]) / "manifest.json").read_text())
+        p = manifest.get("preprocess", {})
+        return Preprocess(size=size, fit=p.get("fit", "crop"), equalize=bool(p.get("equalize", False)),
+                          intensity=p.get("intensity", "auto"))
+    except (OSError, ValueError, KeyError, TypeError):
+        return Preprocess(size=size)
+
+
+def collect_inputs(inputs: Sequence[str | Path], prep: Preprocess, split: str | None = "test") -> list[InputImage]:
+    """Read files, folders (recursively) and prepared datasets (rows of ``split``) into images of the run's size.
+    Unreadable or non-image files come back with ``error`` set; nothing else is dropped."""
+    out: list[InputImage] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            out.append(InputImage(_safe(path.name), str(path), error=f"{path}: no such file or folder"))
+        elif _is_dataset(path):
+            ds = PreparedDataset.open(path)
+            rows = ds.indices(split)
+            for i in rows:
+                img = np.asarray(ds.images[i])
+                note = "" if ds.size == prep.size else f"resized from {ds.size} px to {prep.size} px"
+                if ds.size != prep.size:
+                    img = np.asarray(Image.fromarray(img).resize((prep.size, prep.size), Image.LANCZOS))
+                cls = ds.class_names[int(ds.labels[i])] if not ds.multilabel else ""
+                out.append(InputImage(f"{_safe(path.name)}_{split or 'all'}_{int(i):06d}", f"{path}#{int(i)}", img, note=
+                                      "; ".join(filter(None, [f"class {cls}" if cls else "", note]))))
+        else:
+            files = _walk_files(path) if path.is_dir() else [path]
+            if path.is_dir() and not files:
+                out.append(InputImage(_safe(path.name), str(path), error=f"{path}: the folder has no files"))
+            for f in files:
+                origin = str(f)
+                why = classify_file(f)
+                if why:
+                    out.append(InputImage(_safe(f.stem), origin, error=f"{f}: {why}"))
+                    continue
+                dec = process(FileItem(str(f), origin), prep)
+                if dec.error:
+                    out.append(InputImage(_safe(f.stem), origin, error=dec.error))
+                    continue
+                note = ""
+                try:
+                    with Image.open(f) as im:
+                        if im.size != (prep.size, prep.size):
+                            note = f"resized from {im.size[0]}x{im.size[1]} to {prep.size} px"
+                except Exception:  # DICOM and anything Pillow cannot size: decoded fine above, note left out
+                    pass
+                out.append(InputImage(_safe(f.stem), origin, dec.image, note=note))
+    names: dict[str, int] = {}
+    for item in out:  # unique output names
+        names[item.name] = names.get(item.name, 0) + 1
+        if names[item.name] > 1:
+            item.name = f"{item.name}_{names[item.name]}"
+    return out
+
+
+def decompose(run: str | Path, inputs: Sequence[str | Path], out: str | Path, checkpoint: str | int = "best",
+              split: str | None = "test", device: str = "auto") -> list[dict]:
+    """Decompose every input into normal image + residual; write ``normal/``, ``residual/``, ``overlay/`` PNGs and
+    ``scores.csv`` (one row per input, with ``error`` for inputs that could not be read) under ``out``.
+    Returns the CSV rows."""
+    loaded = load_translator(run, checkpoint, device)
+    out = Path(out)
+    items = collect_inputs(inputs, _run_preprocess(loaded), split)
+    good = [it for it in items if it.image is not None]
+    if not good:
+        reasons = "; ".join(it.error for it in items[:3])
+        raise CxrganError(f"none of the inputs could be read ({reasons}); give PNG, JPEG or DICOM files, folders of "
+                          "them, or a prepared dataset")
+    imgs = np.stack([it.image for it in good])
+    scores, normals = score_images(loaded, imgs)
+    x = imgs.astype(np.float32) / 127.5 - 1.0
+    for d in ("normal", "residual", "overlay"):
+        (out / d).mkdir(parents=True, exist_ok=True)
+    rows = []
+    k = 0
+    for it in items:
+        row = {"name": it.name, "origin": it.origin, "note": it.note, "error": it.error}
+        if it.image is not None:
+            save_png(to_uint8(normals[k]), out / "normal" / f"{it.name}.png")
+            save_png(residual_u8(x[k], normals[k]), out / "residual" / f"{it.name}.png")
+            save_png(overlay(it.image, x[k] - normals[k]), out / "overlay" / f"{it.name}.png")
+            row.update({s: f"{float(v[k]):.6g}" for s, v in scores.items()})
+            k += 1
+        rows.append(row)
+    fields = ["name", "origin", *scores.keys(), "note", "error"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fields)
+    w.writeheader()
+    w.writerows(rows)
+    write_text_atomic(out / "scores.csv", buf.getvalue())
+    return rows
+
+
+# -- anomaly ------------------------------------------------------------------------------------------------
+def _dataset_for(loaded: LoadedRun, data: str | Path, normal_class: str) -> tuple[PreparedDataset, int]:
+    ds = PreparedDataset.open(data)
+    if ds.multilabel:
+        raise CxrganError(f"{data} is multi-label; anomaly needs one class per image (prepare it without --multilabel)")
+    if ds.size != int(loaded.info["image_size"]):
+        raise CxrganError(f"{data} has {ds.size} px images but the run was trained at {loaded.info['image_size']} px; "
+                          "prepare the data at the run's --size")
+    names = {c.lower(): i for i, c in enumerate(ds.class_names)}
+    if normal_class.lower() not in names:
+        raise CxrganError(f"--normal-class {normal_class!r} is not a class of {data}; its classes are "
+                          f"{', '.join(ds.class_names)}")
+    return ds, names[normal_class.lower()]
+
+
+def _split(ds: PreparedDataset, split: str, normal: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = ds.indices(split)
+    labels = np.asarray(ds.labels)[rows].astype(np.int64)
+    abnormal = labels != normal
+    if abnormal.all() or not abnormal.any():
+        raise CxrganError(f"{ds.root}: the {split} split needs both normal and abnormal images "
+                          f"(it has {int((~abnormal).sum())} normal, {int(abnormal.sum())} abnormal)")
+    return rows, labels, abnormal
+
+
+def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: str = "NORMAL", checkpoint: str | int = "best",
+            score: str = "auto", baseline_epochs: int = 10, seed: int = 0, device: str = "auto") -> dict:
+    """Score ``data``'s test split with a dgm run and the two baselines; write the report under ``out``.
+
+    ``score``: one of :data:`cxrgan.models.dgm.SCORES` or ``auto`` (the one with the highest validation ROC AUC).
+    The threshold is chosen on validation (Youden's J); test figures are measured once. Returns the summary."""
+    from .models.dgm import SCORES
+
+    if score != "auto" and score not in SCORES:
+        raise CxrganError(f"--score {score!r} is not known; use auto or one of {', '.join(SCORES)}")
+    loaded = load_translator(run, checkpoint, device)
+    ds, normal = _dataset_for(loaded, data, normal_class)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    val_rows, _, val_ab = _split(ds, "val", normal)
+    test_rows, test_labels, test_ab = _split(ds, "test", normal)
+    train_normal = ds.indices("train", [ds.class_names[normal]])
+    if len(train_normal) < 2:
+        raise CxrganError(f"{data}: the train split has {len(train_normal)} {ds.class_names[normal]} image(s); the baselines need some")
+    val_u8, test_u8 = np.asarray(ds.images[val_rows]), np.asarray(ds.images[test_rows])
+    train_u8 = np.asarray(ds.images[train_normal])
+
+    val_scores, _ = score_images(loaded, val_u8)
+    test_scores, test_normals = score_images(loaded, test_u8)
+    val_auc = {k: am.roc_auc(val_ab, v) for k, v in val_scores.items()}
+    chosen = max(val_auc, key=lambda k: val_auc[k]) if score == "auto" else score
+    x_test = test_u8.astype(np.float32) / 127.5 - 1.0
+    dgm_maps = np.abs(x_test - test_normals)
+
+    val_normal_u8 = val_u8[~val_ab]
+    (ae_val, _), (ae_test, ae_maps) = am.autoencoder_scores(train_u8, val_normal_u8, [val_u8, test_u8], ds.size,
+                                                            baseline_epochs, seed, device)
+    mean_val, _ = am.mean_image_scores(train_u8, val_u8)
+    mean_test, mean_maps = am.mean_image_scores(train_u8, test_u8)
+
+    methods = {
+        f"dgm ({chosen})": (val_scores[chosen], test_scores[chosen], dgm_maps),
+        "autoencoder": (ae_val, ae_test, ae_maps),
+        "mean normal image": (mean_val, mean_test, mean_maps),
+    }
+    masks = None if ds.masks is None else np.asarray(ds.masks[test_rows])
+    table = []
+    for name, (v, t, maps) in methods.items():
+        op = am.operating_point(val_ab, v, test_ab, t)
+        row = {"method": name, "val_roc_auc": am.roc_auc(val_ab, v), "roc_auc": am.roc_auc(test_ab, t),
+               "average_precision": am.average_precision(test_ab, t), "threshold": op.threshold,
+               "sensitivity": op.sensitivity, "specificity": op.specificity}
+        if masks is not None and masks.any():
+            row.update(am.localization(maps, masks))
+        table.append(row)
+    summary = {
+        "run": str(run), "checkpoint_step": loaded.step, "data": str(data), "normal_class": ds.class_names[normal],
+        "classes": ds.class_names, "score": chosen, "score_chosen_by": "validation ROC AUC" if score == "auto" else "--score",
+        "val_roc_auc_by_score": val_auc, "test_roc_auc_by_score": {k: am.roc_auc(test_ab, v) for k, v in test_scores.items()},
+        "n_val": int(len(val_rows)), "n_test": int(len(test_rows)), "n_test_abnormal": int(test_ab.sum()),
+        "methods": table,
+    }
+    write_json_atomic(out / "anomaly.json", summary)
+    _write_scores_csv(out / "scores.csv", test_rows, test_labels, ds.class_names, test_scores, ae_test, mean_test,
+                      test_scores[chosen] >= table[0]["threshold"])
+    _figures(out, ds, methods, test_ab, test_labels, test_u8, test_normals, test_scores[chosen], table[0]["threshold"], chosen)
+    write_text_atomic(out / "report.md", _markdown(summary))
+    return summary
+
+
+def _write_scores_csv(path: Path, rows, labels, class_names, scores, ae, mean, called) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "class", *scores.keys(), "autoencoder", "mean_image", "called_abnormal"])
+    for i in range(len(rows)):
+        w.writerow([int(rows[i]), class_names[int(labels[i])], *(f"{float(v[i]):.6g}" for v in scores.values()),
+                    f"{float(ae[i]):.6g}", f"{float(mean[i]):.6g}", int(called[i])])
+    write_text_atomic(path, buf.getvalue())
+
+
+def _figures(out: Path, ds: PreparedDataset, methods: dict, abnormal: np.ndarray, labels: np.ndarray, x_u8: np.ndarray,
+             normals: np.ndarray, chosen_scores: np.ndarray, threshold: float, chosen: str) -> None:
+    from .report.plots import _plt, _save
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for i, (name, (_, t, _)) in enumerate(methods.items()):
+        fpr, tpr = am.roc_points(abnormal, t)
+        ax.plot(fpr, tpr, color=f"C{i}", label=f"{name}: AUC {am.roc_auc(abnormal, t):.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.7, ls=":")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.set_title("ROC, test split")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save(fig, out / "roc.png")
+    plt.close(fig)
+
+    present = sorted(set(labels.tolist()))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(present), 3.8))
+    ax.boxplot([chosen_scores[labels == c] for c in present], showfliers=True)
+    ax.set_xticks(range(1, len(present) + 1), [ds.class_names[c] for c in present])
+    ax.axhline(threshold, color="C3", lw=0.8, ls="--", label="threshold (validation)")
+    ax.set_ylabel(f"{chosen} score")
+    ax.set_title("DGM score per class, test split")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, out / "box.png")
+    plt.close(fig)
+
+    called = chosen_scores >= threshold
+    x = x_u8.astype(np.float32) / 127.5 - 1.0
+    panels = {"normal_judged_normal": ~abnormal & ~called, "abnormal_judged_normal": abnormal & ~called,
+              "normal_judged_abnormal": ~abnormal & called, "abnormal_judged_abnormal": abnormal & called}
+    for name, sel in panels.items():
+        idx = np.flatnonzero(sel)
+        # The most confident examples of each cell: far from the threshold.
+        idx = idx[np.argsort(-np.abs(chosen_scores[idx] - threshold))][:3]
+        if len(idx) == 0:
+            continue
+        rows = [x_u8[idx], to_uint8(normals[idx]), residual_u8(x[idx], normals[idx])]
+        save_png(labelled_rows(rows, ["input", "normal", "residual"], scale=max(1, 128 // ds.size)), out / f"{name}.png")
+
+
+def _markdown(s: dict) -> str:
+    def f(v: float | None) -> str:
+        return "n/a" if v is None or v != v else f"{v:.3f}"
+
+    lines = [f"# Anomaly detection: {s['data']}", "",
+             f"Run `{s['run']}` (step {s['checkpoint_step']}), normal class {s['normal_class']}; test split "
+             f"{s['n_test']} images ({s['n_test_abnormal']} abnormal). The DGM score `{s['score']}` and every threshold were "
+             "chosen on the validation split.", "",
+             "| method | val ROC AUC | test ROC AUC | AP | sensitivity | specificity | pixel AUC | best Dice |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in s["methods"]:
+        lines.append(f"| {r['method']} | {f(r['val_roc_auc'])} | {f(r['roc_auc'])} | {f(r['average_precision'])} | "
+                     f"{f(r['sensitivity'])} | {f(r['specificity'])} | {f(r.get('pixel_auc'))} | {f(r.get('best_dice'))} |")
+    lines += ["", "Every DGM score (ROC AUC):", "", "| score | validation | test |", "|---|---|---|"]
+    for k, v in s["val_roc_auc_by_score"].items():
+        lines.append(f"| {k} | {f(v)} | {f(s['test_roc_auc_by_score'][k])} |")
+    lines += ["", "Figures: roc.png, box.png, normal_judged_normal.png, abnormal_judged_normal.png, "
+              "normal_judged_abnormal.png, abnormal_judged_abnormal.png.", ""]
+    return "\n".join(lines)

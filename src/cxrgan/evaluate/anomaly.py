@@ -1,0 +1,129 @@
+"""Anomaly metrics: image-level ROC AUC, average precision, a validation-chosen operating point, pixel-level
+localization against lesion masks, and the two simple baselines every report shows beside a model.
+
+Scores are "higher = more abnormal". Labels are booleans ``abnormal``. Nothing here trains a GAN; the plain
+autoencoder baseline reuses the evaluation suite's convolutional autoencoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..utils.tensors import batches
+
+
+@dataclass
+class OperatingPoint:
+    """A threshold chosen on validation scores and what it gives on test scores."""
+
+    threshold: float
+    sensitivity: float
+    specificity: float
+    val_sensitivity: float
+    val_specificity: float
+
+
+def roc_auc(abnormal: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (0.5 = chance); NaN when only one kind of image is present."""
+    from sklearn.metrics import roc_auc_score
+
+    abnormal = np.asarray(abnormal, bool)
+    if abnormal.all() or not abnormal.any():
+        return float("nan")
+    return float(roc_auc_score(abnormal, np.asarray(scores, np.float64)))
+
+
+def average_precision(abnormal: np.ndarray, scores: np.ndarray) -> float:
+    """Average precision of ``scores`` for finding the abnormal images."""
+    from sklearn.metrics import average_precision_score
+
+    abnormal = np.asarray(abnormal, bool)
+    if not abnormal.any():
+        return float("nan")
+    return float(average_precision_score(abnormal, np.asarray(scores, np.float64)))
+
+
+def rates(abnormal: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Sensitivity and specificity when ``score >= threshold`` is called abnormal."""
+    abnormal = np.asarray(abnormal, bool)
+    called = np.asarray(scores) >= threshold
+    sens = float(called[abnormal].mean()) if abnormal.any() else float("nan")
+    spec = float((~called[~abnormal]).mean()) if (~abnormal).any() else float("nan")
+    return sens, spec
+
+
+def youden_threshold(abnormal: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold maximizing sensitivity + specificity (Youden's J) on these scores; ties take the midpoint
+    between neighbouring scores so that a test score equal to a validation score is classified the same way."""
+    abnormal = np.asarray(abnormal, bool)
+    s = np.unique(np.asarray(scores, np.float64))
+    cuts = np.concatenate([[s[0] - 1.0], (s[:-1] + s[1:]) / 2, [s[-1] + 1.0]]) if len(s) > 1 else np.array([s[0]])
+    best, best_j = cuts[0], -np.inf
+    for t in cuts:
+        sens, spec = rates(abnormal, scores, t)
+        j = sens + spec
+        if j > best_j:
+            best, best_j = t, j
+    return float(best)
+
+
+def operating_point(val_abnormal: np.ndarray, val_scores: np.ndarray, test_abnormal: np.ndarray,
+                    test_scores: np.ndarray) -> OperatingPoint:
+    """Choose the threshold on validation (Youden's J), report sensitivity and specificity on test."""
+    t = youden_threshold(val_abnormal, val_scores)
+    vs, vp = rates(val_abnormal, val_scores, t)
+    ts, tp = rates(test_abnormal, test_scores, t)
+    return OperatingPoint(t, ts, tp, vs, vp)
+
+
+def localization(maps: np.ndarray, masks: np.ndarray, thresholds: int = 64) -> dict[str, float]:
+    """Pixel-level agreement of anomaly ``maps`` ``(N, S, S)`` (higher = more abnormal) with lesion ``masks``
+    ``(N, S, S)`` in {0, 1}: ``pixel_auc`` (ROC AUC over all pixels) and ``best_dice`` (the best Dice of the
+    thresholded maps against the masks over ``thresholds`` quantile thresholds, pooled over images)."""
+    m = np.asarray(masks, bool).ravel()
+    v = np.asarray(maps, np.float32).ravel()
+    if not m.any() or m.all():
+        return {"pixel_auc": float("nan"), "best_dice": float("nan")}
+    best = 0.0
+    for t in np.unique(np.quantile(v, np.linspace(0.5, 0.999, thresholds))):
+        pred = v >= t
+        inter = float(np.count_nonzero(pred & m))
+        best = max(best, 2 * inter / (np.count_nonzero(pred) + np.count_nonzero(m)))
+    return {"pixel_auc": roc_auc(m, v), "best_dice": best}
+
+
+def roc_points(abnormal: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates along the ROC curve."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(np.asarray(abnormal, bool), np.asarray(scores, np.float64))
+    return fpr, tpr
+
+
+# -- baselines -------------------------------------------------------------------------------------------------
+def mean_image_scores(train_normal_u8: np.ndarray, images_u8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distance to the mean normal image: per-image mean squared difference and per-pixel squared maps."""
+    mean = np.asarray(train_normal_u8, np.float32).mean(0) / 255.0
+    maps = (np.asarray(images_u8, np.float32) / 255.0 - mean) ** 2
+    return maps.mean((1, 2)), maps
+
+
+def autoencoder_scores(train_normal_u8: np.ndarray, val_normal_u8: np.ndarray, sets: Sequence[np.ndarray], size: int,
+                       epochs: int = 10, seed: int = 0, device: str = "auto") -> list[tuple[np.ndarray, np.ndarray]]:
+    """A plain convolutional autoencoder trained once on normal images (the evaluation suite's, MSE), then for
+    each image set in ``sets``: per-image reconstruction error and per-pixel squared-error maps."""
+    from .extractors import train_autoencoder
+
+    ae, _ = train_autoencoder(train_normal_u8, val_normal_u8, size, epochs=epochs, seed=seed, device=device)
+    dev = next(ae.parameters()).device
+    out = []
+    with torch.no_grad():
+        for images in sets:
+            maps = [((ae(x) - x) / 2).pow(2)[:, 0].float().cpu().numpy() for x in batches(images, 256, dev)]
+            m = np.concatenate(maps) if maps else np.zeros((0, size, size), np.float32)
+            out.append((m.mean((1, 2)), m))
+    return out

@@ -1,0 +1,189 @@
+"""``dgm``: disease decomposition by normal-image synthesis (Tang et al., Medical Image Analysis 2021).
+
+G maps a radiograph ``x`` to the normal radiograph ``n = G(x)`` it would have been; the residual ``r = x - n`` is
+the disease, so ``x = n + r`` holds by construction. G is an encoder-decoder through a ``z_dim`` bottleneck (no
+skip connections, which would carry the lesion straight to the output). Training follows the seed's three
+losses on the normal class: adversarial (D tells real normal images from synthesized ones), reconstruction
+(a normal input comes back unchanged, L1) and total variation of the residual (a coherent, sparse disease map),
+plus the seed's latent encoding loss ``|E(x) - E(G(x))|^2`` (E is G's own encoder), whose value on a test image
+is the seed's anomaly score. Every weight is an option.
+
+This family translates images rather than drawing them from noise (``translates = True``): its "latents" are
+input radiographs, drawn from the training images it is bound to (see :meth:`Family.bind_data`), so the loop's
+grids, quality figures and EMA calibration work unchanged: the quality figures then judge the synthesized
+normal images against real ones.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import losses
+from ..nets.blocks import ConvDiscriminator, ConvEncoder, ConvGenerator
+from ..utils.tensors import to_model_range
+from .base import Augment, Batch, Family
+from .registry import register
+
+SCORES = ("encoding", "residual", "residual_l2", "opacity", "dfeature")
+"""Per-image anomaly scores, higher = more abnormal (see :meth:`DGM.anomaly_scores`)."""
+VAL_SCORING_IMAGES = 512
+
+
+class NormalSynthesizer(nn.Module):
+    """``(N, 1, S, S)`` -> the normal image ``(N, 1, S, S)`` in [-1, 1] through a ``(N, z_dim)`` code."""
+
+    def __init__(self, size: int, z_dim: int, base: int) -> None:
+        super().__init__()
+        self.encoder = ConvEncoder(size, z_dim, base)
+        self.decoder = ConvGenerator(z_dim, size, base)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x))
+
+
+def total_variation(r: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between neighbouring pixels of ``r`` ``(N, C, H, W)`` (anisotropic TV)."""
+    return (r[:, :, 1:, :] - r[:, :, :-1, :]).abs().mean() + (r[:, :, :, 1:] - r[:, :, :, :-1]).abs().mean()
+
+
+@register("dgm")
+class DGM(Family):
+    translates = True
+
+    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64,
+                 spectral_norm: bool = False, normal_class: str = "NORMAL", adv_weight: float = 1.0, rec_weight: float = 20.0,
+                 tv_weight: float = 1.0, enc_weight: float = 1.0, **kw) -> None:
+        super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
+        for name, w in (("adv_weight", adv_weight), ("rec_weight", rec_weight), ("tv_weight", tv_weight), ("enc_weight", enc_weight)):
+            if not (w >= 0 and np.isfinite(w)):
+                raise ValueError(f"{name} must be a finite number >= 0, got {w}")
+        self.normal_class = normal_class
+        self.adv_weight, self.rec_weight, self.tv_weight, self.enc_weight = adv_weight, rec_weight, tv_weight, enc_weight
+        self.G = NormalSynthesizer(image_size, z_dim, g_channels)
+        self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm)
+        self._pool = None
+
+    @classmethod
+    def training_classes(cls, model_cfg) -> list[str]:
+        return [model_cfg.normal_class]
+
+    # -- inputs as latents ------------------------------------------------------------------------------
+    def bind_data(self, data) -> None:
+        """Keep the training subset (:class:`~cxrgan.train.data.TrainData`): inputs are drawn from it."""
+        self._pool = data
+
+    @property
+    def latent_dim(self) -> int:
+        return self.image_size * self.image_size
+
+    def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+        """``n`` training radiographs ``(n, 1, S, S)`` in [-1, 1], rows drawn with ``generator``."""
+        if self._pool is None:
+            raise RuntimeError("dgm draws its inputs from training data: call bind_data first")
+        rows = torch.randint(len(self._pool), (n,), generator=generator).numpy()
+        return to_model_range(torch.from_numpy(self._pool.uint8(rows))).to(device)
+
+    def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, G: nn.Module | None = None) -> torch.Tensor:
+        """The synthesized normal images ``(N, 1, S, S)`` for inputs ``z`` ``(N, 1, S, S)`` in [-1, 1]."""
+        return (G or self.G)(z)
+
+    def decompose(self, x: torch.Tensor, G: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(normal, residual)`` for ``x`` ``(N, 1, S, S)`` in [-1, 1]; ``normal + residual == x`` exactly."""
+        normal = self.generate(x, G=G)
+        return normal, x - normal
+
+    def grid_rows(self, latents: torch.Tensor, images: torch.Tensor, labels: list[str]) -> tuple[list[torch.Tensor], list[str]]:
+        """Each group of inputs as three rows: the input, its synthesized normal image and the residual
+        (mid-grey = 0, brighter = the input denser than its normal image)."""
+        k = len(images) // len(labels)
+        rows, names = [], []
+        for i in range(len(labels)):
+            x, n = latents[i * k : (i + 1) * k].to(images.device).float(), images[i * k : (i + 1) * k]
+            rows += [x, n, (x - n).clamp(-1, 1)]
+            names += ["input", "normal", "residual"]
+        return rows, names
+
+    # -- phases -------------------------------------------------------------------------------------------
+    def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with torch.no_grad():
+            fake = self.G(batch.x)
+        real_aug, fake_aug = augment(batch.x), augment(fake)
+        real_logits, fake_logits = self.D(real_aug), self.D(fake_aug)
+        loss = self.d_adversarial((real_aug,), (fake_aug,), real_logits, fake_logits, batch.y)
+        return loss, self.d_stats(loss, real_logits, fake_logits)
+
+    def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = batch.x
+        code = self.G.encoder(x)
+        normal = self.G.decoder(code)
+        residual = x - normal
+        adversarial = losses.g_loss(self.loss_kind, self.D(augment(normal)))
+        rec = F.l1_loss(normal, x)
+        tv = total_variation(residual)
+        enc = F.mse_loss(self.G.encoder(normal), code.detach())
+        loss = self.adv_weight * adversarial + self.rec_weight * rec + self.tv_weight * tv + self.enc_weight * enc
+        return loss, {"g_loss": loss.detach(), "g_adv": adversarial.detach(), "g_rec": rec.detach(), "g_tv": tv.detach(),
+                      "g_enc": enc.detach()}
+
+    # -- scores -----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def anomaly_scores(self, x: torch.Tensor, G: nn.Module | None = None, D: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Scores ``(N,)`` for inputs ``x`` ``(N, 1, S, S)`` in [-1, 1], higher = more abnormal:
+
+        ``encoding`` (the seed's test score: squared distance between the codes of the input and of its normal
+        image), ``residual`` / ``residual_l2`` (mean absolute / squared residual), ``opacity`` (mean of the
+        residual's positive part: the input denser than its normal image, as consolidation is) and
+        ``dfeature`` (squared distance of D's features of the input and its normal image, as in f-AnoGAN)."""
+        G, D = G or self.G, D or self.D
+        code = G.encoder(x)
+        normal = G.decoder(code)
+        residual = (x - normal).float()
+        h_x, h_n = D.trunk(x).float(), D.trunk(normal).float()
+        return {
+            "encoding": (G.encoder(normal) - code).float().pow(2).mean(1),
+            "residual": residual.abs().mean((1, 2, 3)),
+            "residual_l2": residual.pow(2).mean((1, 2, 3)),
+            "opacity": residual.clamp_min(0).mean((1, 2, 3)),
+            "dfeature": (h_x - h_n).pow(2).mean((1, 2, 3)),
+        }
+
+    @property
+    def metric_columns(self) -> tuple[str, ...]:  # type: ignore[override]
+        return ("g_adv", "g_rec", "g_tv", "g_enc", *(f"val_auc_{s}" for s in SCORES))
+
+    def checkpoint_figures(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+                           nets: dict[str, nn.Module] | None = None) -> dict[str, float]:
+        """ROC AUC of every score on (up to 512 of) the validation split, normal class against the rest, when
+        the bound dataset's validation split has both."""
+        if self._pool is None or nets is None:
+            return {}
+        from sklearn.metrics import roc_auc_score
+
+        ds = self._pool.dataset
+        if ds.multilabel or self.normal_class not in ds.class_names:
+            return {}
+        rows = ds.indices("val")
+        if len(rows) == 0:
+            return {}
+        rows = np.sort(np.random.default_rng(7).permutation(rows)[:VAL_SCORING_IMAGES])
+        abnormal = np.asarray(ds.labels)[rows] != ds.class_names.index(self.normal_class)
+        if abnormal.all() or not abnormal.any():
+            return {}
+        G, D = nets["G"], nets.get("D", self.D)
+        was = G.training, D.training
+        G.eval(), D.eval()
+        device = next(G.parameters()).device
+        try:
+            parts: dict[str, list[np.ndarray]] = {}
+            for i in range(0, len(rows), 256):
+                x = to_model_range(torch.from_numpy(np.asarray(ds.images[rows[i : i + 256]]))).to(device)
+                for k, v in self.anomaly_scores(x, G, D).items():
+                    parts.setdefault(k, []).append(v.cpu().numpy())
+        finally:
+            G.train(was[0]), D.train(was[1])
+        return {f"val_auc_{k}": float(roc_auc_score(abnormal, np.concatenate(v))) for k, v in parts.items()}

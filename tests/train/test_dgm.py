@@ -1,0 +1,176 @@
+"""The disentangled generative model (dgm): residual identity, what each loss term does, the anomaly metrics
+on constructed cases with known answers, both verbs end to end on phantoms, and bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cxrgan.cli import main
+from cxrgan.data import PreparedDataset
+from cxrgan.errors import CxrganError
+from cxrgan.evaluate import anomaly as am
+from cxrgan.models.base import Batch
+from cxrgan.models.dgm import SCORES, total_variation
+from cxrgan.train.loop import build_family, train
+from cxrgan.train.metrics import read_metrics
+from tests.train.helpers import tiny_config
+
+# The module fixture trains once; keep its tests on one pytest-xdist worker so it is not trained twice.
+pytestmark = pytest.mark.xdist_group("dgm")
+
+
+def _normals(ds: PreparedDataset, n: int) -> torch.Tensor:
+    rows = ds.indices("train", ["NORMAL"])[:n]
+    return torch.from_numpy(np.asarray(ds.images[rows])).float().div(127.5).sub(1)[:, None]
+
+
+def test_residual_identity_and_scores_shape(phantom32):
+    fam = build_family(tiny_config(phantom32, "dgm"), 32, 3).eval()
+    x = _normals(PreparedDataset.open(phantom32), 6)
+    normal, residual = fam.decompose(x)
+    assert normal.shape == x.shape and torch.equal(normal + residual, x) or torch.allclose(normal + residual, x, atol=1e-6)
+    scores = fam.anomaly_scores(x)
+    assert set(scores) == set(SCORES) and all(v.shape == (6,) and torch.isfinite(v).all() for v in scores.values())
+
+
+def _fit(phantom32, steps: int, **weights) -> tuple[float, float]:
+    """Train a tiny DGM's G phase only (no D) on 64 normal phantoms; residual TV and L1 on held-out normals, and
+    residual TV on the training images (where the term acts directly)."""
+    torch.manual_seed(0)
+    fam = build_family(tiny_config(phantom32, "dgm", *(f"model.{k}={v}" for k, v in weights.items()), "model.adv_weight=0"), 32, 3)
+    ds = PreparedDataset.open(phantom32)
+    x = _normals(ds, 96)
+    train_x, held = x[:64], x[64:]
+    opt = torch.optim.Adam(fam.G.parameters(), lr=2e-3)
+    for i in range(steps):
+        b = train_x[(i * 16) % 64 : (i * 16) % 64 + 16]
+        loss, _ = fam.g_phase(Batch(b, torch.zeros(len(b), dtype=torch.long)), lambda t: t)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    fam.eval()
+    with torch.no_grad():
+        normal, residual = fam.decompose(held)
+        tv_train = total_variation(fam.decompose(train_x)[1])
+    return float(tv_train), float((normal - held).abs().mean())
+
+
+def test_reconstruction_drives_normal_inputs_toward_identity(phantom32):
+    tv0, l1_before = _fit(phantom32, 0, rec_weight=20, tv_weight=0)
+    _, l1_after = _fit(phantom32, 60, rec_weight=20, tv_weight=0)
+    assert l1_after < 0.6 * l1_before, (l1_before, l1_after)
+
+
+def test_total_variation_term_lowers_the_residuals_variation(phantom32):
+    tv_without, _ = _fit(phantom32, 60, rec_weight=20, tv_weight=0)
+    tv_with, _ = _fit(phantom32, 60, rec_weight=20, tv_weight=100)
+    assert tv_with < 0.9 * tv_without, (tv_without, tv_with)
+
+
+def test_metrics_on_constructed_cases():
+    abnormal = np.array([0, 0, 0, 0, 1, 1, 1, 1], bool)
+    perfect = np.array([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9])
+    assert am.roc_auc(abnormal, perfect) == 1.0 and am.roc_auc(abnormal, -perfect) == 0.0
+    assert am.average_precision(abnormal, perfect) == 1.0
+    t = am.youden_threshold(abnormal, perfect)
+    assert 0.4 < t < 0.6  # the midpoint between the classes
+    assert am.rates(abnormal, perfect, t) == (1.0, 1.0)
+    # The threshold comes from validation; test figures are measured at it (here one normal image is called abnormal).
+    op = am.operating_point(abnormal, perfect, abnormal, np.array([0.1, 0.2, 0.3, 0.55, 0.6, 0.7, 0.8, 0.9]))
+    assert op.threshold == t and op.val_sensitivity == 1.0 and op.sensitivity == 1.0 and op.specificity == 0.75
+    # Half-overlapping scores: AUC computed by hand (pairs ranked right / all pairs).
+    mixed = np.array([0.1, 0.5, 0.6, 0.2, 0.55, 0.3, 0.9, 0.8])
+    pairs = [(a > n) + 0.5 * (a == n) for a in mixed[abnormal] for n in mixed[~abnormal]]
+    assert am.roc_auc(abnormal, mixed) == pytest.approx(np.mean(pairs))
+    # Localization: a map equal to the mask is perfect; an inverted one is worst.
+    masks = np.zeros((2, 8, 8), np.uint8)
+    masks[0, 2:4, 2:5] = 1
+    loc = am.localization(masks.astype(np.float32), masks)
+    assert loc["pixel_auc"] == 1.0 and loc["best_dice"] == pytest.approx(1.0)
+    assert am.localization(1.0 - masks, masks)["pixel_auc"] == 0.0
+
+
+@pytest.fixture(scope="module")
+def dgm_run(phantom32, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dgm") / "run"
+    cfg = tiny_config(phantom32, "dgm", "steps=160", "batch_size=32", "model.g_channels=16", "model.d_channels=16",
+                      "model.z_dim=32", "ckpt_every=80", "grid_every=80", "eval_samples=64")
+    train(cfg, out, progress=False)
+    return out
+
+
+def test_dgm_trains_on_the_normal_class_and_logs_its_terms(dgm_run, phantom32):
+    info = json.loads((dgm_run / "run.json").read_text())
+    ds = PreparedDataset.open(phantom32)
+    assert info["classes"] == ["NORMAL"] and info["train_images"] == len(ds.indices("train", ["NORMAL"]))
+    rows = read_metrics(dgm_run / "metrics.csv")
+    logged = [r for r in rows if r["g_rec"]]
+    assert logged and all(np.isfinite(float(r[k])) for r in logged for k in ("g_adv", "g_rec", "g_tv", "g_enc", "d_loss"))
+    assert float(logged[-1]["g_rec"]) < float(logged[0]["g_rec"])
+    evals = [r for r in rows if r["fd"]]
+    assert evals and all(0 <= float(r[f"val_auc_{s}"]) <= 1 for r in evals for s in SCORES)
+    assert (dgm_run / "plots" / "family.png").is_file()
+    grid = Image.open(dgm_run / "samples" / "step-00000160.png")
+    assert grid.size[1] > 3 * 4 * 32  # input, normal and residual rows for each of the 4 groups
+
+
+def test_decompose_end_to_end_with_bad_inputs(dgm_run, phantom32, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray((np.random.default_rng(0).random((70, 50)) * 255).astype(np.uint8)).save(folder / "odd size.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    out = tmp_path / "dec"
+    assert main(["decompose", str(dgm_run), str(folder), str(phantom32), "--split", "val", "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "2 skipped" in printed.out and "notes.txt" in printed.err and "broken.png" in printed.err
+    rows = list(csv.DictReader(open(out / "scores.csv")))
+    n_val = len(PreparedDataset.open(phantom32).indices("val"))
+    assert len(rows) == n_val + 3
+    odd = next(r for r in rows if r["origin"].endswith("odd size.png"))
+    assert "resized from 50x70 to 32 px" in odd["note"] and float(odd["encoding"]) >= 0
+    assert sum(bool(r["error"]) for r in rows) == 2
+    for r in rows:
+        if not r["error"]:
+            for d in ("normal", "residual", "overlay"):
+                assert (out / d / f"{r['name']}.png").is_file()
+    assert Image.open(out / "overlay" / f"{odd['name']}.png").mode == "RGB"
+
+
+def test_anomaly_end_to_end_reports_baselines_and_localization(dgm_run, phantom32, tmp_path, capsys):
+    out = tmp_path / "an"
+    assert main(["anomaly", str(dgm_run), "--data", str(phantom32), "--out", str(out), "--baseline-epochs", "1"]) == 0
+    s = json.loads((out / "anomaly.json").read_text())
+    assert [m["method"] for m in s["methods"]][1:] == ["autoencoder", "mean normal image"]
+    assert s["score"] == max(s["val_roc_auc_by_score"], key=s["val_roc_auc_by_score"].get)
+    for m in s["methods"]:
+        assert 0 <= m["roc_auc"] <= 1 and 0 <= m["sensitivity"] <= 1 and 0 <= m["pixel_auc"] <= 1 and 0 <= m["best_dice"] <= 1
+    for f in ("roc.png", "box.png", "report.md", "scores.csv", "abnormal_judged_abnormal.png"):
+        assert (out / f).is_file(), f
+    assert "autoencoder" in capsys.readouterr().out
+
+
+def test_bad_inputs_get_one_clear_message(dgm_run, phantom32, tmp_path, capsys):
+    from cxrgan.decompose import anomaly, decompose
+
+    with pytest.raises(CxrganError, match="not a class of"):
+        anomaly(dgm_run, phantom32, tmp_path / "a", normal_class="HEALTHY")
+    with pytest.raises(CxrganError, match="--score"):
+        anomaly(dgm_run, phantom32, tmp_path / "a", score="psnr")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CxrganError, match="none of the inputs could be read"):
+        decompose(dgm_run, [empty, tmp_path / "missing.png"], tmp_path / "d")
+    assert main(["sample", str(dgm_run), "--out", str(tmp_path / "s")]) == 2
+    assert "decompose" in capsys.readouterr().err
+    # A run of another family is refused by decompose.
+    other = tmp_path / "dcgan"
+    train(tiny_config(phantom32, "dcgan", "steps=2", "ckpt_every=2"), other, progress=False)
+    assert main(["decompose", str(other), str(phantom32), "--out", str(tmp_path / "x")]) == 2
+    assert "need a dgm run" in capsys.readouterr().err
