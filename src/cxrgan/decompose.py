@@ -69,9 +69,10 @@ def residual_u8(x: np.ndarray, normal: np.ndarray) -> np.ndarray:
 
 
 def overlay(x_u8: np.ndarray, residual: np.ndarray, scale: float | None = None) -> np.ndarray:
-    """RGB ``(S, S, 3)`` uint8: the input in grey with the residual's magnitude in red (``scale`` = magnitude shown
-    at full red; default the image's 99th percentile)."""
-    mag = np.abs(residual)
+    """RGB ``(S, S, 3)`` uint8: the input in grey with the anomaly map (the residual's positive part, smoothed at
+    lesion scale: see :func:`cxrgan.evaluate.anomaly.smooth_maps`) in red (``scale`` = value shown at full red;
+    default the image's 99th percentile)."""
+    mag = am.smooth_maps(np.clip(residual, 0, None)[None])[0]
     scale = scale or max(float(np.quantile(mag, 0.99)), 1e-6)
     heat = np.clip(mag / scale, 0, 1)
     grey = x_u8.astype(np.float32)
@@ -248,7 +249,7 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     val_auc = {k: am.roc_auc(val_ab, v) for k, v in val_scores.items()}
     chosen = max(val_auc, key=lambda k: val_auc[k]) if score == "auto" else score
     x_test = test_u8.astype(np.float32) / 127.5 - 1.0
-    dgm_maps = np.abs(x_test - test_normals)
+    dgm_maps = am.smooth_maps(np.clip(x_test - test_normals, 0, None))  # the input denser than its normal image
 
     val_normal_u8 = val_u8[~val_ab]
     (ae_val, _), (ae_test, ae_maps) = am.autoencoder_scores(train_u8, val_normal_u8, [val_u8, test_u8], ds.size,
@@ -258,8 +259,8 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
 
     methods = {
         f"dgm ({chosen})": (val_scores[chosen], test_scores[chosen], dgm_maps),
-        "autoencoder": (ae_val, ae_test, ae_maps),
-        "mean normal image": (mean_val, mean_test, mean_maps),
+        "autoencoder": (ae_val, ae_test, am.smooth_maps(ae_maps)),
+        "mean normal image": (mean_val, mean_test, am.smooth_maps(mean_maps)),
     }
     masks = None if ds.masks is None else np.asarray(ds.masks[test_rows])
     table = []

@@ -29,7 +29,7 @@ from ..utils.tensors import to_model_range
 from .base import Augment, Batch, Family
 from .registry import register
 
-SCORES = ("encoding", "residual", "residual_l2", "opacity", "dfeature")
+SCORES = ("encoding", "residual", "residual_l2", "opacity", "peak", "dfeature")
 """Per-image anomaly scores, higher = more abnormal (see :meth:`DGM.anomaly_scores`)."""
 VAL_SCORING_IMAGES = 512
 
@@ -138,6 +138,8 @@ class DGM(Family):
         ``encoding`` (the seed's test score: squared distance between the codes of the input and of its normal
         image), ``residual`` / ``residual_l2`` (mean absolute / squared residual), ``opacity`` (mean of the
         residual's positive part: the input denser than its normal image, as consolidation is) and
+        ``peak`` (the densest lesion-sized patch: the largest mean of the residual's positive part over S/8 x S/8
+        windows, so a focal opacity is not averaged away by the reconstruction noise of the whole image) and
         ``dfeature`` (squared distance of D's features of the input and its normal image, as in f-AnoGAN)."""
         G, D = G or self.G, D or self.D
         code = G.encoder(x)
@@ -149,6 +151,7 @@ class DGM(Family):
             "residual": residual.abs().mean((1, 2, 3)),
             "residual_l2": residual.pow(2).mean((1, 2, 3)),
             "opacity": residual.clamp_min(0).mean((1, 2, 3)),
+            "peak": F.avg_pool2d(residual.clamp_min(0), max(2, x.shape[-1] // 8), 1).flatten(1).amax(1),
             "dfeature": (h_x - h_n).pow(2).mean((1, 2, 3)),
         }
 
