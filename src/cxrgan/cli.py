@@ -175,7 +175,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if result.stopped_on_collapse:
         print(f"stopped at step {result.step}: mode collapse (see {a.out}/samples). Continue with: cxrgan train --resume --out {a.out}")
         return 3
-    best = f", best FD {result.best_fd:.4g} at step {result.best_step}" if result.best_fd is not None else ""
+    best = f", best checkpoint step {result.best_step} (FD {result.best_fd:.4g})" if result.best_fd is not None else ""
     print(f"trained {result.step} steps into {a.out}{best}")
     if result.collapse_step is not None:
         print(f"warning: possible mode collapse from step {result.collapse_step}; look at {a.out}/samples")

@@ -116,6 +116,11 @@ def test_dgm_trains_on_the_normal_class_and_logs_its_terms(dgm_run, phantom32):
     evals = [r for r in rows if r["fd"]]
     assert evals and all(0 <= float(r[f"val_auc_{s}"]) <= 1 for r in evals for s in SCORES)
     assert (dgm_run / "plots" / "family.png").is_file()
+    # The best checkpoint is chosen by the validation ROC AUC of the best score, not by the FD of reconstructions.
+    best = json.loads((dgm_run / "checkpoints" / "best.json").read_text())
+    by_step = {int(r["step"]): float(r["val_auc_best"]) for r in evals}
+    assert "validation ROC AUC" in best["reason"] and by_step[best["step"]] == max(by_step.values())
+    assert all(float(r["val_auc_best"]) == max(float(r[f"val_auc_{s}"]) for s in SCORES) for r in evals)
     grid = Image.open(dgm_run / "samples" / "step-00000160.png")
     assert grid.size[1] > 3 * 4 * 32  # input, normal and residual rows for each of the 4 groups
 

