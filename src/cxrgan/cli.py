@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -475,6 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cxrgan`` console script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["CXRGAN_DEBUG"] = "1"  # decoders' own messages too (see data.decode.quiet_decoders)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if not getattr(args, "func", None):
         parser.print_help()

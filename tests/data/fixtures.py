@@ -43,7 +43,7 @@ def png_bytes(seed: int = 0) -> bytes:
 def write_dicom(
     path: Path, arr: np.ndarray | None = None, *, photometric: str = "MONOCHROME2", slope: float = 1.0,
     intercept: float = 0.0, window: tuple[float, float] | None = None, patient_id: str = "PAT-0001",
-    pixels: bool = True, compressed: bool = False,
+    pixels: bool = True, compressed: bool = False, transfer_syntax: str | None = None,
 ) -> np.ndarray:
     """Write a DICOM radiograph with identifying tags (so tests can check none leaks)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
@@ -55,7 +55,7 @@ def write_dicom(
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = JPEG2000Lossless if compressed else ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = transfer_syntax or (JPEG2000Lossless if compressed else ExplicitVRLittleEndian)
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = SecondaryCaptureImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID

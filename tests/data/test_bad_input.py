@@ -52,12 +52,16 @@ def test_strict_stops_at_first_unusable_file_and_leaves_nothing(messy, tmp_path)
 
 
 def test_compressed_dicom_without_decoder_names_the_package(tmp_path):
+    """The JPEG 2000 decoder is installed with the project: a broken J2K stream is reported as a corrupt file;
+    a compressed syntax with no decoder at all (MPEG-2) says how to convert the file or which package reads it."""
     src = tmp_path / "src"
     write_dicom(src / "A" / "j2k.dcm", compressed=True)
+    write_dicom(src / "A" / "mpeg2.dcm", compressed=True, transfer_syntax="1.2.840.10008.1.2.4.100")
     write_raster(src / "A" / "ok.png")
     ds = prepare(str(src), tmp_path / "out", Preprocess(size=32), progress=False, workers=1)
-    reason = ds.manifest["skipped"][0]["reason"]
-    assert "pip install" in reason and ("pylibjpeg" in reason or "gdcm" in reason)
+    reasons = {s["origin"]: s["reason"] for s in ds.manifest["skipped"]}
+    assert "installed decoders failed" in reasons["A/j2k.dcm"] and "corrupt" in reasons["A/j2k.dcm"]
+    assert "no decoder" in reasons["A/mpeg2.dcm"] and "gdcm" in reasons["A/mpeg2.dcm"]
 
 
 @pytest.mark.parametrize("case, match", [

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -74,6 +77,7 @@ class Decoded:
     sha256: str = ""
     patient: str | None = None
     error: str | None = None
+    note: str = ""  # what was done to make it a radiograph (first frame of a series, colour to grey)
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -140,8 +144,36 @@ def decode_raster(data: bytes | str, origin: str, prep: Preprocess) -> np.ndarra
     return _pil_to_unit(im, prep)
 
 
-def decode_dicom(data: bytes | str, origin: str, prep: Preprocess, salt: bytes) -> tuple[np.ndarray, str | None]:
-    """Decode a DICOM file to float32 [0, 1] (bright = dense) and a salted hash of its PatientID.
+def quiet_decoders() -> None:
+    """Keep the decoders' own log records (pydicom, Pillow: tracebacks of files they cannot read) off the console;
+    the reason a file is skipped reaches the user once, in the summary. ``CXRGAN_DEBUG=1`` (``--debug``) lets them
+    through."""
+    debug = os.environ.get("CXRGAN_DEBUG") == "1"
+    for name in ("pydicom", "PIL"):
+        lg = logging.getLogger(name)
+        lg.propagate = debug
+        if not any(isinstance(h, logging.NullHandler) for h in lg.handlers):
+            lg.addHandler(logging.NullHandler())
+
+
+def to_single_frame(arr: np.ndarray, samples_per_pixel: int) -> tuple[np.ndarray, str]:
+    """A 2-D grey image from DICOM pixel data: the first frame of a series, colour converted to grey (ITU-R 601
+    weights, as for PNG); with a note saying what was done."""
+    notes = []
+    colour = samples_per_pixel > 1 or (arr.ndim >= 3 and arr.shape[-1] in (3, 4) and samples_per_pixel != 1)
+    frames = arr.ndim - (1 if colour else 0)
+    if frames == 3:
+        notes.append(f"first frame of {arr.shape[0]}")
+        arr = arr[0]
+    if colour and arr.ndim == 3:
+        arr = arr[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        notes.append("colour converted to grey")
+    return arr, "; ".join(notes)
+
+
+def decode_dicom(data: bytes | str, origin: str, prep: Preprocess, salt: bytes) -> tuple[np.ndarray, str | None, str]:
+    """Decode a DICOM file to float32 [0, 1] (bright = dense), a salted hash of its PatientID and a note (first
+    frame of a series, colour to grey; empty when nothing was needed).
 
     Applies the modality LUT (rescale slope/intercept), then the VOI LUT or window, then inverts
     MONOCHROME1. Nothing identifying is returned: the patient id only leaves as a salted hash.
@@ -161,18 +193,28 @@ def decode_dicom(data: bytes | str, origin: str, prep: Preprocess, salt: bytes) 
     except Exception as exc:  # pydicom raises many types for missing handlers and bad data
         text = str(exc)
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-        if "handler" in text.lower() or "plugin" in text.lower() or "decoder" in text.lower():
-            name = getattr(ts, "name", str(ts))
+        name = getattr(ts, "name", str(ts))
+        lower = text.lower()
+        if "is not supported" in lower and ts is not None and ts.is_compressed:
+            raise SkipFile(f"{origin}: compressed DICOM ({name}) has no decoder here (cxrgan installs decoders for JPEG, "
+                           "JPEG-LS, JPEG 2000 and RLE); convert the file to an uncompressed transfer syntax (e.g. "
+                           "`gdcmconv --raw IN OUT`) or `pip install python-gdcm`") from None
+        if "missing" in lower and ("dependenc" in lower or "plugin" in lower) or "no pixel data handler" in lower:
             raise SkipFile(
                 f"{origin}: compressed DICOM ({name}) needs a decoder that is not installed; "
                 "install one with `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` "
                 "(JPEG, JPEG-LS, JPEG 2000) or `pip install python-gdcm`"
             ) from None
+        if "plugin" in lower or "decoder" in lower:  # decoders are there, and every one failed on this file
+            first = next((ln.strip() for ln in text.splitlines()[1:] if ln.strip()), text.splitlines()[0] if text else "")
+            raise SkipFile(f"{origin}: cannot decode compressed DICOM ({name}): the installed decoders failed "
+                           f"({first}); the file is probably corrupt") from None
         raise SkipFile(f"{origin}: cannot decode DICOM pixel data ({text}); the file may be truncated") from None
-    if arr.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        arr = arr[0]  # multi-frame: first frame
-    elif arr.ndim == 3:
-        arr = arr.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    try:
+        spp = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    except (TypeError, ValueError):
+        spp = 1
+    arr, note = to_single_frame(np.asarray(arr), spp)
     if arr.ndim != 2:
         raise SkipFile(f"{origin}: DICOM pixel data has shape {arr.shape}; expected a 2-D radiograph")
     arr = apply_modality_lut(arr, ds)
@@ -186,13 +228,18 @@ def decode_dicom(data: bytes | str, origin: str, prep: Preprocess, salt: bytes) 
         out = 1.0 - out
     pid = str(getattr(ds, "PatientID", "") or "").strip()
     patient = hashlib.sha256(salt + pid.encode("utf-8")).hexdigest() if pid else None
-    return out, patient
+    return out, patient, note
 
 
 def process(item: Item, prep: Preprocess, salt: bytes = b"") -> Decoded:
-    """Decode and preprocess one item. Never raises for bad input: failures come back in ``error``."""
+    """Decode and preprocess one item. Never raises for bad input: failures come back in ``error``. The decoders'
+    own warnings and log records stay off the console (see :func:`quiet_decoders`)."""
+    quiet_decoders()
     try:
-        return _process(item, prep, salt)
+        with warnings.catch_warnings():
+            if os.environ.get("CXRGAN_DEBUG") != "1":
+                warnings.simplefilter("ignore")
+            return _process(item, prep, salt)
     except SkipFile as exc:
         return Decoded(origin=item.origin, error=str(exc))
     except MemoryError:
@@ -204,6 +251,7 @@ def process(item: Item, prep: Preprocess, salt: bytes = b"") -> Decoded:
 def _process(item: Item, prep: Preprocess, salt: bytes) -> Decoded:
     patient = None
     mask = None
+    note = ""
     if isinstance(item, PhantomItem):
         img, mask = phantom.render(item.index, item.label, size=max(prep.size, 128), seed=item.seed)
         digest = ""
@@ -228,8 +276,8 @@ def _process(item: Item, prep: Preprocess, salt: bytes) -> Decoded:
             raise SkipFile(f"{item.origin}: file is empty (0 bytes)")
         digest = hashlib.sha256(data).hexdigest()
         if suffix in DICOM_SUFFIXES or data[128:132] == b"DICM":
-            img, patient = decode_dicom(data, item.origin, prep, salt)
+            img, patient, note = decode_dicom(data, item.origin, prep, salt)
         else:
             img = decode_raster(data, item.origin, prep)
     u8, mask_out = preprocess(img, prep, mask)
-    return Decoded(origin=item.origin, image=u8, mask=mask_out, sha256=digest, patient=patient)
+    return Decoded(origin=item.origin, image=u8, mask=mask_out, sha256=digest, patient=patient, note=note)

@@ -144,7 +144,7 @@ def prepare(
                 kept.append(i)
                 rec = src.records[i]
                 patients.append(rec.patient or dec.patient)
-                items_meta.append({"origin": rec.origin, "sha256": dec.sha256})
+                items_meta.append({"origin": rec.origin, "sha256": dec.sha256, **({"note": dec.note} if dec.note else {})})
         finally:
             bar.close()
         if not kept:
