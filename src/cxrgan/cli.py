@@ -7,6 +7,7 @@ exit status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -165,11 +166,16 @@ def _cmd_train(a: argparse.Namespace) -> int:
             raise CxrganError("--resume uses the run's own config.yaml; drop --config (use --set to change a field)")
         config_path = Path(a.out) / "config.yaml"
         if not config_path.is_file():
-            raise CxrganError(f"{a.out} is not a run directory (no config.yaml); start it without --resume")
+            from .train.rundir import unstarted
+
+            if Path(a.out).exists() and not unstarted(a.out):
+                raise CxrganError(f"{a.out} is not a run directory (no config.yaml); start it without --resume")
+            config_path = None  # never started, or killed before it wrote its config: start from the flags
+            logging.getLogger("cxrgan.train").warning("%s has no saved config yet: starting it from step 0", a.out)
     else:
         config_path = a.config
     cfg = load_config(config_path, overrides)
-    result = train(cfg, a.out, resume=a.resume, progress=not a.quiet)
+    result = train(cfg, a.out, resume=a.resume and config_path is not None, progress=not a.quiet)
     if result.interrupted:
         print(f"interrupted at step {result.step}; checkpoint written. Continue with: cxrgan train --resume --out {a.out}")
         return 130
@@ -488,6 +494,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"cxrgan: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if args.debug or exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        print(f"cxrgan: error: the disk is full{where}. Nothing finished was changed: the previous checkpoint, dataset "
+              "or synthetic set is intact and this run's partial files were removed. Free some space (or choose "
+              "another --out) and run the same command again (training: add --resume).", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cxrgan: interrupted", file=sys.stderr)

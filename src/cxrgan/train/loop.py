@@ -25,7 +25,7 @@ from ..errors import CxrganError
 from ..models.base import Family
 from ..models.registry import get_family
 from ..utils.images import labelled_rows, save_png, to_uint8
-from ..utils.io import write_json_atomic
+from ..utils.io import sweep_partials, write_json_atomic
 from ..utils.progress import progress_bar
 from . import checkpoint as ckpt
 from .augment import DiffAugment
@@ -34,7 +34,7 @@ from .data import EpochSampler, TrainData
 from .ema import EMA
 from .metrics import MetricsLog, read_metrics
 from .quality import QualityMonitor, better, diversity_ratio, eligible, quality_space, space_record
-from .rundir import code_version, read_run
+from .rundir import code_version, read_run, unstarted
 from .runtime import autocast, autocast_dtype, pick_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("cxrgan.train")
@@ -103,11 +103,15 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     """
     cfg.validate()
     run = Path(out)
+    for msg in sweep_partials(run / "checkpoints"):  # a process killed while writing a checkpoint
+        log.info("%s", msg)
+    if resume and unstarted(run):
+        # Stopped before its first checkpoint (killed, or a crash): nothing to keep; start over in place.
+        log.warning("run %s has no checkpoint yet: starting it from step 0", run)
+        resume = False
     if resume:
         _, info = read_run(run)
-        if not ckpt.list_checkpoints(run):
-            raise CxrganError(f"run {run} has no checkpoint to resume from; start it again without --resume")
-    elif run.exists() and any(run.iterdir()):
+    elif run.exists() and any(run.iterdir()) and not unstarted(run):
         raise CxrganError(f"run directory {run} already exists and is not empty; choose another --out or pass --resume")
     if not cfg.data.path:
         raise CxrganError("no dataset: pass --data DATASET (a directory written by `cxrgan prepare`)")

@@ -20,7 +20,7 @@ class MetricsLog:
         self.path = run / "metrics.csv"
         self.columns = COLUMNS + [c for c in extra_columns if c not in COLUMNS]
         rows = read_metrics(self.path) if resume_step is not None and self.path.is_file() else []
-        rows = [r for r in rows if resume_step is not None and int(float(r["step"])) <= resume_step]
+        rows = [r for r in rows if _whole(r) and resume_step is not None and int(float(r["step"])) <= resume_step]
         buf = io.StringIO()
         w = csv.DictWriter(buf, self.columns, extrasaction="ignore")
         w.writeheader()
@@ -43,6 +43,17 @@ class MetricsLog:
         self._fh.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _whole(row: dict) -> bool:
+    """False for a row torn by a process killed while writing it (fields missing or extra, step unreadable)."""
+    if None in row or any(v is None for v in row.values()):
+        return False
+    try:
+        float(row["step"])
+    except (KeyError, ValueError):
+        return False
+    return True
 
 
 def _fmt(v: Any) -> str:

@@ -53,3 +53,18 @@ def read_run(run: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
     except (ValueError, yaml.YAMLError) as exc:
         raise CxrganError(f"{run}: config.yaml or run.json is unreadable ({exc})") from None
     return cfg, info
+
+
+RUN_ENTRIES = {"config.yaml", "run.json", "metrics.csv", "samples", "plots", "checkpoints", "events"}
+
+
+def unstarted(run: str | Path) -> bool:
+    """True for a run directory that holds only what ``train`` writes before its first checkpoint (a run killed
+    that early): nothing but cxrgan's own files and no checkpoint. Such a run can be started over in place."""
+    run = Path(run)
+    if not run.is_dir():
+        return False
+    names = {p.name for p in run.iterdir() if not p.name.startswith(".")}
+    ckpts = run / "checkpoints"
+    has_ckpt = ckpts.is_dir() and any(p.name.startswith("step-") for p in ckpts.iterdir())
+    return names <= RUN_ENTRIES and not has_ckpt

@@ -85,6 +85,48 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def recover_directory(path: str | os.PathLike[str]) -> list[str]:
+    """Clean up after a process that was killed inside :func:`atomic_directory` for ``path``: its temporary
+    ``.NAME.partial-PID-*`` directories are removed, and a ``.NAME.old-PID`` copy (the previous complete version,
+    moved aside just before the new one took its place) is put back when ``path`` is missing, else removed.
+    Only leftovers of processes that are no longer alive are touched. Returns what was done."""
+    path = Path(path)
+    done: list[str] = []
+    if not path.parent.is_dir():
+        return done
+    for entry in path.parent.glob(f".{path.name}.*"):
+        rest = entry.name[len(path.name) + 2:]
+        kind, _, tail = rest.partition("-")
+        pid_text = tail.split("-", 1)[0]
+        if kind not in ("partial", "old") or not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        if kind == "old" and not path.exists():
+            os.replace(entry, path)
+            done.append(f"restored {path} from an interrupted replacement")
+        else:
+            shutil.rmtree(entry, ignore_errors=True)
+            done.append(f"removed {entry.name} left by an interrupted run")
+    return done
+
+
+def sweep_partials(folder: str | os.PathLike[str]) -> list[str]:
+    """:func:`recover_directory` for every result in ``folder`` that has leftovers of a killed process."""
+    folder = Path(folder)
+    names = {e.name[1:].split(".partial-")[0].split(".old-")[0] for e in folder.glob(".*")
+             if ".partial-" in e.name or ".old-" in e.name} if folder.is_dir() else set()
+    return [msg for name in sorted(names) for msg in recover_directory(folder / name)]
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory beside ``path``; on success it becomes ``path``.
@@ -95,7 +137,8 @@ def atomic_directory(path: str | os.PathLike[str], overwrite: bool = False) -> I
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    recover_directory(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-{os.getpid()}-", dir=path.parent))
     try:
         yield tmp
         _publish_mode(tmp, directory=True)
