@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -145,9 +146,11 @@ def collect_inputs(inputs: Sequence[str | Path], prep: Preprocess, split: str | 
                     continue
                 note = ""
                 try:
-                    with Image.open(f) as im:
-                        if im.size != (prep.size, prep.size):
-                            note = f"resized from {im.size[0]}x{im.size[1]} to {prep.size} px"
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # Pillow's complaints about a file decoded fine above
+                        with Image.open(f) as im:
+                            if im.size != (prep.size, prep.size):
+                                note = f"resized from {im.size[0]}x{im.size[1]} to {prep.size} px"
                 except Exception:  # DICOM and anything Pillow cannot size: decoded fine above, note left out
                     pass
                 out.append(InputImage(_safe(f.stem), origin, dec.image, note=note))

@@ -129,6 +129,19 @@ def _pil_to_unit(im: Image.Image, prep: Preprocess) -> np.ndarray:
     return scale_window(arr, lo, hi)
 
 
+def im_size(data: bytes | str) -> str:
+    """``W x H`` as an image header declares it (read without the size check), or ``an unreadable number of``."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
+            return f"{im.size[0]} x {im.size[1]}"
+    except Exception:
+        return "an unreadable number of"
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def decode_raster(data: bytes | str, origin: str, prep: Preprocess) -> np.ndarray:
     """Decode PNG/JPEG/BMP/TIFF from bytes or a path to float32 [0, 1] grayscale."""
     try:
@@ -137,6 +150,9 @@ def decode_raster(data: bytes | str, origin: str, prep: Preprocess) -> np.ndarra
             # Decode at a reduced DCT scale when the file is much larger than the target.
             im.draft("L", (prep.size * 2, prep.size * 2))
         im.load()
+    except Image.DecompressionBombError:
+        raise SkipFile(f"{origin}: the header declares {im_size(data)} pixels, beyond any radiograph (a corrupt header or "
+                       "a decompression bomb); not decoded") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise SkipFile(f"{origin}: cannot decode image ({exc}); the file is corrupt, truncated or not an image") from None
     if getattr(im, "n_frames", 1) > 1:
@@ -180,14 +196,32 @@ def decode_dicom(data: bytes | str, origin: str, prep: Preprocess, salt: bytes) 
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data) if isinstance(data, bytes) else data, force=True)
     except (InvalidDicomError, OSError, EOFError, ValueError, TypeError, AttributeError) as exc:
         raise SkipFile(f"{origin}: cannot read DICOM ({exc}); the file is corrupt or not DICOM") from None
+    try:
+        return _dicom_pixels(ds, origin, prep, salt)
+    except SkipFile:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:  # elements parse lazily
+        raise SkipFile(f"{origin}: corrupt DICOM header ({type(exc).__name__}: {exc}); the file cannot be used") from None
+
+
+def _dicom_pixels(ds, origin: str, prep: Preprocess, salt: bytes) -> tuple[np.ndarray, str | None, str]:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise SkipFile(f"{origin}: DICOM file has no pixel data (a report or structured document?); remove it from the source")
+    try:  # the header's declared size, checked before anything is allocated
+        declared = int(ds.get("Rows", 0) or 0) * int(ds.get("Columns", 0) or 0) * int(ds.get("SamplesPerPixel", 1) or 1)
+        declared *= max(1, int(ds.get("NumberOfFrames", 1) or 1))
+    except (TypeError, ValueError):
+        declared = 0
+    if declared > 4 * Image.MAX_IMAGE_PIXELS:
+        raise SkipFile(f"{origin}: DICOM header declares {ds.get('Rows')} x {ds.get('Columns')} pixels"
+                       f"{'' if int(ds.get('NumberOfFrames', 1) or 1) <= 1 else ' per frame, ' + str(ds.get('NumberOfFrames')) + ' frames'}, "
+                       "beyond any radiograph (a corrupt header or a decompression bomb); not decoded")
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing handlers and bad data
