@@ -21,7 +21,6 @@ from cxrgan.data import PreparedDataset
 from cxrgan.train import checkpoint as ckpt
 from cxrgan.train.metrics import COLUMNS, read_metrics
 
-pytestmark = pytest.mark.xdist_group("crash")
 
 TRAIN_ARGS = ["--model", "dcgan", "--steps", "40", "--batch-size", "8", "--set", "model.g_channels=16", "--set",
               "model.d_channels=16", "--set", "model.z_dim=16", "--set", "ckpt_every=4", "--set", "log_every=2",

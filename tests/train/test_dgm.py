@@ -21,8 +21,6 @@ from cxrgan.train.loop import build_family, train
 from cxrgan.train.metrics import read_metrics
 from tests.train.helpers import tiny_config
 
-# The module fixture trains once; keep its tests on one pytest-xdist worker so it is not trained twice.
-pytestmark = pytest.mark.xdist_group("dgm")
 
 
 def _normals(ds: PreparedDataset, n: int) -> torch.Tensor:

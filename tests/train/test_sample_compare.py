@@ -11,8 +11,6 @@ from cxrgan.train.loop import train
 
 from .helpers import tiny_config
 
-# The module fixture trains three runs; keep its tests on one pytest-xdist worker so they train once.
-pytestmark = pytest.mark.xdist_group("sample_compare")
 
 
 @pytest.fixture(scope="module")

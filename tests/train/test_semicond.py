@@ -19,8 +19,6 @@ from cxrgan.train.loop import train
 from cxrgan.train.metrics import read_metrics
 from tests.train.helpers import tiny_config
 
-# The module fixture trains once; keep its tests on one pytest-xdist worker so it is not trained twice.
-pytestmark = pytest.mark.xdist_group("semicond")
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
