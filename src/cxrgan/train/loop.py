@@ -103,7 +103,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     """
     cfg.validate()
     run = Path(out)
-    for msg in sweep_partials(run / "checkpoints"):  # a process killed while writing a checkpoint
+    for msg in sweep_partials(run, recursive=True):  # a process killed while writing a checkpoint, a plot, a grid
         log.info("%s", msg)
     if resume and unstarted(run):
         # Stopped before its first checkpoint (killed, or a crash): nothing to keep; start over in place.

@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -44,7 +45,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".partial", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -119,12 +120,25 @@ def recover_directory(path: str | os.PathLike[str]) -> list[str]:
     return done
 
 
-def sweep_partials(folder: str | os.PathLike[str]) -> list[str]:
-    """:func:`recover_directory` for every result in ``folder`` that has leftovers of a killed process."""
+_DIR_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial-\d+-.*|old-\d+)$")
+_FILE_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^/]*\.partial$")
+
+
+def sweep_partials(folder: str | os.PathLike[str], recursive: bool = False) -> list[str]:
+    """Clean up what killed processes left in ``folder`` (and below, with ``recursive``): temporary directories
+    through :func:`recover_directory`, temporary files of :func:`atomic_path` whose writer is gone."""
     folder = Path(folder)
-    names = {e.name[1:].split(".partial-")[0].split(".old-")[0] for e in folder.glob(".*")
-             if ".partial-" in e.name or ".old-" in e.name} if folder.is_dir() else set()
-    return [msg for name in sorted(names) for msg in recover_directory(folder / name)]
+    if not folder.is_dir():
+        return []
+    done: list[str] = []
+    entries = sorted(folder.rglob(".*") if recursive else folder.glob(".*"))
+    for entry in entries:
+        if entry.is_dir() and (m := _DIR_LEFTOVER.match(entry.name)):
+            done += recover_directory(entry.parent / m["name"])
+        elif entry.is_file() and (m := _FILE_LEFTOVER.match(entry.name)) and not _alive(int(m["pid"])):
+            entry.unlink(missing_ok=True)
+            done.append(f"removed {entry.name} left by an interrupted run")
+    return done
 
 
 @contextlib.contextmanager
