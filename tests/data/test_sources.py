@@ -170,3 +170,17 @@ def test_parallel_decoding_matches_serial(tmp_path):
     assert np.array_equal(np.asarray(one.images), np.asarray(two.images))
     assert [it["origin"] for it in one.manifest["items"]] == [it["origin"] for it in two.manifest["items"]]
     assert json.loads((tmp_path / "w2" / "manifest.json").read_text())["count"] == 24
+
+
+def test_digits_source_is_sklearns_bundled_digits(tmp_path):
+    """`prepare digits`: the 1,797 bundled 8x8 digits at 32 px, classes "0"-"9", ink bright; --classes picks some."""
+    from sklearn.datasets import load_digits
+
+    ds = prepare("digits", tmp_path / "d", Preprocess(size=32), progress=False, workers=1)
+    ref = load_digits()
+    assert ds.class_names == [str(i) for i in range(10)] and len(ds) == len(ref.target) == 1797
+    assert np.array_equal(np.asarray(ds.labels), ref.target)
+    first = np.asarray(ds.images[0]).astype(float)
+    assert first.shape == (32, 32) and first.max() > 200 and first[:, :2].mean() < 40  # bright ink, dark border
+    ones = prepare("digits", tmp_path / "ones", Preprocess(size=32), SourceOptions(classes=["1", "7"]), progress=False, workers=1)
+    assert ones.class_names == ["1", "7"] and len(ones) == int(((ref.target == 1) | (ref.target == 7)).sum())

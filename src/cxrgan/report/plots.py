@@ -76,7 +76,7 @@ def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[
             ax.set_title(title)
             ax.set_xlabel("step")
             ax.grid(alpha=0.3)
-            if ax.lines:
+            if ax.get_legend_handles_labels()[0]:  # reference lines alone carry no label
                 ax.legend(fontsize=8)
         fig.tight_layout()
         _save(fig, out_dir / name)
