@@ -145,7 +145,10 @@ def main() -> None:
         print(f"{'variant':<44}{'img/s':>8}{'vs ref':>8}{'GFLOP/s':>9}")
         print(f"{'reference eager loop (fp32, contiguous)':<44}{ref:>8.1f}{1.0:>8.2f}{ref * gflop:>9.0f}")
         results = {}
-        native_bf16 = device.type == "cuda" or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "DEFAULT", "NO AVX")
+        from cxrgan.train.runtime import native_bf16 as has_native_bf16
+
+        native_bf16 = has_native_bf16(device)
+        print(f"native bf16 on {device.type}: {'yes' if native_bf16 else 'no (emulated)'}")
         for precision in ("fp32", "bf16"):
             for cl in (False, True):
                 if precision == "bf16" and not native_bf16 and not cl:

@@ -113,3 +113,16 @@ def test_minibatch_stddev_option(phantom32, tmp_path):
     assert fam.D.head.in_channels == fam.D.trunk.out_channels + 1
     res = train(cfg, tmp_path / "r", progress=False)
     assert res.step == 6 and math.isfinite(res.last_eval["fd"])
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    """Detection, faked both ways: AVX-512 alone is not bf16; AVX-512 BF16 or AMX-BF16 is."""
+    from cxrgan.train.runtime import cpu_flags, native_bf16
+
+    cpu = torch.device("cpu")
+    assert not native_bf16(cpu, {"avx2", "avx512f", "avx512bw"})
+    assert native_bf16(cpu, {"avx2", "avx512f", "avx512_bf16"}) and native_bf16(cpu, {"amx_bf16", "amx_tile"})
+    assert not native_bf16(torch.device("meta"), {"avx512_bf16"})
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
+    assert "avx512_bf16" in cpu_flags(str(fake)) and cpu_flags(str(tmp_path / "missing")) == set()

@@ -30,6 +30,30 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The CPU feature flags the kernel reports (Linux); empty where they cannot be read."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags") or line.startswith("Features"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
+    """Does ``device`` compute bf16 in hardware? CUDA: ``torch.cuda.is_bf16_supported()``. CPU: the AVX-512 BF16 or
+    AMX-BF16 units, read from the CPU's own flags (not guessed from a model name or torch's build capability:
+    an AVX-512 CPU without the BF16 extension emulates bf16 at a fraction of fp32 speed)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA by default; on CPU only when asked for (see benchmarks/bench_train.py)."""
     if precision == "fp32":
