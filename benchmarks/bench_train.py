@@ -171,9 +171,8 @@ def main() -> None:
                   f"{100 * achieved / peak:.1f}% of it")
         slowdown = results[("fp32", True)] / results[("bf16", True)]
         if a.quality_steps and slowdown > 2:
-            print(f"bf16 autocast is {slowdown:.1f}x slower than fp32 on this device (no native bf16 matrix units), so it "
-                  "cannot be the default here; the same-budget quality comparison is skipped. precision=auto stays fp32 "
-                  "on CPU (bf16 on CUDA); pass --precision bf16 to choose it.")
+            print(f"bf16 autocast is {slowdown:.1f}x slower than fp32 on this device (no native bf16 matrix units); "
+                  f"precision=auto uses {'bf16' if native_bf16 else 'fp32'} here. The same-budget quality comparison is skipped.")
         elif a.quality_steps:
             q = prepare("phantom", work / "q32", Preprocess(size=32), SourceOptions(count=1000), progress=False)
             fds = {}
@@ -185,10 +184,10 @@ def main() -> None:
                   f"fp32 {fds['fp32'][0]:.3f} ({fds['fp32'][1]:.0f} s), bf16 {fds['bf16'][0]:.3f} ({fds['bf16'][1]:.0f} s)")
             no_loss = fds["bf16"][0] <= fds["fp32"][0] * 1.1
             faster = results[("bf16", True)] > results[("fp32", True)]
-            print(f"bf16 {'shows no quality loss' if no_loss else 'loses quality'} and is "
-                  f"{'faster' if faster else 'not faster'} here; CPU default stays "
-                  f"{'bf16' if (no_loss and faster and device.type == 'cpu') else 'fp32'} "
-                  "(precision=auto uses bf16 only on CUDA; pass --precision bf16 to choose it)")
+            print(f"one seed: bf16 {'shows no quality loss' if no_loss else 'scores worse'} and is "
+                  f"{'faster' if faster else 'not faster'} here. One seed of a GAN cannot settle quality: "
+                  "benchmarks/bf16_quality.py compares several. precision=auto uses "
+                  f"{'bf16' if native_bf16 else 'fp32'} on this device (bf16 where it is native).")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

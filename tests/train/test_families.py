@@ -126,3 +126,14 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     fake = tmp_path / "cpuinfo"
     fake.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\nprocessor\t: 1\n")
     assert "avx512_bf16" in cpu_flags(str(fake)) and cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_auto_precision_is_bf16_exactly_where_it_is_native(monkeypatch):
+    from cxrgan.train import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "native_bf16", lambda device, flags=None: True)
+    assert runtime.autocast_dtype("auto", cpu) is torch.bfloat16
+    monkeypatch.setattr(runtime, "native_bf16", lambda device, flags=None: False)
+    assert runtime.autocast_dtype("auto", cpu) is None  # emulated bf16 is ~0.05x: fp32
+    assert runtime.autocast_dtype("fp32", cpu) is None and runtime.autocast_dtype("bf16", cpu) is torch.bfloat16

@@ -80,8 +80,12 @@ def test_ema_generator_gets_batch_norm_statistics_of_its_own_weights(phantom32, 
     from cxrgan.train.data import TrainData
     from cxrgan.train.loop import _calibration_batches
 
+    from cxrgan.train.runtime import autocast, autocast_dtype
+
     data = TrainData(PreparedDataset.open(phantom32))
-    holder.recalibrate("G", _calibration_batches(family, data, cfg, torch.device("cpu")),
-                       lambda G, b: family.generate(b[1], torch.from_numpy(data.labels[b[0]]), G=G))
+    cpu = torch.device("cpu")
+    with autocast(cpu, autocast_dtype(cfg.precision, cpu)):  # as the loop does (bf16 where it is native)
+        holder.recalibrate("G", _calibration_batches(family, data, cfg, cpu),
+                           lambda G, b: family.generate(b[1], torch.from_numpy(data.labels[b[0]]), G=G))
     for k, v in ema.items():
         assert torch.allclose(holder.shadow["G"].state_dict()[k[2:]], v, atol=1e-5), k

@@ -55,12 +55,14 @@ def native_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; on CPU only when asked for (see benchmarks/bench_train.py)."""
+    """``auto``: bf16 autocast where the device computes bf16 in hardware (CUDA with bf16, CPUs with AVX-512 BF16 or
+    AMX; see :func:`native_bf16`), fp32 where bf16 would be emulated (about 0.05x on AVX2). Over five seeds of a
+    DCGAN, bf16 showed no quality loss against fp32 (paired FD difference -0.46 +- 1.63, docs/results/bf16)."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
-    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if native_bf16(device) else None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
