@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import re
 import warnings
 from dataclasses import dataclass
@@ -35,9 +34,6 @@ from .train.runtime import pick_device
 from .utils.images import labelled_rows, save_png, to_uint8
 from .utils.io import write_json_atomic, write_text_atomic
 from .utils.tensors import batches
-
-log = logging.getLogger("cxrgan.decompose")
-
 
 def load_translator(run: str | Path, checkpoint: str | int = "best", device: str = "auto") -> LoadedRun:
     """Load a ``dgm`` run (its averaged G and its D); any other family is refused with a clear message."""
