@@ -26,7 +26,7 @@ from PIL import Image
 from .data.dataset import PreparedDataset
 from .data.decode import FileItem, process
 from .data.preprocess import Preprocess
-from .data.sources.folder import _walk_files, classify_file
+from .data.sources.folder import classify_file, walk_files
 from .errors import CxrganError
 from .evaluate import anomaly as am
 from .sample import LoadedRun, load_run
@@ -45,24 +45,23 @@ def load_translator(run: str | Path, checkpoint: str | int = "best", device: str
 
 
 @torch.no_grad()
-def score_images(loaded: LoadedRun, images_u8: np.ndarray, batch: int = 128) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every anomaly score ``{name: (N,)}`` and the normal images ``(N, S, S)`` float in [-1, 1] for uint8 inputs."""
+def score_images(loaded: LoadedRun, images_u8: np.ndarray,
+                 batch: int = 128) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Every anomaly score ``{name: (N,)}``, the normal images and the residuals (input minus normal), both
+    ``(N, S, S)`` float in [-1, 1] and [-2, 2], for uint8 inputs ``(N, S, S)``."""
     fam = loaded.family
     dev = next(fam.parameters()).device
     scores: dict[str, list[np.ndarray]] = {}
-    normals = []
+    normals, residuals = [], []
     for x in batches(images_u8, batch, dev):
-        for k, v in fam.anomaly_scores(x).items():
+        normal, residual, batch_scores = fam.decompose_and_score(x)
+        for k, v in batch_scores.items():
             scores.setdefault(k, []).append(v.float().cpu().numpy())
-        normals.append(fam.generate(x).float().cpu().numpy()[:, 0])
-    size = int(loaded.info["image_size"])
-    return ({k: np.concatenate(v) for k, v in scores.items()},
-            np.concatenate(normals) if normals else np.zeros((0, size, size), np.float32))
-
-
-def residual_u8(x: np.ndarray, normal: np.ndarray) -> np.ndarray:
-    """The residual ``x - normal`` (both in [-1, 1]) as uint8 with 128 = no difference, brighter = denser input."""
-    return to_uint8(np.clip(x - normal, -1, 1))
+        normals.append(normal.float().cpu().numpy()[:, 0])
+        residuals.append(residual.float().cpu().numpy()[:, 0])
+    empty = np.zeros((0,) + tuple(np.shape(images_u8)[1:]), np.float32)
+    return ({k: np.concatenate(v) for k, v in scores.items()}, np.concatenate(normals) if normals else empty,
+            np.concatenate(residuals) if residuals else empty)
 
 
 def overlay(x_u8: np.ndarray, residual: np.ndarray, scale: float | None = None) -> np.ndarray:
@@ -127,7 +126,7 @@ def collect_inputs(inputs: Sequence[str | Path], prep: Preprocess, split: str | 
                 out.append(InputImage(f"{_safe(path.name)}_{split or 'all'}_{int(i):06d}", f"{path}#{int(i)}", img, note=
                                       "; ".join(filter(None, [f"class {cls}" if cls else "", note]))))
         else:
-            files = _walk_files(path) if path.is_dir() else [path]
+            files = walk_files(path) if path.is_dir() else [path]
             if path.is_dir() and not files:
                 out.append(InputImage(_safe(path.name), str(path), error=f"{path}: the folder has no files"))
             for f in files:
@@ -172,8 +171,7 @@ def decompose(run: str | Path, inputs: Sequence[str | Path], out: str | Path, ch
         raise CxrganError(f"none of the inputs could be read ({reasons}); give PNG, JPEG or DICOM files, folders of "
                           "them, or a prepared dataset")
     imgs = np.stack([it.image for it in good])
-    scores, normals = score_images(loaded, imgs)
-    x = imgs.astype(np.float32) / 127.5 - 1.0
+    scores, normals, residuals = score_images(loaded, imgs)
     for d in ("normal", "residual", "overlay"):
         (out / d).mkdir(parents=True, exist_ok=True)
     rows = []
@@ -182,8 +180,8 @@ def decompose(run: str | Path, inputs: Sequence[str | Path], out: str | Path, ch
         row = {"name": it.name, "origin": it.origin, "note": it.note, "error": it.error}
         if it.image is not None:
             save_png(to_uint8(normals[k]), out / "normal" / f"{it.name}.png")
-            save_png(residual_u8(x[k], normals[k]), out / "residual" / f"{it.name}.png")
-            save_png(overlay(it.image, x[k] - normals[k]), out / "overlay" / f"{it.name}.png")
+            save_png(to_uint8(residuals[k]), out / "residual" / f"{it.name}.png")
+            save_png(overlay(it.image, residuals[k]), out / "overlay" / f"{it.name}.png")
             row.update({s: f"{float(v[k]):.6g}" for s, v in scores.items()})
             k += 1
         rows.append(row)
@@ -204,11 +202,11 @@ def _dataset_for(loaded: LoadedRun, data: str | Path, normal_class: str) -> tupl
     if ds.size != int(loaded.info["image_size"]):
         raise CxrganError(f"{data} has {ds.size} px images but the run was trained at {loaded.info['image_size']} px; "
                           "prepare the data at the run's --size")
-    names = {c.lower(): i for i, c in enumerate(ds.class_names)}
-    if normal_class.lower() not in names:
+    try:
+        return ds, ds.class_index(normal_class)
+    except CxrganError:
         raise CxrganError(f"--normal-class {normal_class!r} is not a class of {data}; its classes are "
-                          f"{', '.join(ds.class_names)}")
-    return ds, names[normal_class.lower()]
+                          f"{', '.join(ds.class_names)}") from None
 
 
 def _split(ds: PreparedDataset, split: str, normal: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -243,12 +241,11 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     val_u8, test_u8 = np.asarray(ds.images[val_rows]), np.asarray(ds.images[test_rows])
     train_u8 = np.asarray(ds.images[train_normal])
 
-    val_scores, _ = score_images(loaded, val_u8)
-    test_scores, test_normals = score_images(loaded, test_u8)
+    val_scores, _, _ = score_images(loaded, val_u8)
+    test_scores, test_normals, test_residuals = score_images(loaded, test_u8)
     val_auc = {k: am.roc_auc(val_ab, v) for k, v in val_scores.items()}
     chosen = max(val_auc, key=lambda k: val_auc[k]) if score == "auto" else score
-    x_test = test_u8.astype(np.float32) / 127.5 - 1.0
-    dgm_maps = am.smooth_maps(np.clip(x_test - test_normals, 0, None))  # the input denser than its normal image
+    dgm_maps = am.smooth_maps(np.clip(test_residuals, 0, None))  # the input denser than its normal image
 
     val_normal_u8 = val_u8[~val_ab]
     (ae_val, _), (ae_test, ae_maps) = am.autoencoder_scores(train_u8, val_normal_u8, [val_u8, test_u8], ds.size,
@@ -281,7 +278,8 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     write_json_atomic(out / "anomaly.json", summary)
     _write_scores_csv(out / "scores.csv", test_rows, test_labels, ds.class_names, test_scores, ae_test, mean_test,
                       test_scores[chosen] >= table[0]["threshold"])
-    _figures(out, ds, methods, test_ab, test_labels, test_u8, test_normals, test_scores[chosen], table[0]["threshold"], chosen)
+    _figures(out, ds, methods, test_ab, test_labels, test_u8, test_normals, test_residuals, test_scores[chosen],
+             table[0]["threshold"], chosen)
     write_text_atomic(out / "report.md", _markdown(summary))
     return summary
 
@@ -297,7 +295,7 @@ def _write_scores_csv(path: Path, rows, labels, class_names, scores, ae, mean, c
 
 
 def _figures(out: Path, ds: PreparedDataset, methods: dict, abnormal: np.ndarray, labels: np.ndarray, x_u8: np.ndarray,
-             normals: np.ndarray, chosen_scores: np.ndarray, threshold: float, chosen: str) -> None:
+             normals: np.ndarray, residuals: np.ndarray, chosen_scores: np.ndarray, threshold: float, chosen: str) -> None:
     from .report.plots import _plt, _save
 
     plt = _plt()
@@ -327,7 +325,6 @@ def _figures(out: Path, ds: PreparedDataset, methods: dict, abnormal: np.ndarray
     plt.close(fig)
 
     called = chosen_scores >= threshold
-    x = x_u8.astype(np.float32) / 127.5 - 1.0
     panels = {"normal_judged_normal": ~abnormal & ~called, "abnormal_judged_normal": abnormal & ~called,
               "normal_judged_abnormal": ~abnormal & called, "abnormal_judged_abnormal": abnormal & called}
     for name, sel in panels.items():
@@ -336,7 +333,7 @@ def _figures(out: Path, ds: PreparedDataset, methods: dict, abnormal: np.ndarray
         idx = idx[np.argsort(-np.abs(chosen_scores[idx] - threshold))][:3]
         if len(idx) == 0:
             continue
-        rows = [x_u8[idx], to_uint8(normals[idx]), residual_u8(x[idx], normals[idx])]
+        rows = [x_u8[idx], to_uint8(normals[idx]), to_uint8(residuals[idx])]  # residual: grey = 0
         save_png(labelled_rows(rows, ["input", "normal", "residual"], scale=max(1, 128 // ds.size)), out / f"{name}.png")
 
 

@@ -119,6 +119,9 @@ class CodeSpace:
                               f"{worst} dimensions, got {correlation}")
         self.correlation = float(correlation)
         self.dim = sum(b.dim for b in blocks)
+        marginals = [(b.marginal(), b.dim) for b in blocks]
+        self._mean = torch.cat([m.mean.float().expand(d) for m, d in marginals])
+        self._sd = torch.cat([m.stddev.float().expand(d) for m, d in marginals])
 
     def slices(self) -> dict[str, slice]:
         out, start = {}, 0
@@ -154,12 +157,7 @@ class CodeSpace:
 
     def moments(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-dimension mean and standard deviation ``(dim,)`` of the marginals (the copula leaves them as they are)."""
-        means, sds = [], []
-        for b in self.blocks:
-            m = b.marginal()
-            means.append(m.mean.float().expand(b.dim))
-            sds.append(m.stddev.float().expand(b.dim))
-        return torch.cat(means), torch.cat(sds)
+        return self._mean, self._sd
 
     def standardize(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes in units of their marginal's standard deviation around its mean, so that every block weighs the

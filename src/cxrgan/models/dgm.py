@@ -131,9 +131,15 @@ class DGM(Family):
                       "g_enc": enc.detach()}
 
     # -- scores -----------------------------------------------------------------------------------------
-    @torch.no_grad()
     def anomaly_scores(self, x: torch.Tensor, G: nn.Module | None = None, D: nn.Module | None = None) -> dict[str, torch.Tensor]:
-        """Scores ``(N,)`` for inputs ``x`` ``(N, 1, S, S)`` in [-1, 1], higher = more abnormal:
+        """Scores ``(N,)`` for inputs ``x`` ``(N, 1, S, S)`` in [-1, 1] (see :meth:`decompose_and_score`)."""
+        return self.decompose_and_score(x, G, D)[2]
+
+    @torch.no_grad()
+    def decompose_and_score(self, x: torch.Tensor, G: nn.Module | None = None,
+                            D: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """``(normal, residual, scores)`` for inputs ``x`` ``(N, 1, S, S)`` in [-1, 1] from one pass of G; scores
+        ``(N,)``, higher = more abnormal:
 
         ``encoding`` (the seed's test score: squared distance between the codes of the input and of its normal
         image), ``residual`` / ``residual_l2`` (mean absolute / squared residual), ``opacity`` (mean of the
@@ -146,7 +152,7 @@ class DGM(Family):
         normal = G.decoder(code)
         residual = (x - normal).float()
         h_x, h_n = D.trunk(x).float(), D.trunk(normal).float()
-        return {
+        return normal, residual, {
             "encoding": (G.encoder(normal) - code).float().pow(2).mean(1),
             "residual": residual.abs().mean((1, 2, 3)),
             "residual_l2": residual.pow(2).mean((1, 2, 3)),

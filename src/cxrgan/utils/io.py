@@ -86,6 +86,12 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
 
 
+# Temporaries named by atomic_directory (``.NAME.partial-PID-XXXX``, ``.NAME.old-PID``) and atomic_path
+# (``.NAME.PID-XXXX.partial``): the writer's PID tells a dead process's leftovers from a live writer's.
+_DIR_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)(?:-.*)?$")
+_FILE_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^/]*\.partial$")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -106,22 +112,16 @@ def recover_directory(path: str | os.PathLike[str]) -> list[str]:
     if not path.parent.is_dir():
         return done
     for entry in path.parent.glob(f".{path.name}.*"):
-        rest = entry.name[len(path.name) + 2:]
-        kind, _, tail = rest.partition("-")
-        pid_text = tail.split("-", 1)[0]
-        if kind not in ("partial", "old") or not pid_text.isdigit() or _alive(int(pid_text)):
+        m = _DIR_LEFTOVER.match(entry.name)
+        if not m or m["name"] != path.name or _alive(int(m["pid"])):
             continue
-        if kind == "old" and not path.exists():
+        if m["kind"] == "old" and not path.exists():
             os.replace(entry, path)
             done.append(f"restored {path} from an interrupted replacement")
         else:
             shutil.rmtree(entry, ignore_errors=True)
             done.append(f"removed {entry.name} left by an interrupted run")
     return done
-
-
-_DIR_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?:partial-\d+-.*|old-\d+)$")
-_FILE_LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^/]*\.partial$")
 
 
 def sweep_partials(folder: str | os.PathLike[str], recursive: bool = False) -> list[str]:

@@ -15,7 +15,7 @@ from ..decode import DICOM_SUFFIXES, RASTER_SUFFIXES, FileItem, Item, is_dicom_f
 from .base import SPLIT_ALIASES, Record, Source, SourceOptions, choose_classes, compile_patient_regex, patient_from_regex
 
 
-def _walk_files(folder: Path) -> list[Path]:
+def walk_files(folder: Path) -> list[Path]:
     """All files below ``folder``, sorted, following the layout deterministically."""
     out: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -65,7 +65,7 @@ def open_folder(root: Path, opts: SourceOptions, salt: bytes) -> FolderSource:
     for label, name in enumerate(chosen):
         n_images = 0
         for split, d in class_dirs[name]:
-            for f in _walk_files(d):
+            for f in walk_files(d):
                 origin = f.relative_to(root).as_posix()
                 if f.name.startswith("."):
                     skipped.append({"origin": origin, "reason": "hidden file"})
