@@ -1,7 +1,7 @@
 """Benchmark: DCGAN training throughput of cxrgan's loop against a plain eager reference loop.
 
-The reference is the textbook DCGAN loop written out here independently (Radford et al. architecture,
-fp32, contiguous tensors, data already in memory, standard Adam, BCE-with-logits), measured in the same
+The reference is the textbook DCGAN loop (``cxrgan.bench.reference_loop``: Radford et al.'s architecture,
+fp32, contiguous tensors, data already in memory, standard Adam, BCE-with-logits, written out independently), measured in the same
 run on the same machine at the same image size and batch. cxrgan is measured through its real training
 loop (``cxrgan.train``), with every variant the loop offers on this device: fp32 and bf16 autocast, each
 with channels-last. Then a same-budget quality comparison of bf16 against fp32 (FD in the fixed feature
@@ -21,70 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-
-def reference_models(size: int, nz: int = 100, ngf: int = 64, ndf: int = 64) -> tuple[nn.Module, nn.Module]:
-    """Radford et al.'s DCGAN for ``size`` px grayscale, as in the classic PyTorch example."""
-    k = int(np.log2(size)) - 3  # upsampling stages after 4x4 (excluding the last)
-    g: list[nn.Module] = [nn.ConvTranspose2d(nz, ngf * 2**k, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 2**k), nn.ReLU(True)]
-    for i in range(k, 0, -1):
-        g += [nn.ConvTranspose2d(ngf * 2**i, ngf * 2 ** (i - 1), 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2 ** (i - 1)), nn.ReLU(True)]
-    g += [nn.ConvTranspose2d(ngf, 1, 4, 2, 1, bias=False), nn.Tanh()]
-    d: list[nn.Module] = [nn.Conv2d(1, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
-    for i in range(k):
-        d += [nn.Conv2d(ndf * 2**i, ndf * 2 ** (i + 1), 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2 ** (i + 1)), nn.LeakyReLU(0.2, True)]
-    d += [nn.Conv2d(ndf * 2**k, 1, 4, 1, 0, bias=False)]
-    return nn.Sequential(*g), nn.Sequential(*d)
-
-
-def reference_loop(images: torch.Tensor, batch: int, iters: int, device: torch.device, warmup: int = 3) -> float:
-    """Images/s of the plain eager fp32 DCGAN loop (one D and one G update per iteration)."""
-    torch.manual_seed(0)
-    G, D = reference_models(images.shape[-1])
-    G, D = G.to(device), D.to(device)
-    opt_g = torch.optim.Adam(G.parameters(), 2e-4, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(D.parameters(), 2e-4, betas=(0.5, 0.999))
-    bce = nn.BCEWithLogitsLoss()
-    data = images.to(device)
-    ones, zeros = torch.ones(batch, device=device), torch.zeros(batch, device=device)
-    t0 = 0.0
-    for it in range(warmup + iters):
-        if it == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        idx = torch.randint(0, len(data), (batch,), device=device)
-        real = data[idx]
-        z = torch.randn(batch, 100, 1, 1, device=device)
-        fake = G(z)
-        opt_d.zero_grad()
-        loss_d = bce(D(real).flatten(), ones) + bce(D(fake.detach()).flatten(), zeros)
-        loss_d.backward()
-        opt_d.step()
-        opt_g.zero_grad()
-        loss_g = bce(D(fake).flatten(), ones)
-        loss_g.backward()
-        opt_g.step()
-    _sync(device)
-    return iters * batch / (time.perf_counter() - t0)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def flops_per_image(size: int, batch: int) -> float:
-    """FLOPs of one reference training iteration per image (forward and backward of D twice and G)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    G, D = reference_models(size)
-    real = torch.randn(batch, 1, size, size)
-    with FlopCounterMode(display=False) as fc:
-        fake = G(torch.randn(batch, 100, 1, 1))
-        (D(real).mean() + D(fake.detach()).mean()).backward()
-        D(fake).mean().backward()
-    return fc.get_total_flops() / batch
+from cxrgan.bench import matmul_tflops, reference_flops, reference_loop
 
 
 def cxrgan_loop(data: Path, work: Path, size: int, batch: int, iters: int, precision: str, channels_last: bool,
@@ -110,19 +48,6 @@ def cxrgan_loop(data: Path, work: Path, size: int, batch: int, iters: int, preci
     return float(np.median(speeds)), res.best_fd
 
 
-def gpu_bf16_matmul_tflops(device: torch.device, n: int = 8192, reps: int = 20) -> float:
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e12
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=64)
@@ -141,7 +66,7 @@ def main() -> None:
         print(f"training benchmark: DCGAN {a.size} px, batch {a.batch}, device {device}, "
               f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
         ref = reference_loop(images, a.batch, a.iters, device)
-        gflop = flops_per_image(a.size, a.batch) / 1e9
+        gflop = reference_flops(a.size, a.batch) / 1e9
         print(f"{'variant':<44}{'img/s':>8}{'vs ref':>8}{'GFLOP/s':>9}")
         print(f"{'reference eager loop (fp32, contiguous)':<44}{ref:>8.1f}{1.0:>8.2f}{ref * gflop:>9.0f}")
         results = {}
@@ -165,7 +90,7 @@ def main() -> None:
         if ("bf16", False) not in results:
             print("(bf16 contiguous not timed: no native bf16 on this CPU)")
         if device.type == "cuda":
-            peak = gpu_bf16_matmul_tflops(device)
+            peak = matmul_tflops(device)
             achieved = results[("bf16", True)] * gflop / 1e3
             print(f"GPU: measured bf16 matmul {peak:.0f} TFLOP/s; training reaches {achieved:.1f} TFLOP/s = "
                   f"{100 * achieved / peak:.1f}% of it")

@@ -176,6 +176,8 @@ def _cmd_train(a: argparse.Namespace) -> int:
         config_path = a.config
     cfg = load_config(config_path, overrides)
     result = train(cfg, a.out, resume=a.resume and config_path is not None, progress=not a.quiet)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
+        return 130 if result.interrupted else 3 if result.stopped_on_collapse else 0
     if result.interrupted:
         print(f"interrupted at step {result.step}; checkpoint written. Continue with: cxrgan train --resume --out {a.out}")
         return 130
@@ -263,6 +265,48 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     out = compare(a.runs, a.out, checkpoint=a.checkpoint)
     print((out / "summary.md").read_text())
     print(f"wrote {out}/losses.png, d_accuracy.png, quality.png, samples.png, summary.csv")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML page of runs, datasets and studies (or a folder holding them)",
+                       description="Gather every cxrgan output under the given paths (runs, prepared datasets, synthetic sets, "
+                       "compare, evaluate, tstr, augment-study, anomaly and decompose folders, or a folder such as the demo's "
+                       "that holds them) into one HTML file with every image inlined. Parts that are missing are named.")
+    p.add_argument("paths", nargs="+", metavar="RUN_OR_STUDY")
+    p.add_argument("--out", required=True, help="HTML file to write")
+    p.add_argument("--title", default="cxrgan report")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from .report.html import build_report
+
+    print(f"wrote {build_report(a.paths, a.out, a.title)}")
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="training speed of every family on this machine, against a plain loop timed in the same run",
+                       description="Times a plain eager PyTorch DCGAN loop (the reference), then every family through "
+                       "cxrgan's training loop with its defaults and in fp32, and prints img/s, the ratio to the reference "
+                       "and GFLOP/s, with the CPU capability (and on a GPU the fraction of its measured bf16 matmul rate).")
+    p.add_argument("--families", default=",".join(("gan", "dcgan", "cgan", "bigan", "semicond", "dgm")))
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--iters", type=int, default=20, help="timed steps per variant (after warm-up)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true", help="also time the default with torch.compile")
+    p.add_argument("--data", help="a prepared dataset to train on (default: phantoms made for the benchmark)")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(a: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    if a.iters < 1 or a.batch_size < 2:
+        raise CxrganError("--iters must be at least 1 and --batch-size at least 2")
+    run_bench(_csv_list(a.families) or [], a.size, a.batch_size, a.iters, a.device, a.compile, a.data)
     return 0
 
 
@@ -441,23 +485,37 @@ def _cmd_augment_study(a: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job on the embedded phantom data (the README's first command)")
+    p = sub.add_parser("demo", help="the whole system on the embedded phantom data, ending in an HTML report (the README's first command)",
+                       description="prepare phantoms, train DCGAN, CGAN and DGM, sample, evaluate, TSTR, anomaly detection, "
+                       "decomposition, compare, and write OUT/report.html. Finished stages are reused when run again.")
     p.add_argument("--out", default="demo", help="output folder (default ./demo)")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--count", type=int, default=1500)
-    p.add_argument("--steps", type=int, default=None, help="DCGAN training steps (default: a few minutes on a CPU)")
+    p.add_argument("--size", type=int, help="image size (default 64)")
+    p.add_argument("--count", type=int, help="phantoms to generate (default 1200)")
+    p.add_argument("--steps", type=int, help="training steps of every family (default: dcgan 600, cgan 600, dgm 400)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="training precision (default auto)")
+    p.add_argument("--quick", action="store_true", help="a shortened demo (32 px, tens of steps) to check the set-up in about a minute")
     p.set_defaults(func=_cmd_demo)
 
 
 def _cmd_demo(a: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from dataclasses import replace
 
-    run_demo(Path(a.out), size=a.size, count=a.count, steps=a.steps, quiet=a.quiet)
-    return 0
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick() if a.quick else DemoConfig()
+    if a.size:
+        cfg = replace(cfg, size=a.size)
+    if a.count:
+        cfg = replace(cfg, count=a.count)
+    if a.steps:
+        cfg = replace(cfg, steps={k: a.steps for k in cfg.steps})
+    if a.precision:
+        cfg = replace(cfg, precision=a.precision)
+    return 0 if run_demo(Path(a.out), cfg, quiet=a.quiet) is not None else 130
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_traverse, _add_decompose, _add_anomaly, _add_compare, _add_features, _add_evaluate, _add_tstr,
+    _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_traverse, _add_decompose, _add_anomaly, _add_compare, _add_report, _add_bench, _add_features, _add_evaluate, _add_tstr,
     _add_augment_study, _add_demo]
 
 

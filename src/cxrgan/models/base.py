@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ..train.distributed import sharded
 from . import losses
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -71,6 +72,11 @@ class Family(nn.Module):
         """Latents ``(n, latent_dim)``: N(0, I) here; families with structured latents extend them."""
         return torch.randn(n, self.z_dim, generator=generator, device=device)
 
+    def train_z(self, n: int, device: torch.device | str) -> torch.Tensor:
+        """Latents for ``n`` training rows, from the global random stream: with several processes, each draws
+        for the global batch and keeps its own rows, so K processes train as one (see ``train.distributed``)."""
+        return sharded(n, lambda m: self.sample_z(m, device=device))
+
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, G: nn.Module | None = None) -> torch.Tensor:
         """Images ``(N, 1, S, S)`` in [-1, 1] from latents (and classes, for conditional families)."""
         return (G or self.G)(z)
@@ -90,7 +96,7 @@ class Family(nn.Module):
         """D loss on one real batch and as many fakes; stats are detached scalars."""
         y = batch.y
         with torch.no_grad():
-            fake = self.fake_inputs(self.sample_z(len(y), device=y.device), y)
+            fake = self.fake_inputs(self.train_z(len(y), y.device), y)
         real_aug, fake_aug = self.augmented(self.real_inputs(batch), augment), self.augmented(fake, augment)
         real_logits = self.discriminate(real_aug, y)
         fake_logits = self.discriminate(fake_aug, y)
@@ -124,7 +130,7 @@ class Family(nn.Module):
     def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """G loss: fakes (with the real batch's classes) scored by D."""
         y = batch.y
-        fake = self.fake_inputs(self.sample_z(len(y), device=y.device), y)
+        fake = self.fake_inputs(self.train_z(len(y), y.device), y)
         logits = self.discriminate((augment(fake[0]),) + fake[1:], y)
         loss = losses.g_loss(self.loss_kind, logits)
         return loss, {"g_loss": loss.detach()}

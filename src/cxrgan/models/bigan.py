@@ -44,7 +44,7 @@ class BiGAN(Family):
 
     def g_phase(self, batch: Batch, augment: Augment):
         y = batch.y
-        z = self.sample_z(len(y), device=y.device)
+        z = self.train_z(len(y), y.device)
         fake_logits = self.D(augment(self.G(z)), z)
         real_logits = self.D(augment(batch.x), self.E(batch.x))
         # G and E swap the labels: fakes should look real, real pairs should look fake.

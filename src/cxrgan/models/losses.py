@@ -11,6 +11,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..train.distributed import sharded
+
 LOSS_KINDS = ("bce", "hinge", "wgan-gp")
 
 
@@ -47,7 +49,7 @@ def gradient_penalty(critic: Callable[..., torch.Tensor], real: Sequence[torch.T
         n = real[0].shape[0]
         inputs = []
         for r, f in zip(real, fake):
-            alpha = torch.rand((n,) + (1,) * (r.dim() - 1), device=r.device, dtype=torch.float32)
+            alpha = sharded(n, lambda m, r=r: torch.rand((m,) + (1,) * (r.dim() - 1), device=r.device, dtype=torch.float32))
             inputs.append((alpha * r.float() + (1 - alpha) * f.detach().float()).requires_grad_(True))
         out = critic(*inputs)
         grads = torch.autograd.grad(out.sum(), inputs, create_graph=True)

@@ -87,7 +87,7 @@ class SemiConditional(CGAN):
     # -- phases -------------------------------------------------------------------------------------
     def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.y
-        latent = self.sample_z(len(y), device=y.device)
+        latent = self.train_z(len(y), y.device)
         with torch.no_grad():
             fake = self.generate(latent, y)
         real, fake = augment(batch.x), augment(fake)
@@ -102,7 +102,7 @@ class SemiConditional(CGAN):
 
     def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.y
-        latent = self.sample_z(len(y), device=y.device)
+        latent = self.train_z(len(y), y.device)
         logits, codes, classes = self.D.score(augment(self.generate(latent, y)), y)
         adversarial = losses.g_loss(self.loss_kind, logits)
         code_loss = F.mse_loss(codes.float(), self.code_space.standardize(self.split(latent)[1]))

@@ -88,14 +88,16 @@ class ConvTrunk(nn.Module):
 
 def minibatch_stddev(h: torch.Tensor, group: int = 4) -> torch.Tensor:
     """Karras et al.'s minibatch standard deviation: one extra channel holding the mean standard deviation of
-    the features across groups of ``group`` samples, so D can see a batch that lacks variety."""
+    the features across groups of ``group`` samples, so D can see a batch that lacks variety. Groups are
+    consecutive samples, so a batch split into contiguous per-process shards (a multiple of ``group`` each)
+    is grouped exactly as the whole batch."""
     n, c, hh, ww = h.shape
     g = min(group, n)
     while n % g:
         g -= 1
-    y = h.float().reshape(g, n // g, c, hh, ww)
-    y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (n // g,)
-    y = y.to(h.dtype).repeat(g)[:, None, None, None].expand(n, 1, hh, ww)
+    y = h.float().reshape(n // g, g, c, hh, ww)
+    y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (n // g,)
+    y = y.to(h.dtype).repeat_interleave(g)[:, None, None, None].expand(n, 1, hh, ww)
     return torch.cat([h, y], dim=1)
 
 

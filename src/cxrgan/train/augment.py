@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .distributed import sharded
+
 
 class DiffAugment:
     """``policy``: comma-separated ``translation``, ``cutout``, ``color``; empty = identity."""
@@ -30,15 +32,15 @@ class DiffAugment:
     @staticmethod
     def _color(x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        x = x + (torch.rand(n, 1, 1, 1, device=x.device, dtype=x.dtype) - 0.5)
+        x = x + (sharded(n, lambda m: torch.rand(m, 1, 1, 1, device=x.device, dtype=x.dtype)) - 0.5)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        return (x - mean) * (torch.rand(n, 1, 1, 1, device=x.device, dtype=x.dtype) + 0.5) + mean
+        return (x - mean) * (sharded(n, lambda m: torch.rand(m, 1, 1, 1, device=x.device, dtype=x.dtype)) + 0.5) + mean
 
     def _translation(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         sh, sw = int(h * self.translation + 0.5), int(w * self.translation + 0.5)
-        ty = torch.randint(-sh, sh + 1, (n, 1, 1), device=x.device)
-        tx = torch.randint(-sw, sw + 1, (n, 1, 1), device=x.device)
+        ty = sharded(n, lambda m: torch.randint(-sh, sh + 1, (m, 1, 1), device=x.device))
+        tx = sharded(n, lambda m: torch.randint(-sw, sw + 1, (m, 1, 1), device=x.device))
         b, gy, gx = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(h, device=x.device), torch.arange(w, device=x.device), indexing="ij")
         gy = torch.clamp(gy + ty + 1, 0, h + 1)
         gx = torch.clamp(gx + tx + 1, 0, w + 1)
@@ -48,8 +50,8 @@ class DiffAugment:
     def _cutout(self, x: torch.Tensor) -> torch.Tensor:
         n, _, h, w = x.shape
         ch, cw = int(h * self.cutout + 0.5), int(w * self.cutout + 0.5)
-        oy = torch.randint(0, h + (1 - ch % 2), (n, 1, 1), device=x.device)
-        ox = torch.randint(0, w + (1 - cw % 2), (n, 1, 1), device=x.device)
+        oy = sharded(n, lambda m: torch.randint(0, h + (1 - ch % 2), (m, 1, 1), device=x.device))
+        ox = sharded(n, lambda m: torch.randint(0, w + (1 - cw % 2), (m, 1, 1), device=x.device))
         b, gy, gx = torch.meshgrid(torch.arange(n, device=x.device), torch.arange(ch, device=x.device), torch.arange(cw, device=x.device), indexing="ij")
         gy = torch.clamp(gy + oy - ch // 2, 0, h - 1)
         gx = torch.clamp(gx + ox - cw // 2, 0, w - 1)

@@ -85,18 +85,22 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    """The prepared dataset and which part of it to train on (``classes`` empty = all)."""
+    """The prepared dataset and which part of it to train on (``classes`` empty = all). ``in_memory``: ``auto``
+    loads the training images into memory up to 4 GiB and reads larger sets from disk batch by batch;
+    ``always`` or ``never`` force either."""
 
     path: str = ""
     classes: list[str] = field(default_factory=list)
     split: str = "train"
+    in_memory: str = "auto"
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs. ``steps`` counts G updates; ``epochs`` > 0 overrides it.
 
-    precision: ``auto`` (bf16 autocast on CUDA, fp32 elsewhere), ``fp32`` or ``bf16``.
+    precision: ``auto`` (bf16 autocast where it is native: CUDA, or a CPU with AVX-512 BF16 or AMX; fp32
+    elsewhere), ``fp32`` or ``bf16``.
     ema_decay: 0 disables the generator EMA. ckpt_every: steps between checkpoints and quality evaluations.
     grid_every: steps between sample grids (0 = once per epoch, at most about 100 per run). collapse_ratio: warn of mode collapse when
     sample diversity falls below this fraction of real-image diversity, from step ``collapse_warmup`` on (an
@@ -106,6 +110,8 @@ class TrainConfig:
     times ``collapse_lr_factor``, at most ``max_rollbacks`` times, then stop).
     quality_features: feature space of the training-time FD: ``auto`` (the dataset's trained classifier space once
     it passed the distortion check, else ``randconv-v1``), ``randconv`` or a trained extractor directory.
+    compile: compile the trained networks' forward with ``torch.compile`` (in place; checkpoints are unchanged).
+    Worth it on a GPU for long runs; compiling takes a minute or more, and on a CPU it needs a C++ compiler.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -120,6 +126,7 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "auto"
     channels_last: bool = True
+    compile: bool = False
     ema_decay: float = 0.999
     log_every: int = 25
     ckpt_every: int = 500
@@ -141,6 +148,7 @@ class TrainConfig:
         checks = [
             (self.loss.kind in LOSS_KINDS, f"loss.kind must be one of {', '.join(LOSS_KINDS)}, got {self.loss.kind!r}"),
             (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
+            (self.data.in_memory in ("auto", "always", "never"), f"data.in_memory must be auto, always or never, got {self.data.in_memory!r}"),
             (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
             (self.steps >= 1 or self.epochs >= 1, "give a positive steps or epochs budget"),
             (self.optim.d_steps >= 1, "optim.d_steps must be at least 1"),

@@ -1,6 +1,9 @@
-"""Feeding a prepared dataset to the loop: in-memory (or memory-mapped) uint8, epoch-shuffled batches."""
+"""Feeding a prepared dataset to the loop: uint8 images in memory, or read from disk batch by batch;
+epoch-shuffled batches."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -10,13 +13,41 @@ from ..errors import CxrganError
 from ..models.base import Batch
 from ..utils.tensors import to_model_range
 
-IN_MEMORY_LIMIT = 4 << 30  # bytes; larger subsets are gathered from the memory map batch by batch
+IN_MEMORY_LIMIT = 4 << 30  # bytes; larger subsets are read from disk batch by batch
+
+
+class RowReader:
+    """Rows of a memory-mapped ``.npy`` array read with ``pread``: the pages land in the kernel's page cache, not
+    in this process's resident memory (touching a memory map would count every page ever read), so memory stays
+    flat however large the dataset is."""
+
+    def __init__(self, array: np.memmap) -> None:
+        self.shape, self.dtype = array.shape[1:], array.dtype
+        self.row_bytes = int(np.prod(self.shape)) * array.dtype.itemsize
+        self.offset = int(array.offset)
+        self.fd = os.open(array.filename, os.O_RDONLY)
+
+    def read(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows),) + self.shape, self.dtype)
+        for k, r in enumerate(rows):
+            buf = os.pread(self.fd, self.row_bytes, self.offset + int(r) * self.row_bytes)
+            if len(buf) != self.row_bytes:
+                raise CxrganError(f"images.npy ended early (row {int(r)}): the dataset file is truncated; prepare it again")
+            out[k] = np.frombuffer(buf, self.dtype).reshape(self.shape)
+        return out
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (OSError, AttributeError):
+            pass
 
 
 class TrainData:
-    """The training subset of a dataset. ``labels`` index ``dataset.class_names`` (zeros for multi-label)."""
+    """The training subset of a dataset. ``labels`` index ``dataset.class_names`` (zeros for multi-label).
+    ``in_memory``: ``auto`` (up to :data:`IN_MEMORY_LIMIT` bytes), ``always`` or ``never``."""
 
-    def __init__(self, ds: PreparedDataset, split: str = "train", classes: list[str] | None = None) -> None:
+    def __init__(self, ds: PreparedDataset, split: str = "train", classes: list[str] | None = None, in_memory: str = "auto") -> None:
         self.dataset = ds
         self.index = ds.indices(split, classes or None)
         if len(self.index) < 2:
@@ -25,7 +56,9 @@ class TrainData:
         self.num_classes = len(ds.class_names)
         self.labels = np.zeros(len(self.index), np.int64) if ds.multilabel else np.asarray(ds.labels)[self.index].astype(np.int64)
         nbytes = len(self.index) * ds.size * ds.size
-        self.images = np.asarray(ds.images[self.index]) if nbytes <= IN_MEMORY_LIMIT else None
+        keep = in_memory == "always" or (in_memory == "auto" and nbytes <= IN_MEMORY_LIMIT)
+        self.images = np.asarray(ds.images[self.index]) if keep else None
+        self.reader = RowReader(ds.images) if not keep and isinstance(ds.images, np.memmap) else None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -34,9 +67,10 @@ class TrainData:
         """Images ``(B, S, S)`` uint8 for positions ``rows`` of the subset."""
         if self.images is not None:
             return self.images[rows]
-        order = np.argsort(rows)
+        order = np.argsort(rows)  # ascending file offsets
         out = np.empty((len(rows),) + self.dataset.images.shape[1:], np.uint8)
-        out[order] = self.dataset.images[self.index[rows[order]]]
+        src = self.index[rows[order]]
+        out[order] = self.reader.read(src) if self.reader is not None else self.dataset.images[src]
         return out
 
     def batch(self, rows: np.ndarray, device: torch.device, channels_last: bool) -> Batch:

@@ -4,6 +4,9 @@ optimizers, device and precision, EMA, augmentation, logging, quality checks, ch
 Resume is exact on the CPU: weights, optimizer moments, EMA, every RNG, the sampler's position and all
 counters are restored, so N steps then M more gives the same weights as N + M steps straight. Ctrl-C or
 SIGTERM finishes the current step and writes a checkpoint first.
+
+Started by torchrun as several processes, the same loop trains one run on all of them as one process with
+the same global batch would (``train/distributed.py`` says how); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..utils.images import labelled_rows, save_png, to_uint8
 from ..utils.io import sweep_partials, write_json_atomic
 from ..utils.progress import progress_bar
 from . import checkpoint as ckpt
+from . import distributed as dist
 from .augment import DiffAugment
 from .config import TrainConfig, save_config
 from .data import EpochSampler, TrainData
@@ -35,7 +39,7 @@ from .ema import EMA
 from .metrics import MetricsLog, read_metrics
 from .quality import QualityMonitor, better, diversity_ratio, eligible, quality_space, space_record
 from .rundir import code_version, read_run, unstarted
-from .runtime import autocast, autocast_dtype, pick_device, rng_state, seed_everything, set_rng_state
+from .runtime import autocast, autocast_dtype, isolated_rng, pick_device, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("cxrgan.train")
 
@@ -94,17 +98,59 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
+class _NoMetrics:
+    """The metrics log of a process other than rank 0: writes nothing."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
           on_step: Callable[[int, dict], None] | None = None) -> RunResult:
     """Train ``cfg`` into the run directory ``out`` (or continue it with ``resume=True``).
 
     ``on_step(step, stats)`` is called after every step (for notebooks and tests). Raises
-    :class:`CxrganError` for user errors, including a NaN/infinite loss (the last good checkpoint stays).
+    :class:`CxrganError` for user errors, including a NaN/infinite loss (the last good checkpoint stays), and,
+    under torchrun, when another process of the run died.
     """
     cfg.validate()
-    run = Path(out)
-    for msg in sweep_partials(run, recursive=True):  # a process killed while writing a checkpoint, a plot, a grid
-        log.info("%s", msg)
+    if not dist.launched():
+        return _train(cfg, Path(out), resume, progress, on_step)
+    quiet = logging.getLogger("cxrgan")
+    level = quiet.level
+    try:
+        w = dist.setup(pick_device(cfg.device))
+        if not w.main:  # one voice: rank 0 logs, the others only report errors
+            quiet.setLevel(logging.ERROR)
+        return _train(cfg, Path(out), resume, progress and w.main, on_step)
+    except RuntimeError as exc:  # a collective call failed: torch.distributed's errors are RuntimeErrors
+        if isinstance(exc, CxrganError) or not _is_comm_error(exc):
+            raise
+        raise dist.lost_peer(exc, out) from None
+    finally:
+        quiet.setLevel(level)
+        dist.teardown()
+
+
+def _is_comm_error(exc: RuntimeError) -> bool:
+    import torch.distributed as tdist
+
+    kinds = tuple(k for k in (getattr(tdist, "DistError", None), getattr(tdist, "DistBackendError", None),
+                              getattr(tdist, "DistNetworkError", None)) if k is not None)
+    text = str(exc).lower()
+    return isinstance(exc, kinds) or any(s in text for s in ("gloo", "nccl", "connection", "timed out", "peer", "socket"))
+
+
+def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: Callable[[int, dict], None] | None) -> RunResult:
+    w = dist.world()
+    main = w.main
+    if main:
+        for msg in sweep_partials(run, recursive=True):  # a process killed while writing a checkpoint, a plot, a grid
+            log.info("%s", msg)
+    dist.barrier()
     if resume and unstarted(run):
         # Stopped before its first checkpoint (killed, or a crash): nothing to keep; start over in place.
         log.warning("run %s has no checkpoint yet: starting it from step 0", run)
@@ -120,8 +166,10 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         raise CxrganError(f"dataset {cfg.data.path} differs from the one run {run} was trained on (manifest hash changed); "
                           "resume with the original data or start a new run")
     classes = cfg.data.classes or get_family(cfg.model.family).training_classes(cfg.model)
-    data = TrainData(ds, cfg.data.split, classes)
-    device = pick_device(cfg.device)
+    data = TrainData(ds, cfg.data.split, classes, cfg.data.in_memory)
+    device = dist.device_for(pick_device(cfg.device))
+    dist.local_batch(cfg.batch_size)  # the global batch must divide among the processes
+    dist.barrier()  # every process has checked the run directory before rank 0 writes into it
     amp = autocast_dtype(cfg.precision, device)
     seed_everything(cfg.seed)
     family = build_family(cfg, ds.size, data.num_classes)
@@ -129,6 +177,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     if family.conditional and ds.multilabel:
         raise CxrganError(f"{cfg.model.family} needs single-label data; {ds.root} is multi-label (prepare it without --multilabel)")
     family.to(device)
+    if w.active:
+        dist.sync_batchnorm(family)  # before the EMA copies: batch norm sees the global batch (see distributed.py)
     channels_last = cfg.channels_last and device.type != "mps"
     if channels_last:
         family.to(memory_format=torch.channels_last)
@@ -139,13 +189,17 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         for phase, names in family.phases.items()
     }
     ema = EMA({n: modules[n] for n in family.ema_modules}, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    if cfg.compile:  # after the EMA copies: they stay eager (they run rarely, for grids and quality checks)
+        for m in modules.values():
+            m.compile()
     augment = DiffAugment(cfg.augment.policy, cfg.augment.translation, cfg.augment.cutout)
     sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
     total = cfg.epochs * max(1, sampler.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
     # A grid per epoch, but at most about 100 per run (small datasets have very short epochs).
     grid_every = cfg.grid_every or max(1, sampler.steps_per_epoch, math.ceil(total / 100))
-    space = quality_space(cfg.quality_features, ds, info.get("quality_space") if resume else None)
-    monitor = QualityMonitor(data, cfg.eval_samples, family.sample_z, cfg.seed, device, space, family.conditional)
+    with isolated_rng():  # quality checks run on rank 0 only, so they must not move the training streams
+        space = quality_space(cfg.quality_features, ds, info.get("quality_space") if resume else None)
+        monitor = QualityMonitor(data, cfg.eval_samples, family.sample_z, cfg.seed, device, space, family.conditional) if main else None
     grid_z, grid_y, grid_labels = _grid_latents(family, data, cfg.seed)
     calibration = _calibration_batches(family, data, cfg, device)
     calibrated_at = -1
@@ -173,17 +227,22 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         log.info("resumed %s from step %d", run, step)
         if step >= total:
             log.info("run %s already reached %d steps; raise --steps to continue", run, step)
-    else:
+        if main and info.get("world_size", 1) != w.size:  # resumed with another number of processes
+            history = list(info.get("world_sizes", [[0, info.get("world_size", 1)]])) + [[step, w.size]]
+            write_json_atomic(run / "run.json", {**info, "world_size": w.size, "world_sizes": history})
+            log.info("resumed with %d process(es); the run had %d", w.size, info.get("world_size", 1))
+    elif main:
         run.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run / "run.json", {
             "family": cfg.model.family, "image_size": ds.size, "class_names": ds.class_names,
             "classes": classes or [], "conditional": family.conditional, "data_path": str(Path(cfg.data.path).resolve()),
             "data_manifest_sha256": ds.manifest_hash, "code": code_version(), "device": str(device),
             "precision": "bf16" if amp is not None else "fp32", "train_images": len(data),
-            "quality_space": space_record(space, ds),
+            "quality_space": space_record(space, ds), "world_size": w.size,
         })
-    save_config(cfg, run / "config.yaml")
-    metrics = MetricsLog(run, resume_step=step if resume else None, extra_columns=family.metric_columns)
+    if main:
+        save_config(cfg, run / "config.yaml")
+    metrics = MetricsLog(run, resume_step=step if resume else None, extra_columns=family.metric_columns) if main else _NoMetrics()
 
     def calibrate_ema() -> None:
         """Give the averaged networks batch-norm statistics of their own (see ``ema.py``), once per step."""
@@ -222,11 +281,21 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     saved_step = step
 
     def evaluate_and_save(row: dict) -> dict:
-        """Quality figures, collapse check, checkpoint, best pointer, pruning; returns the metrics row."""
-        nonlocal last_eval, best, saved_step
-        last_eval = monitor.evaluate(sample_fn)
-        nets = {**modules, **(ema.shadow if ema is not None else {})}
-        last_eval.update(family.checkpoint_figures(sample_fn, nets))
+        """Quality figures, collapse check, checkpoint, best pointer, pruning (on rank 0, which shares the best
+        checkpoint and the collapse flag with the other processes); returns the metrics row."""
+        nonlocal best, saved_step
+        out = _evaluate_and_save_main(row) if main else dict(row)
+        shared = dist.from_main({"best": best, "collapse": out.get("collapse", 0), "collapse_step": result.collapse_step})
+        best, out["collapse"], result.collapse_step = shared["best"], shared["collapse"], shared["collapse_step"]
+        saved_step = step
+        return out
+
+    def _evaluate_and_save_main(row: dict) -> dict:
+        nonlocal last_eval, best
+        with isolated_rng():
+            last_eval = monitor.evaluate(sample_fn)
+            nets = {**modules, **(ema.shadow if ema is not None else {})}
+            last_eval.update(family.checkpoint_figures(sample_fn, nets))
         ratio = diversity_ratio(last_eval)
         collapsed = ratio < cfg.collapse_ratio and step >= cfg.collapse_warmup
         if collapsed and result.collapse_step is None:
@@ -237,7 +306,6 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         if better(last_eval, best, cfg.collapse_ratio, key, higher):
             best = {"step": step, "fd": last_eval["fd"], "key": key, "value": last_eval[key]}
         save(step)
-        saved_step = step
         if best["step"] == step:
             figure = f"FD {last_eval['fd']:.4g} in {monitor.space.ident}" if key == "fd" else f"{what} {last_eval[key]:.4g}"
             reason = (f"{'highest' if higher else 'lowest'} {figure} among checkpoints whose diversity is at "
@@ -259,9 +327,9 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                 log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total
                 for phase, names in family.phases.items():
                     for _ in range(cfg.optim.d_steps if phase == "D" else 1):
-                        batch = data.batch(sampler.next(), device, channels_last)
+                        batch = data.batch(dist.shard_rows(sampler.next()), device, channels_last)
                         family.zero_grad(set_to_none=True)
-                        with autocast(device, amp):
+                        with autocast(device, amp), dist.syncing():
                             loss, phase_stats = family.phase_loss(phase, batch, augment)
                         if not torch.isfinite(loss):
                             raise CxrganError(
@@ -269,6 +337,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                                 f"checkpoint is kept in {run / 'checkpoints'}. Lower the learning rate (optim.lr_g/lr_d), "
                                 "try loss.kind=hinge or model.spectral_norm=true, or use precision=fp32")
                         loss.backward()
+                        dist.average_gradients(p for n in names for p in modules[n].parameters())
                         if log_now:
                             params = [p for n in names for p in modules[n].parameters() if p.grad is not None]
                             stats[f"{phase.lower()}_grad_norm"] = float(torch.linalg.vector_norm(
@@ -279,8 +348,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                 if ema is not None:
                     ema.update({n: modules[n] for n in family.ema_modules}, step)
                 step += 1
-                images_seen += len(batch.y)
-                n_window += len(batch.y)
+                images_seen += len(batch.y) * w.size
+                n_window += len(batch.y) * w.size
                 for k, v in stats.items():
                     window.setdefault(k, []).append(v)
                 bar.update(1)
@@ -288,12 +357,14 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                 row: dict[str, float | int | str | None] = {}
                 if log_now:
                     dt = time.perf_counter() - t_window
-                    row = {k: float(np.mean(v)) for k, v in window.items() if not k.endswith("grad_norm")}
+                    row = dist.mean_over_processes({k: float(np.mean(v)) for k, v in window.items() if not k.endswith("grad_norm")})
                     row.update({k: stats[k] for k in stats if k.endswith("grad_norm")})
                     row.update(step=step, epoch=sampler.epoch, kimg=round(images_seen / 1000, 3), img_per_s=n_window / max(dt, 1e-9))
                     window, t_window, n_window = {}, time.perf_counter(), 0
-                if step % grid_every == 0 or step == total:
-                    _write_grid(run / "samples" / f"step-{step:08d}.png", family, sample_fn, grid_z, grid_y, grid_labels, device)
+                if main and (step % grid_every == 0 or step == total):
+                    with isolated_rng():
+                        _write_grid(run / "samples" / f"step-{step:08d}.png", family, sample_fn, grid_z, grid_y, grid_labels,
+                                    device)
                 if step % cfg.ckpt_every == 0 or step == total:
                     row = evaluate_and_save(row)
                 if row:
@@ -315,9 +386,11 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                         rollbacks += 1
                         for group in optims["D"].param_groups:
                             group["lr"] *= cfg.collapse_lr_factor
-                        ckpt.rewind(run, step)
+                        dist.barrier()  # every process has read the checkpoint before rank 0 rewinds
                         metrics.close()
-                        metrics = MetricsLog(run, resume_step=step, extra_columns=family.metric_columns)
+                        if main:
+                            ckpt.rewind(run, step)
+                            metrics = MetricsLog(run, resume_step=step, extra_columns=family.metric_columns)
                         saved_step = step
                         result.rollbacks.append((collapsed_at, step))
                         log.warning("collapse at step %d: rolled back to step %d, the last healthy checkpoint, with the D "
@@ -331,17 +404,19 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
                                 "then continue with `cxrgan train --resume --out %s` (perhaps with --set on_collapse=rollback "
                                 "or a lower --set optim.lr_d)", step, why, run / "samples", run)
                     break
-                if stop.requested:
+                if dist.any_process(bool(stop.requested)):
                     if saved_step != step:
                         metrics.write(evaluate_and_save({}))
                     result.interrupted = True
                     log.warning("%s received: checkpoint written at step %d; continue with `cxrgan train --resume --out %s`",
-                                stop.requested, step, run)
+                                stop.requested or "a stop request", step, run)
                     break
     finally:
         bar.close()
         metrics.close()
-        _plot(run)
+        if main:
+            _plot(run)
+    dist.barrier()  # all processes leave together (one that tears its process group down early can abort)
     result.step, result.best_step = step, best["step"]
     result.best_fd = None if best["step"] is None else float(best["fd"])
     result.last_eval = last_eval

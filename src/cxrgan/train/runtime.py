@@ -91,6 +91,17 @@ def rng_state() -> dict:
     return state
 
 
+@contextlib.contextmanager
+def isolated_rng():
+    """Run a block without moving the global random streams (quality checks, sample grids): the training
+    draws after it are those it would have made without the block, in one process or in several."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
