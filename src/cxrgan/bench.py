@@ -11,6 +11,7 @@ capability (the SIMD level PyTorch dispatches to, and whether bf16 is native) is
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
@@ -139,7 +140,13 @@ def loop_speed(data: Path, work: Path, family: str, batch: int, iters: int, prec
                              f"precision={precision}", f"channels_last={channels_last}", f"device={device}", f"compile={compile}",
                              f"log_every={log_every}", f"ckpt_every={10**9}", f"grid_every={10**9}", "eval_samples=256",
                              *overrides])
-    res = train(cfg, run, progress=False)
+    quiet = logging.getLogger("cxrgan")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the table is the output, not the training log
+    try:
+        res = train(cfg, run, progress=False)
+    finally:
+        quiet.setLevel(level)
     if res.interrupted:
         raise CxrganError("benchmark interrupted")
     speeds = [float(r["img_per_s"]) for r in read_metrics(run / "metrics.csv") if r.get("img_per_s")]

@@ -80,7 +80,7 @@ def test_full_report_has_every_section(demo, tmp_path):
                    "augmentation-0", "anomaly-0", "decomposition-0"):
         assert anchor in page.ids, anchor
     text = page.plain
-    assert "no augmentation study" not in text and "missing here" not in text
+    assert "no augmentation study" not in text and "missing here" not in text and "could not be read" not in text
     # What each section must say: the class table, the best checkpoint and why, the references beside each
     # metric, the memorization audit, the arms of both studies, the baselines beside the DGM.
     for needle in ("NORMAL", "PNEUMONIA", "COVID", "imbalance", "finished: 20 steps", "real-vs-real references",
@@ -106,6 +106,21 @@ def test_two_runs_get_a_comparison_table(demo, tmp_path):
     page = parse(build_report([demo / "runs" / "dcgan", demo / "runs" / "cgan"], tmp_path / "r.html"))
     assert "comparison-0" in page.ids
     assert "best_fd" in page.plain and "two or more runs" not in page.plain
+
+
+def test_semicond_run_shows_its_traversals(demo, tmp_path):
+    from cxrgan.train.config import load_config
+    from cxrgan.train.loop import train
+
+    run = tmp_path / "semicond"
+    cfg = load_config(None, [f"data.path={demo / 'data' / 'phantom32'}", "model.family=semicond", "steps=4", "batch_size=8",
+                             "model.g_channels=8", "model.d_channels=8", "ckpt_every=4", "eval_samples=32"])
+    train(cfg, run, progress=False)
+    page = parse(build_report([run], tmp_path / "r.html"))
+    text = page.plain
+    assert "Traversals" in text and "could not be read" not in text
+    for block in ("bernoulli", "exponential", "uniform", "normal"):
+        assert f"({block}) swept over its 5th-95th percentiles" in text, block
 
 
 def test_damaged_inputs_render_what_exists(demo, tmp_path):

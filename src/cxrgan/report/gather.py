@@ -369,7 +369,7 @@ def _traversals(st: RunState) -> list[Block]:
     space = getattr(loaded.family, "code_space", None)
     if space is None:
         return []
-    titles = {f"{b.name}.png": f"code block {b.name} ({b.kind}) swept over its 5th-95th percentiles" for b in space.blocks}
+    titles = {f"{b.name}.png": f"code block {b.name} ({b.dist}) swept over its 5th-95th percentiles" for b in space.blocks}
     figs = drawn_figures(lambda d: [traverse(st.path, b.name, d / f"{b.name}.png") for b in space.blocks], titles)
     return [Text("Traversals: each row is a class; along a row one code block moves while the noise and the other "
                  "blocks stay fixed.")] + ([Figures(figs)] if figs else [])
