@@ -57,13 +57,14 @@ def write_folder(folder: Path, n: int, size: int) -> None:
 
 
 def measured(cmd: list[str]) -> tuple[float, float]:
-    """(seconds, peak MiB of the process tree) of a command run to completion."""
+    """(seconds, peak MiB) of a command run to completion: the peak of the process tree above this benchmark's
+    own resident memory, that is the command's processes (workers included)."""
     t = time.perf_counter()
     with PeakMemory() as mem:
         proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t, mem.peak_mib
+    return time.perf_counter() - t, mem.extra_mib
 
 
 def main() -> None:

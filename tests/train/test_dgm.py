@@ -177,3 +177,36 @@ def test_bad_inputs_get_one_clear_message(dgm_run, phantom32, tmp_path, capsys):
     train(tiny_config(phantom32, "dcgan", "steps=2", "ckpt_every=2"), other, progress=False)
     assert main(["decompose", str(other), str(phantom32), "--out", str(tmp_path / "x")]) == 2
     assert "need a dgm run" in capsys.readouterr().err
+
+
+def test_abnormal_images_train_too_when_asked(phantom32):
+    """abnormal_weight > 0 (the paper's set-up): every class trains; abnormal inputs get no reconstruction or
+    encoding term (which would teach G to keep the lesion), only D's verdict and a sparse, coherent residual;
+    D's real side is drawn from normal images only. With only normal inputs the loss is the normal-only loss."""
+    from cxrgan.models.dgm import DGM
+    from cxrgan.train.config import load_config
+    from cxrgan.train.data import TrainData
+
+    cfg = tiny_config(phantom32, "dgm", "model.abnormal_weight=0.5")
+    assert DGM.training_classes(cfg.model) is None and DGM.training_classes(load_config(None, []).model) == ["NORMAL"]
+    ds = PreparedDataset.open(phantom32)
+    data = TrainData(ds, "train", None)
+    fam = build_family(cfg, 32, 3)
+    fam.bind_data(data)
+    normal_idx = ds.class_names.index("NORMAL")
+    real = fam._real_normals(64, torch.device("cpu"))
+    pool = torch.from_numpy(data.uint8(fam._normal_rows)).float().div(127.5).sub(1)[:, None]
+    assert all(any(torch.equal(r, p) for p in pool) for r in real[:8])  # normal images only
+    torch.manual_seed(0)
+    ab_rows = np.flatnonzero(data.labels != normal_idx)[:8]
+    n_rows = fam._normal_rows[:8]
+    ident = lambda t: t  # noqa: E731
+    _, ab = fam.g_phase(Batch(data.batch(ab_rows, torch.device("cpu"), False).x, torch.from_numpy(data.labels[ab_rows])), ident)
+    assert float(ab["g_rec"]) == 0 and float(ab["g_enc"]) == 0
+    only_normal = Batch(data.batch(n_rows, torch.device("cpu"), False).x, torch.from_numpy(data.labels[n_rows]))
+    fam.eval()  # no spectral-norm power iteration between the two calls
+    with torch.no_grad():
+        both, _ = fam.g_phase(only_normal, ident)
+        fam._normal_rows = None  # the normal-only path
+        plain, _ = fam.g_phase(only_normal, ident)
+    assert float(both) == pytest.approx(float(plain), rel=1e-5)

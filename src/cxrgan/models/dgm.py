@@ -57,25 +57,47 @@ class DGM(Family):
 
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64,
                  spectral_norm: bool = False, normal_class: str = "NORMAL", adv_weight: float = 1.0, rec_weight: float = 20.0,
-                 tv_weight: float = 1.0, enc_weight: float = 1.0, **kw) -> None:
+                 tv_weight: float = 1.0, enc_weight: float = 1.0, abnormal_weight: float = 0.0, sparsity_weight: float = 2.0,
+                 **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
-        for name, w in (("adv_weight", adv_weight), ("rec_weight", rec_weight), ("tv_weight", tv_weight), ("enc_weight", enc_weight)):
+        for name, w in (("adv_weight", adv_weight), ("rec_weight", rec_weight), ("tv_weight", tv_weight), ("enc_weight", enc_weight),
+                        ("abnormal_weight", abnormal_weight), ("sparsity_weight", sparsity_weight)):
             if not (w >= 0 and np.isfinite(w)):
                 raise ValueError(f"{name} must be a finite number >= 0, got {w}")
         self.normal_class = normal_class
         self.adv_weight, self.rec_weight, self.tv_weight, self.enc_weight = adv_weight, rec_weight, tv_weight, enc_weight
+        self.abnormal_weight, self.sparsity_weight = abnormal_weight, sparsity_weight
+        self._normal_rows: np.ndarray | None = None  # positions of the normal images in the bound pool
         self.G = NormalSynthesizer(image_size, z_dim, g_channels)
         self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm)
         self._pool = None
 
     @classmethod
-    def training_classes(cls, model_cfg) -> list[str]:
-        return [model_cfg.normal_class]
+    def training_classes(cls, model_cfg) -> list[str] | None:
+        """The normal class; every class when abnormal images train too (``abnormal_weight`` > 0, as the paper)."""
+        return None if getattr(model_cfg, "abnormal_weight", 0.0) > 0 else [model_cfg.normal_class]
 
     # -- inputs as latents ------------------------------------------------------------------------------
     def bind_data(self, data) -> None:
         """Keep the training subset (:class:`~cxrgan.train.data.TrainData`): inputs are drawn from it."""
         self._pool = data
+        if self.abnormal_weight > 0:
+            from ..errors import CxrganError
+
+            names = data.dataset.class_names
+            if self.normal_class not in names:
+                raise CxrganError(f"dgm: normal class {self.normal_class!r} is not in the dataset (classes: {', '.join(names)})")
+            self._normal_rows = np.flatnonzero(data.labels == names.index(self.normal_class))
+            if len(self._normal_rows) < 2:
+                raise CxrganError(f"dgm: the training split has {len(self._normal_rows)} {self.normal_class} image(s); need some")
+
+    def _real_normals(self, n: int, device: torch.device) -> torch.Tensor:
+        """``n`` normal training images for D's real side, drawn from the global stream (several processes
+        draw for the global batch and keep their rows)."""
+        from ..train.distributed import sharded
+
+        pick = sharded(n, lambda m: torch.randint(len(self._normal_rows), (m,)))
+        return to_model_range(torch.from_numpy(self._pool.uint8(self._normal_rows[pick.numpy()]))).to(device)
 
     @property
     def latent_dim(self) -> int:
@@ -112,12 +134,17 @@ class DGM(Family):
     def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with torch.no_grad():
             fake = self.G(batch.x)
-        real_aug, fake_aug = augment(batch.x), augment(fake)
+        real = batch.x if self._normal_rows is None else self._real_normals(len(batch.x), batch.x.device).to(batch.x.dtype)
+        if real is not batch.x and batch.x.is_contiguous(memory_format=torch.channels_last):
+            real = real.contiguous(memory_format=torch.channels_last)
+        real_aug, fake_aug = augment(real), augment(fake)
         real_logits, fake_logits = self.D(real_aug), self.D(fake_aug)
         loss = self.d_adversarial((real_aug,), (fake_aug,), real_logits, fake_logits, batch.y)
         return loss, self.d_stats(loss, real_logits, fake_logits)
 
     def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self._normal_rows is not None:
+            return self._g_phase_all_classes(batch, augment)
         x = batch.x
         code = self.G.encoder(x)
         normal = self.G.decoder(code)
@@ -127,6 +154,29 @@ class DGM(Family):
         tv = total_variation(residual)
         enc = F.mse_loss(self.G.encoder(normal), code.detach())
         loss = self.adv_weight * adversarial + self.rec_weight * rec + self.tv_weight * tv + self.enc_weight * enc
+        return loss, {"g_loss": loss.detach(), "g_adv": adversarial.detach(), "g_rec": rec.detach(), "g_tv": tv.detach(),
+                      "g_enc": enc.detach()}
+
+    def _g_phase_all_classes(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Normal inputs: the seed's losses. Abnormal inputs: their normal image must fool D (times
+        ``abnormal_weight``), and their residual stays sparse (L1, ``sparsity_weight``) and coherent (TV); no
+        reconstruction or encoding term, which would teach G to keep the lesion. Every term is a mean over the
+        batch of per-image values, so several processes compute the same loss as one."""
+        x, y = batch.x, batch.y
+        normal_idx = self._pool.dataset.class_names.index(self.normal_class)
+        is_n = (y == normal_idx).float()
+        code = self.G.encoder(x)
+        normal = self.G.decoder(code)
+        residual = x - normal
+        adversarial = losses.g_loss(self.loss_kind, self.D(augment(normal)), is_n + self.abnormal_weight * (1 - is_n))
+        per_l1 = residual.float().abs().mean((1, 2, 3))
+        rec = (per_l1 * is_n).mean()
+        sparse = (per_l1 * (1 - is_n)).mean()
+        tv = (residual[:, :, 1:, :] - residual[:, :, :-1, :]).float().abs().mean((1, 2, 3)).mean() + \
+            (residual[:, :, :, 1:] - residual[:, :, :, :-1]).float().abs().mean((1, 2, 3)).mean()
+        enc = ((self.G.encoder(normal) - code.detach()).float().pow(2).mean(1) * is_n).mean()
+        loss = (self.adv_weight * adversarial + self.rec_weight * rec + self.abnormal_weight * self.sparsity_weight * sparse
+                + self.tv_weight * tv + self.enc_weight * enc)
         return loss, {"g_loss": loss.detach(), "g_adv": adversarial.detach(), "g_rec": rec.detach(), "g_tv": tv.detach(),
                       "g_enc": enc.detach()}
 

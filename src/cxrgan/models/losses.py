@@ -28,14 +28,17 @@ def d_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown loss kind {kind!r}")
 
 
-def g_loss(kind: str, fake: torch.Tensor) -> torch.Tensor:
-    """Generator loss on fake logits (non-saturating for ``bce``)."""
+def g_loss(kind: str, fake: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Generator loss on fake logits (non-saturating for ``bce``); with ``weight`` ``(N,)``, the mean over the
+    batch of each sample's loss times its weight."""
     fake = fake.float()
     if kind == "bce":
-        return F.softplus(-fake).mean()
-    if kind in ("hinge", "wgan-gp"):
-        return -fake.mean()
-    raise ValueError(f"unknown loss kind {kind!r}")
+        per = F.softplus(-fake)
+    elif kind in ("hinge", "wgan-gp"):
+        per = -fake
+    else:
+        raise ValueError(f"unknown loss kind {kind!r}")
+    return per.mean() if weight is None else (per * weight).mean()
 
 
 def _no_autocast():

@@ -29,7 +29,8 @@ class ModelConfig:
     ``cgan`` and ``semicond``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
     dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``. ``normal_class`` (the
     class it trains on when ``data.classes`` is empty) and the weights of the adversarial, reconstruction, total
-    variation and encoding terms for ``dgm``."""
+    variation and encoding terms for ``dgm``; ``abnormal_weight`` > 0 makes ``dgm`` train on the abnormal classes
+    too (their synthesized normal image must fool D, their residual is kept sparse by ``sparsity_weight``)."""
 
     family: str = "dcgan"
     z_dim: int = 100
@@ -49,6 +50,8 @@ class ModelConfig:
     rec_weight: float = 20.0
     tv_weight: float = 1.0
     enc_weight: float = 1.0
+    abnormal_weight: float = 0.0
+    sparsity_weight: float = 2.0
 
 
 @dataclass

@@ -114,8 +114,8 @@ class QualityMonitor:
     @torch.no_grad()
     def evaluate(self, generate) -> dict[str, float]:
         """``generate(z, y) -> images`` in [-1, 1]; returns the figures of :meth:`score`."""
-        fakes = torch.cat([generate(self.z[i : i + 256].to(self.device), self.y[i : i + 256].to(self.device)).float().cpu()
-                           for i in range(0, len(self.z), 256)])
+        fakes = torch.cat([generate(self.z[i : i + 64].to(self.device), self.y[i : i + 64].to(self.device)).float().cpu()
+                           for i in range(0, len(self.z), 64)])  # small chunks: the peak memory of a run is set here
         return self.score(fakes)
 
 
