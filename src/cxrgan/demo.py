@@ -1,7 +1,8 @@
 """The README's main job: the whole system on the embedded phantom data, ending in one HTML report.
 
 prepare phantoms -> train a DCGAN, a conditional GAN and the DGM (on the normal class) -> sample a labelled
-synthetic set -> train the evaluation feature spaces -> evaluate (FD/KID/PRDC, centroids, memorization) ->
+synthetic set -> train the evaluation feature spaces and check them with distortions -> evaluate (FD/KID/PRDC,
+centroids, memorization) ->
 TSTR -> anomaly detection and decomposition with the DGM -> compare -> ``report.html``.
 
 The demo is a list of named stages (:data:`STAGES`). A stage is skipped when its output is complete and no
@@ -143,11 +144,21 @@ def _features(d: Demo) -> None:
     train_extractors(PreparedDataset.open(d.data), d.features, ("autoencoder", "classifier"), training, progress=not d.quiet)
 
 
+def _spaces(d: Demo) -> str:
+    return f"{d.features / 'classifier'},{d.features / 'autoencoder'},randconv"
+
+
+def _check_features(d: Demo) -> None:
+    from .evaluate.suite import check_features
+
+    for r in check_features(d.data, _spaces(d), d.out / "feature_check", progress=not d.quiet):
+        print(f"{r.space}: {'passed' if r.passed else 'failed: ' + '; '.join(r.failures)}")
+
+
 def _evaluate(d: Demo) -> None:
     from .evaluate.suite import evaluate
 
-    spaces = f"{d.features / 'classifier'},{d.features / 'autoencoder'},randconv"
-    evaluate(d.synthetic, d.data, d.out / "evaluation", spaces, seed=d.cfg.seed, progress=not d.quiet)
+    evaluate(d.synthetic, d.data, d.out / "evaluation", _spaces(d), seed=d.cfg.seed, progress=not d.quiet)
 
 
 def _tstr(d: Demo) -> None:
@@ -188,7 +199,8 @@ STAGES: list[Stage] = [
     Stage("sample", lambda d: (d.synthetic / "manifest.json").is_file(), _sample, ("train cgan",)),
     Stage("features", lambda d: (d.features / "classifier" / "extractor.json").is_file()
           and (d.features / "autoencoder" / "extractor.json").is_file(), _features, ("prepare",)),
-    Stage("evaluate", _exists("evaluation", "metrics.json"), _evaluate, ("sample", "features")),
+    Stage("check features", _exists("feature_check", "check.json"), _check_features, ("features",)),
+    Stage("evaluate", _exists("evaluation", "metrics.json"), _evaluate, ("sample", "features", "check features")),
     Stage("tstr", _exists("tstr", "tstr.json"), _tstr, ("sample",)),
     Stage("anomaly", _exists("anomaly", "anomaly.json"), _anomaly, ("train dgm",)),
     Stage("decompose", _exists("decomposition", "scores.csv"), _decompose, ("train dgm",)),

@@ -14,6 +14,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     first = capsys.readouterr().out
     for f in ("data/phantom32/manifest.json", "runs/dcgan/checkpoints/last.json", "runs/cgan/checkpoints/last.json",
               "runs/dgm/checkpoints/last.json", "synthetic/cgan/manifest.json", "features/classifier/extractor.json",
+              "feature_check/check.json",
               "evaluation/metrics.json", "tstr/tstr.json", "anomaly/anomaly.json", "decomposition/scores.csv",
               "compare/summary.md", "report.html", "demo.json", "timings.json"):
         assert (out / f).is_file(), f
@@ -21,7 +22,7 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) == {s.name for s in STAGES} | {"report"}
     html = (out / "report.html").read_text()
-    for anchor in ("data-0", "runs-0", "runs-1", "runs-2", "evaluation-0", "tstr-0", "anomaly-0", "decomposition-0"):
+    for anchor in ("data-0", "runs-0", "runs-1", "runs-2", "features-0", "evaluation-0", "tstr-0", "anomaly-0", "decomposition-0"):
         assert f'id="{anchor}"' in html, anchor
 
     assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0

@@ -76,16 +76,17 @@ def demo(tmp_path_factory) -> Path:
 def test_full_report_has_every_section(demo, tmp_path):
     out = build_report([demo], tmp_path / "r.html")
     page = parse(out)
-    for anchor in ("data-0", "data-1", "runs-0", "runs-1", "runs-2", "comparison-0", "evaluation-0", "tstr-0",
+    for anchor in ("data-0", "data-1", "runs-0", "runs-1", "runs-2", "comparison-0", "features-0", "evaluation-0", "tstr-0",
                    "augmentation-0", "anomaly-0", "decomposition-0"):
         assert anchor in page.ids, anchor
     text = page.plain
     assert "no augmentation study" not in text and "missing here" not in text and "could not be read" not in text
+    assert "not checked" not in text  # the evaluation names each feature space's verdict from the demo's check
     # What each section must say: the class table, the best checkpoint and why, the references beside each
     # metric, the memorization audit, the arms of both studies, the baselines beside the DGM.
     for needle in ("NORMAL", "PNEUMONIA", "COVID", "imbalance", "finished: 20 steps", "real-vs-real references",
                    "memorization audit", "TRTR", "TSTR", "BR", "GS", "autoencoder", "mean normal image",
-                   "normal judged abnormal", "synthesized normal", "config.yaml"):
+                   "normal judged abnormal", "synthesized normal", "config.yaml", "Feature-space check"):
         assert needle in text, needle
     assert page.imgs >= 30
 
@@ -95,7 +96,7 @@ def test_absent_sections_name_their_command(demo, tmp_path):
     page = parse(out)
     text = page.plain
     assert "runs-0" in page.ids and "data-0" in page.ids  # the run, and the dataset it trained on
-    for cmd in ("cxrgan evaluate", "cxrgan tstr", "cxrgan augment-study", "cxrgan anomaly", "cxrgan decompose",
+    for cmd in ("cxrgan evaluate --check-features", "cxrgan evaluate", "cxrgan tstr", "cxrgan augment-study", "cxrgan anomaly", "cxrgan decompose",
                 "two or more runs"):
         assert cmd in text, cmd
     for anchor in ("evaluation-0", "tstr-0", "anomaly-0", "comparison-0"):

@@ -175,6 +175,7 @@ MARKERS: dict[str, tuple[str, ...]] = {
     "run": ("config.yaml", "run.json", "checkpoints"),
     "comparison": ("summary.csv", "summary.md"),
     "evaluation": ("metrics.json", "metrics.md", "closest_pairs.png", "centroids.png"),
+    "features": ("check.json",),
     "tstr": ("tstr.json", "tstr.md"),
     "augmentation": ("augment_study.json", "augment_study.md"),
     "anomaly": ("anomaly.json", "box.png", "roc.png"),
@@ -531,6 +532,25 @@ def evaluation_section(folder: Path) -> Section:
     return sec
 
 
+def feature_check_section(folder: Path) -> Section:
+    """The distortion check of each feature space: passed or which expectations failed, and the figures per
+    distortion and strength (a space that fails is not trusted to select checkpoints)."""
+    sec = Section(f"Feature-space check {folder.name}", str(folder))
+    s = _json(folder / "check.json", sec)
+    if s is None:
+        return sec
+    sec.blocks.append(Table(["feature space", "verdict", "failed expectations"],
+                            [[space, "passed" if r.get("passed") else "failed", "; ".join(r.get("failures", []))] for space, r in s.items()],
+                            "each space must rank real images distorted by blur, noise, salt-and-pepper, black rectangles and "
+                            "mode dropping as worse the stronger the distortion (Heusel et al.'s check of FID)"))
+    for space in s:
+        table = _csv_table(folder / f"check-{space}.csv", sec, caption=f"{space}: figures against the real training split")
+        if table:
+            sec.blocks.append(Pre(f"{space}: every distortion and strength", "\n".join(
+                "  ".join(f"{c:>10}" for c in row) for row in [table.columns, *table.rows])))
+    return sec
+
+
 # ------------------------------------------------------------------------------------------------ studies
 
 
@@ -607,13 +627,14 @@ ABSENT = {
     "runs": "no training run: `cxrgan train --model dcgan --data DATA --out RUN`",
     "comparison": "no comparison: give two or more runs (`cxrgan report RUN_A RUN_B ...`) or a `cxrgan compare` folder",
     "evaluation": "no evaluation: `cxrgan evaluate RUN --real DATA --out DIR`",
+    "features": "no feature-space check: `cxrgan evaluate --check-features --real DATA --out DIR`",
     "tstr": "no TSTR study: `cxrgan tstr --synthetic SET --real DATA --out DIR`",
     "augmentation": "no augmentation study: `cxrgan augment-study --real DATA --synthetic SET --out DIR`",
     "anomaly": "no anomaly detection: `cxrgan anomaly DGM_RUN --data DATA --out DIR`",
     "decomposition": "no decomposition: `cxrgan decompose DGM_RUN IMAGES... --out DIR`",
 }
 
-TITLES = {"data": "Data", "runs": "Training runs", "comparison": "Comparison", "evaluation": "Evaluation",
+TITLES = {"data": "Data", "runs": "Training runs", "comparison": "Comparison", "features": "Feature spaces", "evaluation": "Evaluation",
           "tstr": "Train on synthetic, test on real", "augmentation": "Augmentation study", "anomaly": "Anomaly detection",
           "decomposition": "Disease decomposition"}
 
@@ -645,11 +666,12 @@ def gather(paths: Sequence[str | Path]) -> tuple[list[Chapter], list[str]]:
             else:
                 notes.append(f"the dataset of run {r} ({d}) is not found; its summary is left out")
     builders: dict[str, Callable[[Path], Section]] = {
-        "data": dataset_section, "runs": run_section, "comparison": compare_folder_section, "evaluation": evaluation_section,
+        "data": dataset_section, "runs": run_section, "comparison": compare_folder_section, "features": feature_check_section,
+        "evaluation": evaluation_section,
         "tstr": lambda p: study_section(p, "tstr", "TSTR"), "augmentation": lambda p: study_section(p, "augment_study", "Augmentation study"),
         "anomaly": anomaly_section, "decomposition": decomposition_section}
     inputs = {"data": datasets, "runs": by_kind.get("run", []), "comparison": by_kind.get("comparison", []),
-              "evaluation": by_kind.get("evaluation", []), "tstr": by_kind.get("tstr", []),
+              "features": by_kind.get("features", []), "evaluation": by_kind.get("evaluation", []), "tstr": by_kind.get("tstr", []),
               "augmentation": by_kind.get("augmentation", []), "anomaly": by_kind.get("anomaly", []),
               "decomposition": by_kind.get("decomposition", [])}
     chapters = []
