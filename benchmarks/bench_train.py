@@ -22,30 +22,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrgan.bench import matmul_tflops, reference_flops, reference_loop
+from cxrgan.bench import loop_speed, matmul_tflops, reference_flops, reference_loop
 
 
-def cxrgan_loop(data: Path, work: Path, size: int, batch: int, iters: int, precision: str, channels_last: bool,
-                device: str, steps_for_quality: int = 0) -> tuple[float, float | None]:
-    """(median images/s over logged windows, best FD or None) of cxrgan's real training loop."""
+def best_fd_after(data: Path, work: Path, steps: int, precision: str, device: str) -> float | None:
+    """Best FD (the loop's own selection) of a DCGAN trained ``steps`` steps at batch 64, channels-last."""
     from cxrgan.train.config import load_config
     from cxrgan.train.loop import train
-    from cxrgan.train.metrics import read_metrics
 
-    log_every = 2 if iters < 10 else 5
-    steps = steps_for_quality or iters + 2 * log_every  # the first two logged windows are warm-up, dropped
-    run = work / f"run-{precision}-{int(channels_last)}-{steps}-{size}"
+    run = work / f"quality-{precision}-{steps}"
     shutil.rmtree(run, ignore_errors=True)
-    cfg = load_config(None, [f"data.path={data}", "model.family=dcgan", f"batch_size={batch}", f"steps={steps}",
-                             f"precision={precision}", f"channels_last={channels_last}", f"device={device}",
-                             f"log_every={log_every}", f"ckpt_every={steps if not steps_for_quality else max(50, steps // 4)}",
-                             f"grid_every={10**9}", "eval_samples=512", "ema_decay=0.999"])
+    cfg = load_config(None, [f"data.path={data}", "model.family=dcgan", "batch_size=64", f"steps={steps}",
+                             f"precision={precision}", "channels_last=true", f"device={device}", "log_every=5",
+                             f"ckpt_every={max(50, steps // 4)}", f"grid_every={10**9}", "eval_samples=512"])
     res = train(cfg, run, progress=False)
     if res.interrupted:
         raise SystemExit("benchmark interrupted")
-    rows = [r for r in read_metrics(run / "metrics.csv") if r.get("img_per_s")]
-    speeds = [float(r["img_per_s"]) for r in rows[2:]] or [float(r["img_per_s"]) for r in rows[-1:]]
-    return float(np.median(speeds)), res.best_fd
+    return res.best_fd
 
 
 def main() -> None:
@@ -79,7 +72,7 @@ def main() -> None:
                 if precision == "bf16" and not native_bf16 and not cl:
                     continue  # emulated bf16 is very slow: time only the channels-last variant, briefly
                 iters = a.iters if precision == "fp32" or native_bf16 else 4
-                speed, _ = cxrgan_loop(data.root, work, a.size, a.batch, iters, precision, cl, str(device))
+                speed = loop_speed(data.root, work, "dcgan", a.batch, iters, precision, str(device), cl)
                 results[(precision, cl)] = speed
                 label = f"cxrgan loop ({precision}, {'channels-last' if cl else 'contiguous'})"
                 print(f"{label:<44}{speed:>8.1f}{speed / ref:>8.2f}{speed * gflop:>9.0f}")
@@ -103,7 +96,7 @@ def main() -> None:
             fds = {}
             for precision in ("fp32", "bf16"):
                 t = time.perf_counter()
-                _, fd = cxrgan_loop(q.root, work, 32, 64, 0, precision, True, str(device), steps_for_quality=a.quality_steps)
+                fd = best_fd_after(q.root, work, a.quality_steps, precision, str(device))
                 fds[precision] = (fd, time.perf_counter() - t)
             print(f"quality at equal budget ({a.quality_steps} steps, 32 px, best FD in fixed features, lower is better): "
                   f"fp32 {fds['fp32'][0]:.3f} ({fds['fp32'][1]:.0f} s), bf16 {fds['bf16'][0]:.3f} ({fds['bf16'][1]:.0f} s)")

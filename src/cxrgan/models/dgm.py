@@ -68,6 +68,7 @@ class DGM(Family):
         self.adv_weight, self.rec_weight, self.tv_weight, self.enc_weight = adv_weight, rec_weight, tv_weight, enc_weight
         self.abnormal_weight, self.sparsity_weight = abnormal_weight, sparsity_weight
         self._normal_rows: np.ndarray | None = None  # positions of the normal images in the bound pool
+        self._normal_index = -1  # the normal class's label, once bound with abnormal_weight > 0
         self.G = NormalSynthesizer(image_size, z_dim, g_channels)
         self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm)
         self._pool = None
@@ -87,7 +88,8 @@ class DGM(Family):
             names = data.dataset.class_names
             if self.normal_class not in names:
                 raise CxrganError(f"dgm: normal class {self.normal_class!r} is not in the dataset (classes: {', '.join(names)})")
-            self._normal_rows = np.flatnonzero(data.labels == names.index(self.normal_class))
+            self._normal_index = names.index(self.normal_class)
+            self._normal_rows = np.flatnonzero(data.labels == self._normal_index)
             if len(self._normal_rows) < 2:
                 raise CxrganError(f"dgm: the training split has {len(self._normal_rows)} {self.normal_class} image(s); need some")
 
@@ -163,8 +165,7 @@ class DGM(Family):
         reconstruction or encoding term, which would teach G to keep the lesion. Every term is a mean over the
         batch of per-image values, so several processes compute the same loss as one."""
         x, y = batch.x, batch.y
-        normal_idx = self._pool.dataset.class_names.index(self.normal_class)
-        is_n = (y == normal_idx).float()
+        is_n = (y == self._normal_index).float()
         code = self.G.encoder(x)
         normal = self.G.decoder(code)
         residual = x - normal
@@ -172,8 +173,7 @@ class DGM(Family):
         per_l1 = residual.float().abs().mean((1, 2, 3))
         rec = (per_l1 * is_n).mean()
         sparse = (per_l1 * (1 - is_n)).mean()
-        tv = (residual[:, :, 1:, :] - residual[:, :, :-1, :]).float().abs().mean((1, 2, 3)).mean() + \
-            (residual[:, :, :, 1:] - residual[:, :, :, :-1]).float().abs().mean((1, 2, 3)).mean()
+        tv = total_variation(residual.float())  # a mean over pixels of equal-sized images: the mean of per-image TVs
         enc = ((self.G.encoder(normal) - code.detach()).float().pow(2).mean(1) * is_n).mean()
         loss = (self.adv_weight * adversarial + self.rec_weight * rec + self.abnormal_weight * self.sparsity_weight * sparse
                 + self.tv_weight * tv + self.enc_weight * enc)

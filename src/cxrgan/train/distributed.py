@@ -152,6 +152,16 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
+def comm_error(exc: RuntimeError) -> bool:
+    """Is ``exc`` a failed collective call (a peer died, hung, or the connection broke)?"""
+    import torch.distributed as dist
+
+    kinds = tuple(k for k in (getattr(dist, "DistError", None), getattr(dist, "DistBackendError", None),
+                              getattr(dist, "DistNetworkError", None)) if k is not None)
+    text = str(exc).lower()
+    return isinstance(exc, kinds) or any(s in text for s in ("gloo", "nccl", "connection", "timed out", "peer", "socket"))
+
+
 def lost_peer(exc: BaseException, run: Any) -> CxrganError:
     """The message for a collective call that failed because another process died or hung."""
     w = _world
@@ -302,4 +312,4 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
 
 __all__ = ["World", "world", "launched", "setup", "teardown", "device_for", "local_batch", "shard_rows", "sharded",
            "average_gradients", "mean_over_processes", "any_process", "from_main", "barrier", "syncing",
-           "SyncedBatchNorm", "sync_batchnorm", "sum_over_processes", "lost_peer"]
+           "SyncedBatchNorm", "sync_batchnorm", "sum_over_processes", "comm_error", "lost_peer"]

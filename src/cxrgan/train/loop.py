@@ -127,21 +127,12 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             quiet.setLevel(logging.ERROR)
         return _train(cfg, Path(out), resume, progress and w.main, on_step)
     except RuntimeError as exc:  # a collective call failed: torch.distributed's errors are RuntimeErrors
-        if isinstance(exc, CxrganError) or not _is_comm_error(exc):
+        if isinstance(exc, CxrganError) or not dist.comm_error(exc):
             raise
         raise dist.lost_peer(exc, out) from None
     finally:
         quiet.setLevel(level)
         dist.teardown()
-
-
-def _is_comm_error(exc: RuntimeError) -> bool:
-    import torch.distributed as tdist
-
-    kinds = tuple(k for k in (getattr(tdist, "DistError", None), getattr(tdist, "DistBackendError", None),
-                              getattr(tdist, "DistNetworkError", None)) if k is not None)
-    text = str(exc).lower()
-    return isinstance(exc, kinds) or any(s in text for s in ("gloo", "nccl", "connection", "timed out", "peer", "socket"))
 
 
 def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: Callable[[int, dict], None] | None) -> RunResult:
@@ -183,10 +174,10 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
     if channels_last:
         family.to(memory_format=torch.channels_last)
     modules = family.networks()
+    phase_params = {phase: [p for n in names for p in modules[n].parameters()] for phase, names in family.phases.items()}
     optims = {
-        phase: torch.optim.Adam([p for n in names for p in modules[n].parameters()],
-                                lr=cfg.optim.lr_d if phase == "D" else cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
-        for phase, names in family.phases.items()
+        phase: torch.optim.Adam(params, lr=cfg.optim.lr_d if phase == "D" else cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
+        for phase, params in phase_params.items()
     }
     ema = EMA({n: modules[n] for n in family.ema_modules}, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if cfg.compile:  # after the EMA copies: they stay eager (they run rarely, for grids and quality checks)
@@ -325,7 +316,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
             while step < total:
                 stats: dict[str, float] = {}
                 log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total
-                for phase, names in family.phases.items():
+                for phase, params in phase_params.items():
                     for _ in range(cfg.optim.d_steps if phase == "D" else 1):
                         batch = data.batch(dist.shard_rows(sampler.next()), device, channels_last)
                         family.zero_grad(set_to_none=True)
@@ -337,11 +328,10 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
                                 f"checkpoint is kept in {run / 'checkpoints'}. Lower the learning rate (optim.lr_g/lr_d), "
                                 "try loss.kind=hinge or model.spectral_norm=true, or use precision=fp32")
                         loss.backward()
-                        dist.average_gradients(p for n in names for p in modules[n].parameters())
+                        dist.average_gradients(params)
                         if log_now:
-                            params = [p for n in names for p in modules[n].parameters() if p.grad is not None]
                             stats[f"{phase.lower()}_grad_norm"] = float(torch.linalg.vector_norm(
-                                torch.stack([p.grad.detach().float().norm() for p in params])))
+                                torch.stack([p.grad.detach().float().norm() for p in params if p.grad is not None])))
                         optims[phase].step()
                         for k, v in phase_stats.items():
                             stats[k] = float(v)
