@@ -98,8 +98,12 @@ def main() -> None:
                 t = time.perf_counter()
                 fd = best_fd_after(q.root, work, a.quality_steps, precision, str(device))
                 fds[precision] = (fd, time.perf_counter() - t)
+            shown = {k: "no eligible checkpoint" if fd is None else f"{fd:.3f}" for k, (fd, _) in fds.items()}
             print(f"quality at equal budget ({a.quality_steps} steps, 32 px, best FD in fixed features, lower is better): "
-                  f"fp32 {fds['fp32'][0]:.3f} ({fds['fp32'][1]:.0f} s), bf16 {fds['bf16'][0]:.3f} ({fds['bf16'][1]:.0f} s)")
+                  f"fp32 {shown['fp32']} ({fds['fp32'][1]:.0f} s), bf16 {shown['bf16']} ({fds['bf16'][1]:.0f} s)")
+            if None in (fds["fp32"][0], fds["bf16"][0]):
+                print("a run kept no checkpoint with enough diversity to be chosen; raise --quality-steps to compare")
+                return
             no_loss = fds["bf16"][0] <= fds["fp32"][0] * 1.1
             faster = results[("bf16", True)] > results[("fp32", True)]
             print(f"one seed: bf16 {'shows no quality loss' if no_loss else 'scores worse'} and is "
