@@ -12,6 +12,10 @@ All figures are measured in the dataset's validated classifier feature space (tr
 the cache lacks it). Families run as separate ``cxrgan train`` processes, ``--parallel`` at a time, one thread
 each; a run directory that exists is resumed, so an interrupted benchmark continues where it stopped.
 
+``--variant NAME:FAMILY[:KEY=VALUE...]`` (repeatable) runs named variants instead of the families at their
+defaults, e.g. ``--variant cgan-r1:cgan:loss.r1_gamma=1`` beside ``--variant cgan:cgan``: the same benchmark is
+then a study of one lever at a time. ``--device cuda`` runs them on a GPU (all at once is fine there).
+
     python benchmarks/long_runs.py --work /tmp/long --results docs/results/long_runs [--epochs 50] [--parallel 2]
 """
 
@@ -44,6 +48,9 @@ def main() -> None:
     ap.add_argument("--ckpt-every", type=int, default=250)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="extra --set for every run")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:FAMILY[:KEY=VALUE...], instead of --families")
+    ap.add_argument("--device", default="cpu", help="cpu (one thread per run) or cuda")
+    ap.add_argument("--report-only", action="store_true", help="write the figure and table from the runs as they are")
     a = ap.parse_args()
 
     from cxrgan.data import PreparedDataset, Preprocess, prepare
@@ -64,18 +71,29 @@ def main() -> None:
     print(f"feature space {space.ident}: distortion check {'passed' if check.passed else 'FAILED'}")
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
 
-    families = [f.strip() for f in a.families.split(",") if f.strip()]
-    jobs = {f: _command(f, data, work / f, a) for f in families}
-    walls = _run_all(jobs, work, a.parallel)
-    _report(families, work, Path(a.results), walls, a)
+    runs = variants(a.variant) if a.variant else {f.strip(): (f.strip(), []) for f in a.families.split(",") if f.strip()}
+    jobs = {name: _command(fam, data, work / name, a, extra) for name, (fam, extra) in runs.items()}
+    walls = {} if a.report_only else _run_all(jobs, work, a.parallel)
+    _report(list(runs), work, Path(a.results), walls, a)
 
 
-def _command(family: str, data: Path, out: Path, a: argparse.Namespace) -> list[str]:
+def variants(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
+    """``NAME:FAMILY[:KEY=VALUE...]`` -> {name: (family, ["KEY=VALUE", ...])}."""
+    out = {}
+    for spec in specs:
+        name, family, *sets = spec.split(":")
+        if not name or not family or any("=" not in kv for kv in sets):
+            raise SystemExit(f"--variant {spec!r}: use NAME:FAMILY[:KEY=VALUE...]")
+        out[name] = (family, sets)
+    return out
+
+
+def _command(family: str, data: Path, out: Path, a: argparse.Namespace, extra: list[str] = ()) -> list[str]:
     cmd = [sys.executable, "-m", "cxrgan", "--quiet", "train", "--model", family, "--data", str(data), "--out", str(out),
-           "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
+           "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--device", a.device,
            "--set", f"model.g_channels={a.channels}", "--set", f"model.d_channels={a.channels}",
            "--set", f"ckpt_every={a.ckpt_every}", "--set", "keep_checkpoints=40"]
-    for o in a.overrides:
+    for o in [*a.overrides, *extra]:
         cmd += ["--set", o]
     if (out / "config.yaml").is_file():
         cmd = [c for c in cmd if c not in ("--model", family)] + ["--resume"]
@@ -107,7 +125,7 @@ def _run_all(jobs: dict[str, list[str]], work: Path, parallel: int) -> dict[str,
     return walls
 
 
-def _report(families: list[str], work: Path, results: Path, walls: dict[str, float], a: argparse.Namespace) -> None:
+def _report(names: list[str], work: Path, results: Path, walls: dict[str, float], a: argparse.Namespace) -> None:
     import json
 
     from cxrgan.report.plots import _plt
@@ -120,7 +138,7 @@ def _report(families: list[str], work: Path, results: Path, walls: dict[str, flo
     plt = _plt()
     fig, (ax_fd, ax_div) = plt.subplots(1, 2, figsize=(11, 3.8))
     rows = []
-    for i, fam in enumerate(families):
+    for i, fam in enumerate(names):
         run = work / fam
         if not (run / "metrics.csv").is_file():
             continue
@@ -133,14 +151,15 @@ def _report(families: list[str], work: Path, results: Path, walls: dict[str, flo
         step = np.array([float(r["step"]) for r in evals])
         fd = np.array([float(r["fd"]) for r in evals])
         div = np.array([diversity_ratio(r) for r in evals])
-        ax_fd.plot(step / steps_per_epoch, fd, marker="o", ms=2.5, color=f"C{i}", label=fam)
-        ax_div.plot(step / steps_per_epoch, div, marker="o", ms=2.5, color=f"C{i}", label=fam)
+        style = {"marker": "o", "ms": 2.5, "color": f"C{i % 10}", "ls": "-" if i < 10 else "--", "label": fam}
+        ax_fd.plot(step / steps_per_epoch, fd, **style)
+        ax_div.plot(step / steps_per_epoch, div, **style)
         best_file = run / "checkpoints" / "best.json"
         best = json.loads(best_file.read_text()) if best_file.is_file() else {}
         late = div[step >= 1000]
         speeds = [float(r["img_per_s"]) for r in metrics if r.get("img_per_s")]
         rows.append({
-            "family": fam, "steps": int(step[-1]), "epochs": round(step[-1] / steps_per_epoch, 1),
+            "run": fam, "family": cfg.model.family, "steps": int(step[-1]), "epochs": round(step[-1] / steps_per_epoch, 1),
             "final FD": float(fd[-1]), "final diversity": float(div[-1]),
             "min diversity from step 1000": float(late.min()) if len(late) else None,
             "held >= 0.8": bool(len(late) and late.min() >= TARGET),
@@ -159,8 +178,10 @@ def _report(families: list[str], work: Path, results: Path, walls: dict[str, flo
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(results / "curves.png", dpi=110)
-    caption = (f"{a.epochs} epochs, batch {a.batch_size}, width {a.channels}, each family at its defaults, one CPU "
-               f"thread per run ({torch.backends.cpu.get_cpu_capability()}). Diversity: mean pairwise distance of "
+    where = (torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "one CPU thread per run") + \
+        f", CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    caption = (f"{a.epochs} epochs, batch {a.batch_size}, width {a.channels}, "
+               f"{'each family at its defaults' if not a.variant else 'variants as named'}, {where}. Diversity: mean pairwise distance of "
                "samples in the validated classifier space over the same figure for real images, per class for "
                "conditional families (the worst class is shown).")
     md = write_table(rows, list(rows[0]) if rows else ["family"], results / "summary")

@@ -181,7 +181,7 @@ def run_bench(families: Sequence[str] = FAMILIES, size: int = 64, batch: int = 6
     """Time the reference and every family (default precision and fp32); print a table; return its rows."""
     from .data import PreparedDataset, Preprocess, SourceOptions, prepare
     from .models.registry import family_names
-    from .train.runtime import autocast_dtype, pick_device
+    from .train.runtime import autocast_dtype, native_bf16, pick_device
 
     unknown = [f for f in families if f not in family_names()]
     if unknown:
@@ -199,13 +199,15 @@ def run_bench(families: Sequence[str] = FAMILIES, size: int = 64, batch: int = 6
         images = torch.from_numpy(np.array(ds.images[: min(len(ds), 2048)])).unsqueeze(1).float() / 127.5 - 1
         ref = reference_loop(images, batch, iters, dev)
         ref_flops = reference_flops(size, min(batch, 16))
-        auto = "bf16" if autocast_dtype("auto", dev) is not None else "fp32"
+        auto = "bf16" if autocast_dtype("auto", dev, pixels=batch * size * size) is not None else "fp32"
         rows = [BenchRow("reference: plain eager DCGAN loop, fp32", ref, 1.0, ref * ref_flops / 1e9)]
         variants = [("auto", f"default ({auto}, channels-last)", True, False)]
         if compile:
             variants.append(("auto", f"default, compiled ({auto}, channels-last)", True, True))
         if auto != "fp32":
             variants.append(("fp32", "fp32, channels-last", True, False))
+        elif native_bf16(dev):  # the default chose fp32 for this batch: show what bf16 would have given
+            variants.append(("bf16", "bf16 (not the default at this batch), channels-last", True, False))
         for fam in families:
             flops = family_flops(fam, ds.root)
             for precision, label, cl, comp in variants:

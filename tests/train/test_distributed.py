@@ -17,7 +17,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-TINY = ["--batch-size", "16", "--precision", "fp32", "--set", "model.g_channels=16", "--set", "model.d_channels=16",
+# CXRGAN_TEST_DEVICE=cuda runs these on a GPU (with CXRGAN_DIST_BACKEND=gloo where 2 processes share one GPU).
+DEVICE = os.environ.get("CXRGAN_TEST_DEVICE", "cpu")
+TINY = ["--device", DEVICE, "--batch-size", "16", "--precision", "fp32", "--set", "model.g_channels=16", "--set", "model.d_channels=16",
         "--set", "log_every=1", "--set", "eval_samples=64", "--set", "ckpt_every=2", "--quiet"]
 
 
@@ -125,3 +127,19 @@ def test_a_dead_process_stops_the_other_with_a_message(phantom32, tmp_path):
     assert "process 0 of 2 lost contact with the others" in err and "--resume" in err
     assert "Traceback" not in err
     assert waited < 60
+
+
+def test_backend_choice_and_its_override(monkeypatch):
+    from cxrgan.errors import CxrganError
+    from cxrgan.train.distributed import backend_for
+
+    monkeypatch.delenv("CXRGAN_DIST_BACKEND", raising=False)
+    assert backend_for(torch.device("cpu")) == "gloo" and backend_for(torch.device("cuda")) == "nccl"
+    monkeypatch.setenv("CXRGAN_DIST_BACKEND", "GLOO")
+    assert backend_for(torch.device("cuda")) == "gloo"  # processes sharing one GPU
+    monkeypatch.setenv("CXRGAN_DIST_BACKEND", "nccl")
+    with pytest.raises(CxrganError, match="needs CUDA"):
+        backend_for(torch.device("cpu"))
+    monkeypatch.setenv("CXRGAN_DIST_BACKEND", "mpi")
+    with pytest.raises(CxrganError, match="use nccl or gloo"):
+        backend_for(torch.device("cpu"))

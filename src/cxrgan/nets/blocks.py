@@ -101,18 +101,39 @@ def minibatch_stddev(h: torch.Tensor, group: int = 4) -> torch.Tensor:
     return torch.cat([h, y], dim=1)
 
 
+def classwise_stddev(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Minibatch standard deviation per class: one extra channel holding, for each sample, the standard deviation
+    of the features over the batch's samples of its class (averaged over the features). The grouped version
+    (:func:`minibatch_stddev`) mixes classes, and the spread between classes then hides a generator that draws
+    one image per class. Statistics are those of the global batch when several processes train (two passes, with
+    differentiable all-reduces, as in synced batch norm). A class with one sample in the batch reads 0, for real
+    and synthetic batches alike."""
+    from ..train.distributed import sum_over_processes
+
+    n, c, hh, ww = h.shape
+    x = h.float().flatten(1)
+    onehot = nn.functional.one_hot(y, num_classes).float()  # (n, K)
+    packed = sum_over_processes(torch.cat([onehot.T @ x, onehot.sum(0)[:, None]], dim=1))
+    count = packed[:, -1:].clamp(min=1)
+    mean = packed[:, :-1] / count  # (K, F)
+    spread = sum_over_processes(onehot.T @ (x - mean[y]) ** 2) / count
+    std = (spread + 1e-8).sqrt().mean(dim=1)  # (K,)
+    return torch.cat([h, std[y].to(h.dtype)[:, None, None, None].expand(n, 1, hh, ww)], dim=1)
+
+
 class ConvDiscriminator(nn.Module):
     """DCGAN discriminator with optional class conditioning: ``(N, 1, S, S)`` -> logits ``(N,)``.
 
     cond: ``none``; ``projection`` (Miyato & Koyama: logit += <embed(y), pooled features>); or ``concat``
     (one-hot label planes concatenated to the input image). mbstd: append the minibatch standard deviation
-    channel before the head.
+    channel before the head; with ``mbstd_by_class`` (conditional only) taken within each class of the batch.
     """
 
     def __init__(self, size: int, base: int = 64, norm: str = "bn", sn: bool = False, num_classes: int = 0, cond: str = "none",
-                 mbstd: bool = False) -> None:
+                 mbstd: bool = False, mbstd_by_class: bool = False) -> None:
         super().__init__()
         self.cond, self.num_classes, self.mbstd = cond, num_classes, mbstd
+        self.mbstd_by_class = mbstd_by_class and num_classes > 1 and cond != "none"
         in_ch = 1 + (num_classes if cond == "concat" else 0)
         self.trunk = ConvTrunk(size, base, in_ch, norm, sn)
         self.head = maybe_sn(nn.Conv2d(self.trunk.out_channels + int(mbstd), 1, 4, 1, 0), sn)
@@ -128,7 +149,9 @@ class ConvDiscriminator(nn.Module):
             planes = nn.functional.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, planes.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
         h = self.trunk(x)
-        logit = self.head(minibatch_stddev(h) if self.mbstd else h).flatten()
+        if self.mbstd:
+            stats = classwise_stddev(h, y, self.num_classes) if self.mbstd_by_class else minibatch_stddev(h)
+        logit = self.head(stats if self.mbstd else h).flatten()
         if self.embed is not None:
             logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
         return logit, h

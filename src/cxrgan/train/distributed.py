@@ -87,8 +87,13 @@ def setup(device: torch.device) -> World:
         rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     except (KeyError, ValueError):
         raise CxrganError("WORLD_SIZE is set but RANK is not; start several processes with torchrun") from None
+    backend = backend_for(device)
+    if device.type == "cuda" and device.index is None and backend == "nccl" and local >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise CxrganError(f"process {rank} (local rank {local}) has no GPU of its own: this machine has {n}; start at most "
+                          f"{n} processes per machine (torchrun --nproc_per_node={n}), or set CXRGAN_DIST_BACKEND=gloo "
+                          "to let processes share a GPU (slower)")
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         timeout = datetime.timedelta(seconds=float(os.environ.get("CXRGAN_DIST_TIMEOUT", "600")))
         try:
             dist.init_process_group(backend, timeout=timeout)
@@ -97,6 +102,19 @@ def setup(device: torch.device) -> World:
                               "MASTER_ADDR/MASTER_PORT (torchrun --rdzv-endpoint) and that every process started") from None
     _world = World(size, rank, local)
     return _world
+
+
+def backend_for(device: torch.device) -> str:
+    """NCCL for CUDA, gloo for the CPU; ``CXRGAN_DIST_BACKEND`` (nccl, gloo) overrides, e.g. gloo where NCCL is
+    missing or where several processes must share one GPU (NCCL refuses two ranks on one device)."""
+    chosen = os.environ.get("CXRGAN_DIST_BACKEND", "").strip().lower()
+    if not chosen:
+        return "nccl" if device.type == "cuda" else "gloo"
+    if chosen not in ("nccl", "gloo"):
+        raise CxrganError(f"CXRGAN_DIST_BACKEND={chosen!r} is not a backend; use nccl or gloo, or unset it")
+    if chosen == "nccl" and device.type != "cuda":
+        raise CxrganError("CXRGAN_DIST_BACKEND=nccl needs CUDA devices; train with --device cuda or use gloo")
+    return chosen
 
 
 def teardown() -> None:
@@ -113,8 +131,9 @@ def teardown() -> None:
 def device_for(device: torch.device) -> torch.device:
     """One GPU per process on a multi-GPU machine: ``cuda:LOCAL_RANK``."""
     if _world.active and device.type == "cuda" and device.index is None:
-        torch.cuda.set_device(_world.local_rank)
-        return torch.device("cuda", _world.local_rank)
+        index = _world.local_rank % max(torch.cuda.device_count(), 1)  # shared only under gloo (see setup)
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return device
 
 
@@ -310,6 +329,6 @@ def sync_batchnorm(module: nn.Module) -> nn.Module:
     return module
 
 
-__all__ = ["World", "world", "launched", "setup", "teardown", "device_for", "local_batch", "shard_rows", "sharded",
+__all__ = ["World", "world", "launched", "setup", "backend_for", "teardown", "device_for", "local_batch", "shard_rows", "sharded",
            "average_gradients", "mean_over_processes", "any_process", "from_main", "barrier", "syncing",
            "SyncedBatchNorm", "sync_batchnorm", "sum_over_processes", "comm_error", "lost_peer"]

@@ -39,7 +39,7 @@ from .ema import EMA
 from .metrics import MetricsLog, read_metrics
 from .quality import QualityMonitor, better, diversity_ratio, eligible, quality_space, space_record
 from .rundir import code_version, read_run, unstarted
-from .runtime import autocast, autocast_dtype, isolated_rng, pick_device, rng_state, seed_everything, set_rng_state
+from .runtime import autocast, autocast_dtype, isolated_rng, pick_device, reproducible, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("cxrgan.train")
 
@@ -161,7 +161,8 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
     device = dist.device_for(pick_device(cfg.device))
     dist.local_batch(cfg.batch_size)  # the global batch must divide among the processes
     dist.barrier()  # every process has checked the run directory before rank 0 writes into it
-    amp = autocast_dtype(cfg.precision, device)
+    amp = autocast_dtype(cfg.precision, device, pixels=dist.local_batch(cfg.batch_size) * ds.size * ds.size)
+    reproducible(device)
     seed_everything(cfg.seed)
     family = build_family(cfg, ds.size, data.num_classes)
     family.bind_data(data)
@@ -181,6 +182,9 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
     }
     ema = EMA({n: modules[n] for n in family.ema_modules}, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if cfg.compile:  # after the EMA copies: they stay eager (they run rarely, for grids and quality checks)
+        if device.type == "cuda" and dist.world().main:
+            log.warning("compile=true on CUDA: measured slower than eager on an H100 (0.77x vs 0.92x at batch 512) and "
+                        "failed in Inductor for one small configuration (torch 2.11); see README 'On a GPU'")
         for m in modules.values():
             m.compile()
     augment = DiffAugment(cfg.augment.policy, cfg.augment.translation, cfg.augment.cutout)
