@@ -51,7 +51,9 @@ def test_dcgan_depth_follows_size(size):
 
 
 def test_cgan_conditions_on_class_and_bigan_encodes():
-    cfg = tiny_config("unused", "cgan")
+    # With the embedding beside z the class changes the image from the start; with the default, g_cond=cbn, the
+    # class modulation starts at zero (test_cgan_with_class_modulated_batch_norm).
+    cfg = tiny_config("unused", "cgan", "model.g_cond=concat")
     cg = build_family(cfg, 32, 3).eval()
     z = cg.sample_z(4)
     a = cg.generate(z, torch.tensor([0, 0, 0, 0]))
@@ -172,3 +174,28 @@ def test_auto_precision_on_cuda_depends_on_the_batch(monkeypatch):
     assert runtime.autocast_dtype("bf16", cuda, pixels=16) is torch.bfloat16  # asked for explicitly
     monkeypatch.setattr(runtime, "native_bf16", lambda device, flags=None: False)
     assert runtime.autocast_dtype("auto", cuda, pixels=512 * 64 * 64) is None
+
+
+def test_cgan_with_class_modulated_batch_norm(phantom32, tmp_path):
+    """g_cond=cbn: z alone enters G, and each batch norm is followed by a per-class scale and shift that starts
+    at zero (so at initialisation both classes draw the same image for the same z, and the classes part as the
+    modulation is learned)."""
+    from cxrgan.models.cgan import ClassModulation
+
+    cfg = tiny_config(phantom32, "cgan", "model.g_cond=cbn")
+    fam = build_family(cfg, 32, 3)
+    mods = [m for m in fam.G.modules() if isinstance(m, ClassModulation)]
+    assert mods and fam.G.net.net[0].in_channels == cfg.model.z_dim
+    z = torch.randn(2, cfg.model.z_dim).repeat(2, 1)
+    y = torch.tensor([0, 0, 1, 1])
+    fam.G.eval()
+    with torch.no_grad():
+        same = fam.G(z, y)
+        assert torch.allclose(same[:2], same[2:])
+        mods[0].bias.weight[1] += 1.0
+        assert not torch.allclose(*fam.G(z, y).split(2))
+    assert all(m.y is None for m in mods)  # the batch's labels are not kept after a forward
+    res = train(cfg, tmp_path / "r", progress=False)
+    assert res.step == 6 and math.isfinite(res.last_eval["fd"])
+    with pytest.raises(CxrganError, match="g_cond must be concat or cbn"):
+        build_family(tiny_config(phantom32, "cgan", "model.g_cond=film"), 32, 3)

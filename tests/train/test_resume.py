@@ -26,6 +26,7 @@ def _weights(run):
     ("dcgan", ["augment.policy=translation,cutout,color", "loss.r1_gamma=0.1"]),
     ("bigan", []),
     ("cgan", []),  # its measured defaults: hinge, spectral norm, projection, minibatch stddev, translation
+    ("cgan", ["model.g_cond=cbn", "model.mbstd_by_class=true"]),  # the options measured in docs/results/long_runs/gpu_sweep
     ("semicond", ["model.code_correlation=0.3"]),
     ("dgm", []),  # inputs drawn from the bound training images with the loop's own generators
 ])

@@ -61,12 +61,13 @@ class SemiConditional(CGAN):
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64,
                  spectral_norm: bool = False, cond_d: str = "projection", embed_dim: int = 32, mbstd: bool = False,
                  codes: Sequence[str] = tuple(DEFAULT_CODES), code_correlation: float = 0.0, code_weight: float = 1.0,
-                 class_weight: float = 1.0, **kw) -> None:
+                 class_weight: float = 1.0, g_cond: str = "concat", **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, g_channels=g_channels,
-                         d_channels=d_channels, spectral_norm=spectral_norm, cond_d=cond_d, embed_dim=embed_dim, mbstd=mbstd, **kw)
+                         d_channels=d_channels, spectral_norm=spectral_norm, cond_d=cond_d, embed_dim=embed_dim, mbstd=mbstd,
+                         g_cond=g_cond, **kw)
         self.code_space = CodeSpace(list(codes), code_correlation)
         self.code_weight, self.class_weight = code_weight, class_weight
-        self.G = ConditionalGenerator(z_dim + self.code_space.dim, num_classes, image_size, g_channels, embed_dim)
+        self.G = ConditionalGenerator(z_dim + self.code_space.dim, num_classes, image_size, g_channels, embed_dim, g_cond)
         self.D = CodeDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm, num_classes, cond_d, mbstd,
                                    self.code_space.dim)
 

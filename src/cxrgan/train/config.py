@@ -26,7 +26,7 @@ def _default_codes() -> list[str]:
 class ModelConfig:
     """Which family and how wide. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
     ``embed_dim`` for ``cgan`` and ``semicond``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan``,
-    ``cgan`` and ``semicond``, and ``mbstd_by_class`` (taken within each class of the batch) for ``cgan``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
+    ``cgan`` and ``semicond``, ``mbstd_by_class`` (taken within each class of the batch) and ``g_cond`` (``concat``: class embedding beside z; ``cbn``: per-class modulation of G's batch norms) for ``cgan``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
     dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``. ``normal_class`` (the
     class it trains on when ``data.classes`` is empty) and the weights of the adversarial, reconstruction, total
     variation and encoding terms for ``dgm``; ``abnormal_weight`` > 0 makes ``dgm`` train on the abnormal classes
@@ -42,6 +42,7 @@ class ModelConfig:
     embed_dim: int = 32
     mbstd: bool = False
     mbstd_by_class: bool = False
+    g_cond: str = "concat"
     codes: list[str] = field(default_factory=_default_codes)
     code_correlation: float = 0.0
     code_weight: float = 1.0
