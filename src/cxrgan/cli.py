@@ -547,7 +547,7 @@ def _leave(code: int) -> int:
     the process ("terminate called without an active exception", exit -6; seen about once in three full test
     runs on 2 cores, in the process that was not rank 0), and torchrun then reports a run that finished as
     failed. Elsewhere it returns ``code``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # train.distributed.launched(), without importing torch here
         return code
     logging.shutdown()
     sys.stdout.flush()

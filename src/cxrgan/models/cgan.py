@@ -1,7 +1,7 @@
 """``cgan``: conditional GAN (Mirza & Osindero, 2014) on the DCGAN backbone.
 
-G gets a learned class embedding concatenated to z (``g_cond: concat``, default) or per-class modulation of its
-batch norms (``g_cond: cbn``); D is conditioned by projection (default) or by concatenating one-hot label planes
+G gets per-class modulation of its batch norms (``g_cond: cbn``, the family's default in ``configs/cgan.yaml``)
+or a learned class embedding concatenated to z (``g_cond: concat``); D is conditioned by projection (default) or by concatenating one-hot label planes
 to the image (``cond_d: concat``).
 """
 
@@ -53,19 +53,18 @@ class ConditionalGenerator(nn.Module):
             if isinstance(m, nn.BatchNorm2d):
                 layers.append(ClassModulation(num_classes, m.num_features))
         self.net.net = nn.Sequential(*layers)
+        self.modulations = [m for m in layers if isinstance(m, ClassModulation)]  # a plain list: registered once, in net
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.cond == "concat":
             return self.net(torch.cat([z, self.embed(y)], dim=1))
-        for m in self.net.net:
-            if isinstance(m, ClassModulation):
-                m.y = y
+        for m in self.modulations:
+            m.y = y
         try:
             return self.net(z)
         finally:
-            for m in self.net.net:
-                if isinstance(m, ClassModulation):
-                    m.y = None
+            for m in self.modulations:
+                m.y = None
 
 
 @register("cgan")

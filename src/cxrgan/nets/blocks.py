@@ -149,9 +149,10 @@ class ConvDiscriminator(nn.Module):
             planes = nn.functional.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, planes.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
         h = self.trunk(x)
+        head_in = h
         if self.mbstd:
-            stats = classwise_stddev(h, y, self.num_classes) if self.mbstd_by_class else minibatch_stddev(h)
-        logit = self.head(stats if self.mbstd else h).flatten()
+            head_in = classwise_stddev(h, y, self.num_classes) if self.mbstd_by_class else minibatch_stddev(h)
+        logit = self.head(head_in).flatten()
         if self.embed is not None:
             logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
         return logit, h

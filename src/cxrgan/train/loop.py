@@ -159,9 +159,9 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
     classes = cfg.data.classes or get_family(cfg.model.family).training_classes(cfg.model)
     data = TrainData(ds, cfg.data.split, classes, cfg.data.in_memory)
     device = dist.device_for(pick_device(cfg.device))
-    dist.local_batch(cfg.batch_size)  # the global batch must divide among the processes
+    local_batch = dist.local_batch(cfg.batch_size)  # the global batch must divide among the processes
     dist.barrier()  # every process has checked the run directory before rank 0 writes into it
-    amp = autocast_dtype(cfg.precision, device, pixels=dist.local_batch(cfg.batch_size) * ds.size * ds.size)
+    amp = autocast_dtype(cfg.precision, device, pixels=local_batch * ds.size * ds.size)
     reproducible(device)
     seed_everything(cfg.seed)
     family = build_family(cfg, ds.size, data.num_classes)
