@@ -67,10 +67,10 @@ def naive(paths: list[Path], size: int) -> np.ndarray:
 
 def _difference(dataset: Path, root: Path, paths: list[Path], ref: np.ndarray) -> tuple[float, int]:
     """Mean and max absolute grey-level difference, matching images by their origin in the manifest."""
-    import json
+    from cxrgan.data import PreparedDataset
 
     order = {p.relative_to(root).as_posix(): i for i, p in enumerate(paths)}
-    items = json.loads((dataset / "manifest.json").read_text())["items"]
+    items = list(PreparedDataset.open(dataset).items())
     ours = np.load(dataset / "images.npy")
     idx = np.asarray([order[it["origin"]] for it in items])
     diff = np.abs(ours.astype(np.int16) - ref[idx].astype(np.int16))

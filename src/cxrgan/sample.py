@@ -198,8 +198,8 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
             source={"kind": "synthetic", "path": ",".join(str(r) for r in runs), "runs": runs_meta, "seed": seed,
                     "truncation": truncation, "checkpoint": str(checkpoint)},
             preprocess={"size": size}, class_names=class_names, multilabel=False, size=size, labels=lab, splits=splits,
-            items=items, skipped=[], split_info={"from_source": True, "by_patient": False}, has_masks=False)
-        writer.finalize(lab, splits, manifest)
+            skipped=[], split_info={"from_source": True, "by_patient": False}, has_masks=False)
+        writer.finalize(lab, splits, manifest, items)
     return PreparedDataset.open(out)
 
 

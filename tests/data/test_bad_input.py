@@ -173,7 +173,7 @@ def test_no_patient_identity_in_any_output(tmp_path):
         assert secret not in blob
     # Grouping still works: two patients, two images each, never split across train/val/test.
     groups = {}
-    for it in ds.manifest["items"]:
+    for it in list(ds.items()):
         groups.setdefault(it["group"], set()).add(it["split"])
     assert len(groups) == 2 and all(len(s) == 1 for s in groups.values())
 

@@ -27,6 +27,38 @@ def test_round_trip_memmap_and_hashes(phantom32):
     from cxrgan.utils.io import sha256_file
 
     assert m["arrays_sha256"]["images.npy"] == sha256_file(phantom32 / "images.npy")
+    assert m["items_sha256"] == sha256_file(phantom32 / "items.jsonl")
+
+
+def test_per_image_records_live_beside_the_manifest(phantom32, tmp_path):
+    """The manifest's size does not grow with the images; records are read lazily, and version 1 datasets (records
+    inside the manifest) still open."""
+    import shutil
+
+    ds = PreparedDataset.open(phantom32)
+    assert ds.manifest["version"] == 2 and "items" not in ds.manifest
+    items = list(ds.items())
+    assert len(items) == len(ds) and [it["label"] for it in items] == ds.labels.tolist()
+    assert [it["split"] for it in items] == ds.splits.tolist() and all("origin" in it for it in items)
+    assert (phantom32 / "manifest.json").stat().st_size < 8_000 < (phantom32 / "items.jsonl").stat().st_size
+    old = tmp_path / "v1"
+    shutil.copytree(phantom32, old)
+    man = json.loads((old / "manifest.json").read_text())
+    man.update(version=1, items=items)
+    man.pop("items_sha256")
+    (old / "manifest.json").write_text(json.dumps(man))
+    (old / "items.jsonl").unlink()
+    assert list(PreparedDataset.open(old).items()) == items
+    sub = PreparedDataset.open(phantom32)
+    from cxrgan.data.dataset import write_subset
+
+    part = write_subset(PreparedDataset.open(old), np.array([5, 2, 9]), tmp_path / "sub", {"kind": "subset"})
+    assert list(part.items()) == [items[5], items[2], items[9]] and part.manifest["version"] == 2
+    broken = tmp_path / "broken"
+    shutil.copytree(sub.root, broken)
+    (broken / "items.jsonl").write_text("{not json\n")
+    with pytest.raises(CxrganError, match="items.jsonl, line 1"):
+        list(PreparedDataset.open(broken).items())
 
 
 def test_indices_by_split_and_class(phantom32):
@@ -90,7 +122,7 @@ def test_real_kermany_folder_grouped_by_patient(tmp_path):
     assert ds.class_names == ["NORMAL", "PNEUMONIA"] and len(ds) == 80
     assert ds.manifest["splits"]["by_patient"] is True
     groups = {}
-    for it in ds.manifest["items"]:
+    for it in list(ds.items()):
         groups.setdefault(it["group"], set()).add(it["split"])
     assert all(len(s) == 1 for s in groups.values())
     # Real radiographs: mid-range mean, real contrast, and the RGB JPEGs decoded to gray.

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from cxrgan.data import PreparedDataset
+
 
 def _corpus() -> list[Path]:
     import pydicom
@@ -38,12 +40,13 @@ def test_prepare_reads_the_pydicom_corpus(tmp_path):
     console = proc.stdout + proc.stderr
     assert "Traceback" not in console and "Warning" not in console, console[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
-    prepared, skipped = len(manifest["items"]), manifest["skipped"]
+    items = list(PreparedDataset.open(out).items())
+    prepared, skipped = len(items), manifest["skipped"]
     assert prepared + len(skipped) == len(files)
     assert all(s["reason"] for s in skipped)
     # The decoders come with the project: nothing is skipped for want of one.
     assert not [s for s in skipped if "not installed" in s["reason"]], skipped
     # 58 of pydicom 3.0's 78 files; the rest have no pixel data or are broken on purpose.
     assert prepared >= 0.7 * len(files), (prepared, [s["reason"] for s in skipped])
-    notes = [i["note"] for i in manifest["items"] if "note" in i]
+    notes = [i["note"] for i in items if "note" in i]
     assert any("first frame of" in n for n in notes) and any("colour converted to grey" in n for n in notes)

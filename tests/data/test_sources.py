@@ -27,11 +27,11 @@ def test_class_folder_mixed_formats(tmp_path):
     assert len(ds) == 14 and ds.images.shape == (14, 32, 32) and ds.images.dtype == np.uint8
     assert np.bincount(ds.labels).tolist() == [7, 7]
     # 12-bit data in a 16-bit PNG is scaled to the full range, not left nearly black.
-    png16 = [i for i, it in enumerate(ds.manifest["items"]) if it["origin"] == "NORMAL/n1.png"][0]
+    png16 = [i for i, it in enumerate(list(ds.items())) if it["origin"] == "NORMAL/n1.png"][0]
     assert ds.images[png16].max() > 200
     # An 8-bit PNG and its JPEG twin come out nearly identical.
-    items = {it["origin"]: i for i, it in enumerate(ds.manifest["items"])}
-    assert all(len(it["sha256"]) == 64 for it in ds.manifest["items"])
+    items = {it["origin"]: i for i, it in enumerate(list(ds.items()))}
+    assert all(len(it["sha256"]) == 64 for it in list(ds.items()))
     assert "NORMAL/n0.png" in items
 
 
@@ -65,7 +65,7 @@ def test_dicom_rescale_window_and_monochrome1(tmp_path):
     write_dicom(src / "A" / "m1.dcm", ramp, photometric="MONOCHROME1")
     write_dicom(src / "A" / "rs.dcm", ramp, slope=2.0, intercept=-1000.0, window=(1000.0, 2000.0))
     ds = _prep(src, tmp_path / "out")
-    items = {it["origin"]: i for i, it in enumerate(ds.manifest["items"])}
+    items = {it["origin"]: i for i, it in enumerate(list(ds.items()))}
     m2 = ds.images[items["A/m2.dcm"]].astype(int)
     m1 = ds.images[items["A/m1.dcm"]].astype(int)
     rs = ds.images[items["A/rs.dcm"]].astype(int)
@@ -95,12 +95,12 @@ def test_csv_flat_folder_multilabel_and_patients(tmp_path):
                     SourceOptions(labels_csv=str(csv), multilabel=True), progress=False, workers=1)
     assert multi.multilabel and multi.labels.shape == (6, 3)
     assert multi.class_names == ["Effusion", "No Finding", "Pneumonia"]
-    row = [i for i, it in enumerate(multi.manifest["items"]) if it["origin"].endswith("00000002_000.png")][0]
+    row = [i for i, it in enumerate(list(multi.items())) if it["origin"].endswith("00000002_000.png")][0]
     assert multi.labels[row].tolist() == [1, 0, 1]
     assert len(multi.indices(None, ["Pneumonia"])) == 3
     # Patients 0..2 each own two images; a patient never spans two splits.
     groups = {}
-    for it in multi.manifest["items"]:
+    for it in list(multi.items()):
         groups.setdefault(it["group"], set()).add(it["split"])
     assert len(groups) == 3 and all(len(s) == 1 for s in groups.values())
 
@@ -168,7 +168,7 @@ def test_parallel_decoding_matches_serial(tmp_path):
     one = prepare(str(src), tmp_path / "w1", Preprocess(size=32), progress=False, workers=1)
     two = prepare(str(src), tmp_path / "w2", Preprocess(size=32), progress=False, workers=2)
     assert np.array_equal(np.asarray(one.images), np.asarray(two.images))
-    assert [it["origin"] for it in one.manifest["items"]] == [it["origin"] for it in two.manifest["items"]]
+    assert [it["origin"] for it in list(one.items())] == [it["origin"] for it in list(two.items())]
     assert json.loads((tmp_path / "w2" / "manifest.json").read_text())["count"] == 24
 
 

@@ -15,7 +15,6 @@ from cxrgan.errors import CxrganError
 from cxrgan.evaluate.classifier import ClassifierConfig, evaluate_classifier, train_classifier
 from cxrgan.evaluate.extractors import inception_space
 from cxrgan.evaluate.studies import augment_study, tstr, water_fill
-from cxrgan.utils.io import write_json_atomic
 
 TINY = ClassifierConfig(width=4, epochs=2, batch_size=32, device="cpu")
 
@@ -70,11 +69,12 @@ def test_leaky_splits_refused_and_patient_names_detected(phantom32, synth32, tmp
 
     leaky = tmp_path / "leaky"
     shutil.copytree(phantom32, leaky)
-    man = json.loads((leaky / "manifest.json").read_text())
-    man["items"][0]["group"], man["items"][0]["split"] = 0, 0
-    man["items"][1]["group"], man["items"][1]["split"] = 0, 2
-    write_json_atomic(leaky / "manifest.json", man)
-    assert leaky_groups(man) == 1 and leaky_groups(json.loads((phantom32 / "manifest.json").read_text())) == 0
+    items = list(PreparedDataset.open(leaky).items())
+    items[0]["group"], items[0]["split"] = 0, 0
+    items[1]["group"], items[1]["split"] = 0, 2
+    (leaky / "items.jsonl").write_text("".join(json.dumps(it) + "\n" for it in items))
+    assert leaky_groups(PreparedDataset.open(leaky).items()) == 1
+    assert leaky_groups(PreparedDataset.open(phantom32).items()) == 0
     with pytest.raises(CxrganError, match="patient group"):
         tstr(synth32, leaky, tmp_path / "t", TINY, seeds=(0,), progress=False)
     assert names_look_patient_keyed(["PNEUMONIA/person12_bacteria_3.jpeg", "NORMAL/IM-0115-0001.jpeg"]) is not None

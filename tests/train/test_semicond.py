@@ -112,7 +112,7 @@ def test_fixed_code_sampling_is_deterministic_and_recorded(semicond_run, tmp_pat
     a = sample([semicond_run], tmp_path / "a", n=12, classes=["COVID"], seed=3, codes=["exponential=0.2,2"], png=False)
     b = sample([semicond_run], tmp_path / "b", n=12, classes=["COVID"], seed=3, codes=["exponential=0.2,2"], png=False)
     assert np.array_equal(np.asarray(a.images), np.asarray(b.images))
-    items = a.manifest["items"]
+    items = list(a.items())
     assert all(it["codes"]["exponential"] == [0.2, 2.0] for it in items)
     assert len({tuple(it["codes"]["normal"]) for it in items}) == 12  # unspecified blocks are drawn
     assert a.manifest["source"]["runs"][0]["codes"]["fixed"] == {"exponential": [0.2, 2.0]}

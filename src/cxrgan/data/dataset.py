@@ -7,8 +7,13 @@ A prepared dataset is one directory::
       labels.npy     (N,) int64 class index, or (N, C) uint8 multi-hot for multi-label data
       splits.npy     (N,) uint8: 0 train, 1 val, 2 test
       masks.npy      (N, S, S) uint8 lesion masks (optional; the phantom has them)
-      manifest.json  source, preprocessing, class names, counts, per-image origin and content hash,
-                     skipped files with reasons
+      items.jsonl    one JSON object per image, in row order: origin, content hash, label, split, patient group
+      manifest.json  source, preprocessing, class names, counts, skipped files with reasons, and the SHA-256
+                     of every file above
+
+The per-image records live in their own file (format version 2) so that opening a dataset reads a manifest
+whose size does not grow with the number of images: a run on a million images does not parse a million
+records it never uses. Version 1 datasets, whose records sit in ``manifest.json`` under ``items``, still open.
 
 It is written by :class:`DatasetWriter` into a temporary directory and renamed into place when complete,
 and opened by :class:`PreparedDataset` (memory-mapped by default, so a dataset larger than RAM works).
@@ -20,7 +25,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -30,8 +35,9 @@ from ..utils.io import atomic_directory, sha256_file, write_json_atomic
 from .splits import SPLIT_NAMES
 
 FORMAT = "cxrgan-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ARRAYS = ("images.npy", "labels.npy", "splits.npy")
+ITEMS = "items.jsonl"
 
 
 class NpyStream:
@@ -84,7 +90,7 @@ class DatasetWriter:
     """Streams images (and masks) into ``.npy`` files in ``directory`` without holding them in memory.
 
     ``append`` stores one image; ``finalize`` fixes the arrays to the number appended and writes labels,
-    splits and the manifest.
+    splits, the per-image records and the manifest.
     """
 
     def __init__(self, directory: Path, capacity: int, size: int, with_masks: bool) -> None:
@@ -104,7 +110,10 @@ class DatasetWriter:
             self.masks.write(mask if mask is not None else self._zeros)
         self.count += 1
 
-    def finalize(self, labels: np.ndarray, splits: np.ndarray, manifest: dict[str, Any]) -> None:
+    def finalize(self, labels: np.ndarray, splits: np.ndarray, manifest: dict[str, Any],
+                 items: Iterable[dict[str, Any]]) -> None:
+        """Close the arrays and write labels, splits, ``items.jsonl`` (one record per image, in row order) and the
+        manifest, which records the SHA-256 of each of them."""
         if len(labels) != self.count or len(splits) != self.count:
             raise RuntimeError("labels/splits length does not match the images written")
         self.images.close()
@@ -112,17 +121,26 @@ class DatasetWriter:
             self.masks.close()
         np.save(self.dir / "labels.npy", labels)
         np.save(self.dir / "splits.npy", splits.astype(np.uint8))
+        n_items = 0
+        with open(self.dir / ITEMS, "w", encoding="utf-8") as fh:
+            for item in items:
+                fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+                n_items += 1
+        if n_items not in (0, self.count):
+            raise RuntimeError(f"{n_items} per-image records for {self.count} images")
         manifest = dict(manifest)
         manifest["arrays_sha256"] = {n: sha256_file(self.dir / n) for n in ARRAYS}
+        manifest["items_sha256"] = sha256_file(self.dir / ITEMS)
         write_json_atomic(self.dir / "manifest.json", manifest)
 
 
 def base_manifest(
     *, source: dict[str, Any], preprocess: dict[str, Any], class_names: Sequence[str], multilabel: bool,
-    size: int, labels: np.ndarray, splits: np.ndarray, items: list[dict[str, Any]], skipped: list[dict[str, str]],
+    size: int, labels: np.ndarray, splits: np.ndarray, skipped: list[dict[str, str]],
     split_info: dict[str, Any], has_masks: bool,
 ) -> dict[str, Any]:
-    """The manifest every prepared dataset carries (see the module docstring)."""
+    """The manifest every prepared dataset carries (see the module docstring); :meth:`DatasetWriter.finalize` adds
+    the files' hashes and writes the per-image records beside it."""
     return {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -138,7 +156,6 @@ def base_manifest(
         "splits": split_info,
         "skipped_count": len(skipped),
         "skipped": skipped,
-        "items": items,
     }
 
 
@@ -216,8 +233,24 @@ class PreparedDataset:
     def manifest_hash(self) -> str:
         """SHA-256 of ``manifest.json`` (which itself hashes every array): identifies the exact data."""
         if self._hash is None:
-            self._hash = sha256_file(self.root / "manifest.json")  # in chunks: 100,000 items make 17 MB
+            self._hash = sha256_file(self.root / "manifest.json")
         return self._hash
+
+    def items(self) -> Iterator[dict[str, Any]]:
+        """The per-image records (origin, content hash, label, split, patient group), in row order, read lazily
+        from ``items.jsonl`` (from the manifest for a version 1 dataset); nothing when the dataset has none."""
+        if "items" in self.manifest:
+            yield from self.manifest["items"]
+            return
+        path = self.root / ITEMS
+        if not path.is_file():
+            return
+        with open(path, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                try:
+                    yield json.loads(line)
+                except ValueError:
+                    raise CxrganError(f"{path}, line {n}: not a JSON record; the dataset is damaged, prepare it again") from None
 
     def class_index(self, name: str) -> int:
         """Index of class ``name`` (case-insensitive); :class:`CxrganError` listing the classes otherwise."""
@@ -247,7 +280,9 @@ def write_subset(ds: PreparedDataset, rows: np.ndarray, out: str | Path, source:
     rows = np.asarray(rows, dtype=np.int64)
     labels = np.asarray(ds.labels)[rows]
     splits = np.asarray(ds.splits)[rows]
-    items = [ds.manifest["items"][i] for i in rows] if ds.manifest.get("items") else []
+    wanted = {int(r) for r in rows}
+    picked = {i: it for i, it in enumerate(ds.items()) if i in wanted}
+    items = [picked[int(r)] for r in rows] if picked else []
     with atomic_directory(Path(out), overwrite=overwrite) as tmp:
         w = DatasetWriter(tmp, len(rows), ds.size, with_masks=ds.masks is not None)
         for i in rows:
@@ -255,6 +290,6 @@ def write_subset(ds: PreparedDataset, rows: np.ndarray, out: str | Path, source:
         w.finalize(labels, splits, base_manifest(
             source={**source, "parent": str(ds.root), "parent_manifest_sha256": ds.manifest_hash},
             preprocess=ds.manifest.get("preprocess", {}), class_names=ds.class_names, multilabel=ds.multilabel,
-            size=ds.size, labels=labels, splits=splits, items=items, skipped=[],
-            split_info=ds.manifest.get("splits", {}), has_masks=ds.masks is not None))
+            size=ds.size, labels=labels, splits=splits, skipped=[],
+            split_info=ds.manifest.get("splits", {}), has_masks=ds.masks is not None), items)
     return PreparedDataset.open(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -17,7 +18,7 @@ import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import IO, Iterator, Sequence
 
 import numpy as np
 
@@ -125,10 +126,10 @@ def prepare(
     n_workers = workers if workers is not None else default_workers(len(src.records))
 
     pool = _pool_context().Pool(n_workers) if n_workers > 1 else None  # before any progress-bar thread
-    with pool or contextlib.nullcontext(), atomic_directory(out, overwrite=overwrite) as tmp:
+    with pool or contextlib.nullcontext(), atomic_directory(out, overwrite=overwrite) as tmp, \
+            open(tmp / ".items.partial", "w+", encoding="utf-8") as partial:  # per-image records, completed below
         writer = DatasetWriter(tmp, len(src.records), prep.size, src.has_masks)
         kept: list[int] = []
-        items_meta: list[dict] = []
         patients: list[str | None] = []
         skipped = list(src.skipped)
         bar = progress_bar(len(src.records), progress, desc=f"prepare {Path(source).name}", unit="img")
@@ -144,7 +145,8 @@ def prepare(
                 kept.append(i)
                 rec = src.records[i]
                 patients.append(rec.patient or dec.patient)
-                items_meta.append({"origin": rec.origin, "sha256": dec.sha256, **({"note": dec.note} if dec.note else {})})
+                meta = {"origin": rec.origin, "sha256": dec.sha256, **({"note": dec.note} if dec.note else {})}
+                partial.write(json.dumps(meta, separators=(",", ":")) + "\n")
         finally:
             bar.close()
         if not kept:
@@ -160,27 +162,37 @@ def prepare(
         groups_present = any(p is not None for p in patients)
         splits = assign_splits(strata, patients, [r.split for r in recs], split.fractions, split.seed)
         group_ids = _group_numbers(patients)
-        for meta, lab, s, g in zip(items_meta, labels, splits, group_ids):
-            meta["label"] = lab.tolist() if src.multilabel else int(lab)
-            meta["split"] = int(s)
-            if g is not None:
-                meta["group"] = g
         manifest = base_manifest(
             source=src.describe(), preprocess=prep.to_dict(), class_names=src.class_names,
-            multilabel=src.multilabel, size=prep.size, labels=labels, splits=splits, items=items_meta,
-            skipped=skipped, has_masks=src.has_masks,
-            split_info={**asdict(split), "by_patient": groups_present,
+            multilabel=src.multilabel, size=prep.size, labels=labels, splits=splits, skipped=skipped,
+            has_masks=src.has_masks,            split_info={**asdict(split), "by_patient": groups_present,
                         "from_source": all(r.split >= 0 for r in recs)},
         )
-        writer.finalize(labels, splits, manifest)
+        partial.seek(0)
+        writer.finalize(labels, splits, manifest, _completed(partial, labels, splits, group_ids, src.multilabel))
+        partial.close()
+        (tmp / ".items.partial").unlink()  # the directory is renamed into place when this block ends
     if skipped:
         log.warning("skipped %d unusable file(s); see 'skipped' in %s", len(skipped), out / "manifest.json")
-    pattern = None if groups_present else names_look_patient_keyed([m["origin"] for m in items_meta])
+    pattern = None if groups_present else names_look_patient_keyed([r.origin for r in recs])
     if pattern:
         log.warning("warning: the file names look like they carry patient ids (pattern %r) but no --patient-regex or "
                     "--patient-column was given, so one patient's images may sit in several splits and inflate every "
                     "figure measured on them; prepare again with e.g. --patient-regex '(person\\d+)_'", pattern)
     return PreparedDataset.open(out)
+
+
+def _completed(partial: IO[str], labels: np.ndarray, splits: np.ndarray, group_ids: Sequence[int | None],
+               multilabel: bool) -> Iterator[dict]:
+    """The per-image records written during decoding, one per line, completed with label, split and group: streamed,
+    so a million images never sit in memory as a million dicts."""
+    for line, lab, s, g in zip(partial, labels, splits, group_ids):
+        meta = json.loads(line)
+        meta["label"] = lab.tolist() if multilabel else int(lab)
+        meta["split"] = int(s)
+        if g is not None:
+            meta["group"] = g
+        yield meta
 
 
 def _group_numbers(patients: Sequence[str | None]) -> list[int | None]:

@@ -8,7 +8,7 @@ balance is kept in every split and no patient is in two splits. Splits fixed by 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -94,10 +94,11 @@ def names_look_patient_keyed(origins: Sequence[str], min_share: float = 0.5) -> 
     return None
 
 
-def leaky_groups(manifest: dict) -> int:
-    """Number of patient groups whose images lie in more than one split (0 when the data has no groups)."""
+def leaky_groups(items: Iterable[dict]) -> int:
+    """Number of patient groups whose images lie in more than one split (0 when the data has no groups), from a
+    dataset's per-image records (:meth:`PreparedDataset.items`)."""
     seen: dict[int, set[int]] = {}
-    for item in manifest.get("items", []):
+    for item in items:
         if "group" in item:
             seen.setdefault(int(item["group"]), set()).add(int(item.get("split", 0)))
     return sum(1 for s in seen.values() if len(s) > 1)

@@ -38,7 +38,7 @@ STUDY_COLUMNS = ["name", "train_images", "seeds", "roc_auc_mean", "roc_auc_std",
 
 def check_leaks(ds: PreparedDataset, allow_leaky: bool) -> None:
     """Refuse a dataset whose splits share a patient group (unless ``allow_leaky``, then warn loudly)."""
-    n = leaky_groups(ds.manifest)
+    n = leaky_groups(ds.items())
     if n:
         msg = (f"{ds.root}: {n} patient group(s) have images in more than one split, so a classifier can recognise "
                "patients instead of disease and every figure is inflated; prepare the data again grouped by patient")
