@@ -13,10 +13,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from . import __version__
 from .errors import CxrganError
+
+if TYPE_CHECKING:
+    from .train.loop import RunResult
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -187,8 +190,22 @@ def _cmd_train(a: argparse.Namespace) -> int:
     best = f", best checkpoint step {result.best_step} (FD {result.best_fd:.4g})" if result.best_fd is not None else ""
     print(f"trained {result.step} steps into {a.out}{best}")
     if result.collapse_step is not None:
-        print(f"warning: possible mode collapse from step {result.collapse_step}; look at {a.out}/samples")
+        print(collapse_summary(result, cfg.collapse_ratio))
     return 0
+
+
+def collapse_summary(result: RunResult, threshold: float) -> str:
+    """One line on a run whose diversity fell below ``threshold`` of real at some evaluation: whether it was still
+    below at the last evaluation (a warning) or recovered (a note; no checkpoint below it was chosen as best)."""
+    from .train.quality import diversity_ratio
+
+    now = diversity_ratio(result.last_eval) if result.last_eval.get("diversity") not in (None, "") else None
+    if now is not None and now >= threshold:
+        return (f"note: sample diversity fell below {threshold:g} of real at step {result.collapse_step} and recovered "
+                f"({now:.2f} at the last evaluation); checkpoints below the threshold are never chosen as best")
+    return (f"warning: possible mode collapse from step {result.collapse_step}"
+            + (f" (diversity {now:.2f} of real at the last evaluation)" if now is not None else "")
+            + f"; look at {result.run}/samples")
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:

@@ -79,3 +79,17 @@ def test_rollback_without_a_healthy_checkpoint_stops(phantom32, tmp_path, captur
 def test_bad_on_collapse_value_is_one_line_error(phantom32, tmp_path, capsys):
     assert main(["train", "--data", str(phantom32), "--out", str(tmp_path / "x"), "--set", "on_collapse=explode"]) == 2
     assert "on_collapse must be" in capsys.readouterr().err
+
+
+def test_end_of_run_line_tells_a_recovered_dip_from_a_collapse(tmp_path):
+    from cxrgan.cli import collapse_summary
+
+    dipped = loop.RunResult(run=tmp_path, step=2800, collapse_step=500,
+                            last_eval={"fd": 2.0, "diversity": 3.7, "diversity_real": 4.8, "diversity_ratio": 0.77})
+    line = collapse_summary(dipped, 0.5)
+    assert line.startswith("note:") and "step 500 and recovered (0.77" in line and "warning" not in line
+    still = loop.RunResult(run=tmp_path, step=2800, collapse_step=500,
+                           last_eval={"fd": 9.0, "diversity": 1.0, "diversity_real": 4.8, "diversity_ratio": 0.21})
+    assert collapse_summary(still, 0.5).startswith("warning: possible mode collapse from step 500 (diversity 0.21")
+    unknown = loop.RunResult(run=tmp_path, step=600, collapse_step=500)  # resumed and stopped before an evaluation
+    assert collapse_summary(unknown, 0.5) == f"warning: possible mode collapse from step 500; look at {tmp_path}/samples"
