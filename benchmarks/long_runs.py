@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrgan.utils.io import write_json_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "cxr_real_64.npz"
 TARGET = 0.8
@@ -74,7 +76,15 @@ def main() -> None:
     runs = variants(a.variant) if a.variant else {f.strip(): (f.strip(), []) for f in a.families.split(",") if f.strip()}
     jobs = {name: _command(fam, data, work / name, a, extra) for name, (fam, extra) in runs.items()}
     walls = {} if a.report_only else _run_all(jobs, work, a.parallel)
-    _report(list(runs), work, Path(a.results), walls, a)
+    _report(list(runs), work, Path(a.results), {**_saved_walls(work), **walls}, a)
+
+
+def _saved_walls(work: Path) -> dict[str, float]:
+    """Wall seconds of the runs that finished under this benchmark (``work/walls.json``), for ``--report-only``."""
+    import json
+
+    path = work / "walls.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def variants(specs: list[str]) -> dict[str, tuple[str, list[str]]]:
@@ -120,6 +130,8 @@ def _run_all(jobs: dict[str, list[str]], work: Path, parallel: int) -> dict[str,
             if proc.poll() is not None:
                 walls[fam] = time.time() - t0
                 log.close()
+                if proc.returncode == 0:
+                    write_json_atomic(work / "walls.json", {**_saved_walls(work), fam: walls[fam]})
                 del running[fam]
                 print(f"{fam} finished (exit {proc.returncode}) in {walls[fam] / 60:.1f} min", flush=True)
     return walls
