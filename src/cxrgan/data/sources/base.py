@@ -14,9 +14,9 @@ SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
 SPLIT_ALIASES = {"train": 0, "training": 0, "val": 1, "valid": 1, "validation": 1, "test": 2, "testing": 2}
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
-    """Metadata of one candidate image, known before decoding.
+    """Metadata of one candidate image, known before decoding (slotted: a source may list millions).
 
     label: class index (single-label) or a tuple of 0/1 per class (multi-label).
     split: 0/1/2 for train/val/test when the source fixes it, else -1.

@@ -15,13 +15,18 @@ from ..decode import DICOM_SUFFIXES, RASTER_SUFFIXES, FileItem, Item, is_dicom_f
 from .base import SPLIT_ALIASES, Record, Source, SourceOptions, choose_classes, compile_patient_regex, patient_from_regex
 
 
-def walk_files(folder: Path) -> list[Path]:
-    """All files below ``folder``, sorted, following the layout deterministically."""
-    out: list[Path] = []
+def iter_files(folder: Path) -> Iterator[Path]:
+    """All files below ``folder`` in a deterministic order (each folder's files sorted, then its sub-folders in
+    sorted order), one at a time: a folder of a million images is never held as a million paths."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
-        out.extend(Path(dirpath) / f for f in sorted(filenames))
-    return out
+        for f in sorted(filenames):
+            yield Path(dirpath) / f
+
+
+def walk_files(folder: Path) -> list[Path]:
+    """:func:`iter_files` as a list."""
+    return list(iter_files(folder))
 
 
 def classify_file(path: Path) -> str | None:
@@ -65,7 +70,7 @@ def open_folder(root: Path, opts: SourceOptions, salt: bytes) -> FolderSource:
     for label, name in enumerate(chosen):
         n_images = 0
         for split, d in class_dirs[name]:
-            for f in walk_files(d):
+            for f in iter_files(d):
                 origin = f.relative_to(root).as_posix()
                 if f.name.startswith("."):
                     skipped.append({"origin": origin, "reason": "hidden file"})
