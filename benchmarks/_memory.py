@@ -15,21 +15,21 @@ import time
 from pathlib import Path
 
 
+def _proc_kib(path: str, key: str) -> int | None:
+    """The ``key:`` line of a /proc file in KiB; None when the file or the line is missing."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def _rss_kib(pid: int) -> int:
     """Proportional set size of ``pid`` in KiB (resident set size where the kernel lacks smaps_rollup)."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    pss = _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
+    return pss if pss is not None else (_proc_kib(f"/proc/{pid}/status", "VmRSS:") or 0)
 
 
 def _children(pid: int) -> list[int]:
