@@ -3,7 +3,7 @@
 Each process counts its proportional set size (``Pss`` in ``/proc/PID/smaps_rollup``): a page shared by several
 processes counts once, divided among them. Summing plain RSS over a tree counts the pages that forked workers share
 with their parent (copy-on-write) once per process: at a million images, ``prepare``'s parent and two decode workers
-share its ~250 MiB of file records, and summed RSS counted them three times. RSS is the fallback where the kernel
+share its file records (about 200 MiB), and summed RSS counted them three times. RSS is the fallback where the kernel
 has no ``smaps_rollup``.
 """
 
@@ -26,7 +26,7 @@ def _proc_kib(path: str, key: str) -> int | None:
     return None
 
 
-def _rss_kib(pid: int) -> int:
+def _process_kib(pid: int) -> int:
     """Proportional set size of ``pid`` in KiB (resident set size where the kernel lacks smaps_rollup)."""
     pss = _proc_kib(f"/proc/{pid}/smaps_rollup", "Pss:")
     return pss if pss is not None else (_proc_kib(f"/proc/{pid}/status", "VmRSS:") or 0)
@@ -43,13 +43,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def tree_rss_mib(pid: int | None = None) -> float:
+def tree_mib(pid: int | None = None) -> float:
     """Current memory (PSS, see the module docstring) of ``pid`` and all its descendants, MiB."""
     pid = pid or os.getpid()
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
-        total += _rss_kib(p)
+        total += _process_kib(p)
         stack.extend(_children(p))
     return total / 1024.0
 
@@ -61,20 +61,20 @@ class PeakMemory:
         self.interval, self.peak_mib, self._stop = interval, 0.0, threading.Event()
 
     def __enter__(self) -> "PeakMemory":
-        self.base_mib = tree_rss_mib()
+        self.base_mib = tree_mib()
         self._t = threading.Thread(target=self._run, daemon=True)
         self._t.start()
         return self
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak_mib = max(self.peak_mib, tree_rss_mib())
+            self.peak_mib = max(self.peak_mib, tree_mib())
             time.sleep(self.interval)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._t.join()
-        self.peak_mib = max(self.peak_mib, tree_rss_mib())
+        self.peak_mib = max(self.peak_mib, tree_mib())
 
     @property
     def extra_mib(self) -> float:

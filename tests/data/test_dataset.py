@@ -49,13 +49,12 @@ def test_per_image_records_live_beside_the_manifest(phantom32, tmp_path):
     (old / "manifest.json").write_text(json.dumps(man))
     (old / "items.jsonl").unlink()
     assert list(PreparedDataset.open(old).items()) == items
-    sub = PreparedDataset.open(phantom32)
     from cxrgan.data.dataset import write_subset
 
     part = write_subset(PreparedDataset.open(old), np.array([5, 2, 9]), tmp_path / "sub", {"kind": "subset"})
     assert list(part.items()) == [items[5], items[2], items[9]] and part.manifest["version"] == 2
     broken = tmp_path / "broken"
-    shutil.copytree(sub.root, broken)
+    shutil.copytree(phantom32, broken)
     (broken / "items.jsonl").write_text("{not json\n")
     with pytest.raises(CxrganError, match="items.jsonl, line 1"):
         list(PreparedDataset.open(broken).items())

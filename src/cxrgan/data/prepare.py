@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 import secrets
 import sys
+import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -127,7 +128,7 @@ def prepare(
 
     pool = _pool_context().Pool(n_workers) if n_workers > 1 else None  # before any progress-bar thread
     with pool or contextlib.nullcontext(), atomic_directory(out, overwrite=overwrite) as tmp, \
-            open(tmp / ".items.partial", "w+", encoding="utf-8") as partial:  # per-image records, completed below
+            tempfile.TemporaryFile("w+", encoding="utf-8", dir=tmp) as partial:  # per-image records, completed below
         writer = DatasetWriter(tmp, len(src.records), prep.size, src.has_masks)
         kept: list[int] = []
         patients: list[str | None] = []
@@ -165,13 +166,11 @@ def prepare(
         manifest = base_manifest(
             source=src.describe(), preprocess=prep.to_dict(), class_names=src.class_names,
             multilabel=src.multilabel, size=prep.size, labels=labels, splits=splits, skipped=skipped,
-            has_masks=src.has_masks,            split_info={**asdict(split), "by_patient": groups_present,
-                        "from_source": all(r.split >= 0 for r in recs)},
+            has_masks=src.has_masks, split_info={**asdict(split), "by_patient": groups_present,
+                                                 "from_source": all(r.split >= 0 for r in recs)},
         )
         partial.seek(0)
         writer.finalize(labels, splits, manifest, _completed(partial, labels, splits, group_ids, src.multilabel))
-        partial.close()
-        (tmp / ".items.partial").unlink()  # the directory is renamed into place when this block ends
     if skipped:
         log.warning("skipped %d unusable file(s); see 'skipped' in %s", len(skipped), out / "manifest.json")
     pattern = None if groups_present else names_look_patient_keyed([r.origin for r in recs])
