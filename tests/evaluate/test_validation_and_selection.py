@@ -130,3 +130,39 @@ def test_best_json_says_why(phantom32, tmp_path):
     info = json.loads((tmp_path / "r" / "checkpoints" / "best.json").read_text())
     assert info["step"] == res.best_step and info["space"] == "randconv-v1" and "lowest FD" in info["reason"]
     assert json.loads((tmp_path / "r" / "run.json").read_text())["quality_space"]["ident"] == "randconv-v1"
+
+
+class _BrightnessClassifier(nn.Module):
+    """A stand-in for the trained classifier space: class 1 is "brighter than ``cut``"."""
+
+    def __init__(self, cut: float) -> None:
+        super().__init__()
+        self.cut = nn.Parameter(torch.tensor(cut), requires_grad=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3))], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = x.mean(dim=(1, 2, 3)) - self.cut
+        return torch.stack([-m, m], dim=1)
+
+
+def test_unconditional_monitor_reports_the_class_its_samples_under_draw(phantom32):
+    """An unconditional generator that draws only one kind of image has class coverage near 0 for the other kind,
+    named in the figures and in the log's note; real images drawn in proportion cover every class."""
+    from cxrgan.train.quality import coverage_note
+
+    data = TrainData(PreparedDataset.open(phantom32))
+    real = to_model_range(torch.from_numpy(data.uint8(np.arange(len(data)))))
+    cut = float(real.mean(dim=(1, 2, 3)).median())
+    space = FeatureSpace(_BrightnessClassifier(cut), "classifier", "bright-0", {"class_names": ["DARK", "BRIGHT"]})
+    mon = QualityMonitor(data, 256, 8, 0, torch.device("cpu"), space)
+    assert mon.real_share is not None and min(mon.real_share) > 0.3
+    shuffled = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:256]]
+    assert mon.score(shuffled)["class_coverage"] > 0.8
+    bright = real[real.mean(dim=(1, 2, 3)) > cut]
+    s = mon.score(bright[torch.arange(256) % len(bright)])
+    assert s["class_coverage"] == 0.0 and s["coverage_class"] == "DARK" and s["coverage_share"] == 0.0
+    assert "under-represent DARK: 0% of them" in coverage_note(s)
+    assert "class_coverage" not in QualityMonitor(data, 256, 8, 0, torch.device("cpu"), space, conditional=True).score(shuffled)
+    assert "class_coverage" not in QualityMonitor(data, 256, 8, 0, torch.device("cpu")).score(shuffled)  # randconv: no classes

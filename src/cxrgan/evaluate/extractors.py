@@ -73,6 +73,16 @@ class FeatureSpace:
         return np.concatenate(out) if out else np.zeros((0, 0))
 
     @torch.no_grad()
+    def classify(self, x: torch.Tensor, batch: int = 64) -> np.ndarray | None:
+        """Predicted class indices (of ``info["class_names"]``) of images ``x`` in [-1, 1] where this space is a
+        trained classifier; ``None`` for spaces without a class head."""
+        if self.kind != "classifier":
+            return None
+        dev = self.device
+        out = [self.net(x[i : i + batch].to(dev).float()).argmax(1).cpu().numpy() for i in range(0, len(x), batch)]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    @torch.no_grad()
     def embed_u8(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
         """Features of uint8 images ``(N, S, S)`` (memory-mapped arrays are read batch by batch)."""
         out = [self._forward(x.float()).double().cpu().numpy() for x in batches(images, batch, self.device)]

@@ -38,7 +38,7 @@ from .config import TrainConfig, save_config
 from .data import EpochSampler, TrainData
 from .ema import EMA
 from .metrics import MetricsLog, read_metrics
-from .quality import QualityMonitor, better, diversity_ratio, eligible, quality_space, space_record
+from .quality import QualityMonitor, better, coverage_note, diversity_ratio, eligible, quality_space, space_record
 from .rundir import code_version, read_run, unstarted
 from .runtime import autocast, autocast_dtype, isolated_rng, pick_device, reproducible, rng_state, seed_everything, set_rng_state
 
@@ -298,7 +298,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
         if collapsed and result.collapse_step is None:
             result.collapse_step = step
             log.warning("possible mode collapse at step %d: sample diversity is %.2f of real-image diversity "
-                        "(threshold %.2f); see %s", step, ratio, cfg.collapse_ratio, run / "samples")
+                        "(threshold %.2f)%s; see %s", step, ratio, cfg.collapse_ratio, coverage_note(last_eval), run / "samples")
         key, higher, what = family.selection(last_eval)
         if better(last_eval, best, cfg.collapse_ratio, key, higher):
             best = {"step": step, "fd": last_eval["fd"], "key": key, "value": last_eval[key]}
@@ -310,7 +310,8 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
             ckpt.mark_best(run, step, last_eval["fd"], {"space": monitor.space.ident, "diversity_ratio": ratio, "reason": reason})
             log.info("best checkpoint is now step %d: %s", step, reason)
         elif not eligible(last_eval, cfg.collapse_ratio):
-            log.info("checkpoint %d is not eligible as best: diversity %.2f of real is below %g", step, ratio, cfg.collapse_ratio)
+            log.info("checkpoint %d is not eligible as best: diversity %.2f of real is below %g%s", step, ratio, cfg.collapse_ratio,
+                     coverage_note(last_eval))
         ckpt.prune(run, cfg.keep_checkpoints)
         bar.set_postfix_str(f"FD {last_eval['fd']:.3g} div {ratio:.2f}" + (" COLLAPSE?" if collapsed else ""))
         row = row or {"step": step, "epoch": sampler.epoch, "kimg": round(images_seen / 1000, 3)}

@@ -3,7 +3,11 @@
 At every checkpoint the generator's samples for a fixed set of latents are embedded in a feature space and
 scored: Fréchet distance to real training images, and diversity (mean pairwise feature distance of up to 128
 samples, within each class for conditional families) next to the same figure on real images; the diversity
-ratio is the worst class's. The feature space is the dataset's trained classifier space when one has been
+ratio is the worst class's. For an unconditional family on labelled data, the pooled diversity in a classifier
+space mostly measures whether the samples cover the classes in proportion (the distance between classes is the
+largest one there), so the monitor also reports ``class_coverage``: the least-drawn class's share of samples
+over its share of real images, both as the space's classifier labels them (1: every class drawn at least as
+often as in the data). The feature space is the dataset's trained classifier space when one has been
 trained and has passed the distortion check (``cxrgan features train`` then ``cxrgan evaluate
 --check-features``; see :mod:`cxrgan.evaluate.validation`), otherwise the fixed ``randconv-v1``.
 
@@ -32,6 +36,8 @@ from .data import TrainData
 
 log = logging.getLogger("cxrgan.train")
 DIVERSITY_BATCH = 128
+MIN_SHARE = 0.1  # a class below this share of real images is not scored for coverage
+COVERAGE_NOTE_BELOW = 0.8
 
 
 def quality_space(spec: str, ds: PreparedDataset, recorded: dict | None = None) -> FeatureSpace:
@@ -97,19 +103,33 @@ class QualityMonitor:
             self.groups = {-1: order[:DIVERSITY_BATCH]}
         self.group_real = {c: mean_pairwise_distance(self.real_feats[idx]) for c, idx in self.groups.items()}
         self.diversity_real = float(np.mean(list(self.group_real.values())))
+        self.real_share = None if conditional else class_shares(self.space.classify(real), self.space)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.space.info.get("class_names", []))
 
     def score(self, fakes: torch.Tensor) -> dict[str, float]:
         """Figures for images ``(N, 1, S, S)`` in [-1, 1], generated for this monitor's ``z`` and ``y`` in order.
 
         ``fd``; ``diversity`` and ``diversity_real`` (mean pairwise feature distance, averaged over the groups);
-        ``diversity_ratio``: the worst group's synthetic-to-real diversity (1 = as varied as real images)."""
+        ``diversity_ratio``: the worst group's synthetic-to-real diversity (1 = as varied as real images); for an
+        unconditional monitor in a classifier space also ``class_coverage`` with the class it concerns
+        (``coverage_class``) and that class's share of the samples and of real images."""
         if len(fakes) != len(self.z):
             raise ValueError(f"score needs {len(self.z)} images, one per monitor latent; got {len(fakes)}")
         feats = self.space.embed(fakes)
         fake_div = {c: mean_pairwise_distance(feats[idx]) for c, idx in self.groups.items()}
         ratio = min(fake_div[c] / max(self.group_real[c], 1e-12) for c in self.groups)
-        return {"fd": frechet_distance(feats, self.real_feats), "diversity": float(np.mean(list(fake_div.values()))),
-                "diversity_real": self.diversity_real, "diversity_ratio": ratio}
+        out = {"fd": frechet_distance(feats, self.real_feats), "diversity": float(np.mean(list(fake_div.values()))),
+               "diversity_real": self.diversity_real, "diversity_ratio": ratio}
+        if self.real_share is not None:
+            share = np.bincount(self.space.classify(fakes), minlength=len(self.real_share)) / len(fakes)
+            covered = {c: min(1.0, share[c] / self.real_share[c]) for c in np.flatnonzero(self.real_share >= MIN_SHARE)}
+            worst = min(covered, key=covered.get)
+            out.update(class_coverage=covered[worst], coverage_class=self.class_names[worst],
+                       coverage_share=float(share[worst]), coverage_real_share=float(self.real_share[worst]))
+        return out
 
     @torch.no_grad()
     def evaluate(self, generate) -> dict[str, float]:
@@ -117,6 +137,23 @@ class QualityMonitor:
         fakes = torch.cat([generate(self.z[i : i + 64].to(self.device), self.y[i : i + 64].to(self.device)).float().cpu()
                            for i in range(0, len(self.z), 64)])  # small chunks: the peak memory of a run is set here
         return self.score(fakes)
+
+
+def class_shares(predicted: np.ndarray | None, space: FeatureSpace) -> np.ndarray | None:
+    """The share of each class among real images as the space's classifier labels them, where at least two
+    classes each hold ``MIN_SHARE`` (below that a class is mostly the classifier's errors); else ``None``."""
+    if predicted is None or not len(predicted):
+        return None
+    share = np.bincount(predicted, minlength=len(space.info.get("class_names", []))) / len(predicted)
+    return share if int((share >= MIN_SHARE).sum()) >= 2 else None
+
+
+def coverage_note(figures: dict) -> str:
+    """A phrase naming the class that an unconditional generator under-draws, or ``""``."""
+    if figures.get("class_coverage") is None or figures["class_coverage"] >= COVERAGE_NOTE_BELOW:
+        return ""
+    return (f"; the samples under-represent {figures['coverage_class']}: {100 * figures['coverage_share']:.0f}% of them "
+            f"against {100 * figures['coverage_real_share']:.0f}% of real images (class coverage {figures['class_coverage']:.2f})")
 
 
 def diversity_ratio(figures: dict) -> float:
