@@ -16,7 +16,7 @@ from cxrgan.data import PreparedDataset
 from cxrgan.errors import CxrganError
 from cxrgan.evaluate import anomaly as am
 from cxrgan.models.base import Batch
-from cxrgan.models.dgm import SCORES, total_variation
+from cxrgan.models.dgm import SCORES, shift_consensus, shifted, total_variation
 from cxrgan.train.loop import build_family, train
 from cxrgan.train.metrics import read_metrics
 from tests.train.helpers import tiny_config
@@ -210,3 +210,52 @@ def test_abnormal_images_train_too_when_asked(phantom32):
         fam._normal_rows = None  # the normal-only path
         plain, _ = fam.g_phase(only_normal, ident)
     assert float(both) == pytest.approx(float(plain), rel=1e-5)
+
+
+def test_shifted_moves_content_and_repeats_the_border():
+    x = torch.arange(25.0).reshape(1, 1, 5, 5)
+    down_right = shifted(x, 1, 2)
+    assert torch.equal(down_right[0, 0, 1:, 2:], x[0, 0, :-1, :-2])
+    assert torch.equal(down_right[0, 0, 0, 2:], x[0, 0, 0, :-2]) and torch.equal(down_right[0, 0, 1:, 0], x[0, 0, :-1, 0])
+    assert torch.equal(shifted(shifted(x, -1, 1), 1, -1)[..., 1:-1, 1:-1], x[..., 1:-1, 1:-1])
+
+
+class _ClipAndInvent(torch.nn.Module):
+    """A known "synthesizer": removes every density above ``cut`` from its input (the lesion, which moves with the
+    input) and invents a one-pixel artifact at a fixed place of its output (which does not)."""
+
+    def __init__(self, cut: float, at: tuple[int, int]) -> None:
+        super().__init__()
+        self.cut, self.at = cut, at
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x.clamp(max=self.cut)
+        out[..., self.at[0], self.at[1]] -= 0.5
+        return out
+
+
+def test_shift_consensus_keeps_the_lesion_and_drops_what_g_invents():
+    x = torch.full((1, 1, 32, 32), -0.5)
+    x[..., 10:16, 12:18] = 0.5  # the lesion: 6 x 6 px, 0.3 above the cut
+    G = _ClipAndInvent(0.2, (24, 6))
+    single = x - G(x)
+    assert single[0, 0, 24, 6] == 0.5 and torch.allclose(single[..., 10:16, 12:18], torch.tensor(0.3))
+    consensus = shift_consensus(x, single, G, 1)
+    assert consensus[0, 0, 24, 6] == 0  # the invented pixel is in one place in every output, so the shifts disagree
+    torch.testing.assert_close(consensus[..., 10:16, 12:18], single[..., 10:16, 12:18])  # the lesion is kept whole
+    assert consensus.max() == pytest.approx(0.3) and (consensus > 0).sum() == 36
+
+
+def test_scores_use_the_shift_consensus_unless_it_is_off(phantom32):
+    x = _normals(PreparedDataset.open(phantom32), 6)
+    on = build_family(tiny_config(phantom32, "dgm"), 32, 3).eval()
+    off = build_family(tiny_config(phantom32, "dgm", "model.score_shift=0"), 32, 3).eval()
+    off.load_state_dict(on.state_dict())
+    n_on, r_on, s_on = on.decompose_and_score(x)
+    n_off, r_off, s_off = off.decompose_and_score(x)
+    torch.testing.assert_close(n_on + r_on, x, atol=1e-6, rtol=0)  # the identity holds for the consensus maps too
+    torch.testing.assert_close(r_off, x - on.decompose(x)[0], atol=1e-6, rtol=0)
+    assert (r_on <= r_off + 1e-6).all() and s_on["peak"].sum() < s_off["peak"].sum()
+    torch.testing.assert_close(s_on["encoding"], s_off["encoding"])  # from the unshifted pass
+    with pytest.raises(CxrganError, match="score_shift"):
+        build_family(tiny_config(phantom32, "dgm", "model.score_shift=9"), 32, 3)

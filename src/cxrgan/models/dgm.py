@@ -51,6 +51,38 @@ def total_variation(r: torch.Tensor) -> torch.Tensor:
     return (r[:, :, 1:, :] - r[:, :, :-1, :]).abs().mean() + (r[:, :, :, 1:] - r[:, :, :, :-1]).abs().mean()
 
 
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``x`` ``(N, C, H, W)`` with its content moved ``dy`` pixels down and ``dx`` right; the border rows and
+    columns it uncovers repeat the edge (no wrap-around)."""
+    k = max(abs(dy), abs(dx))
+    if k == 0:
+        return x
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (k, k, k, k), mode="replicate")
+    return padded[..., k - dy : k - dy + h, k - dx : k - dx + w]
+
+
+@torch.no_grad()
+def shift_consensus(x: torch.Tensor, residual: torch.Tensor, G: nn.Module, k: int) -> torch.Tensor:
+    """The residual that every shifted synthesis agrees on: the pixelwise minimum, over the inputs shifted by
+    ``(dy, dx)`` in ``[-k, k]^2``, of each one's residual shifted back (``residual`` is the unshifted one).
+
+    A lesion is in the input, so it stays in every shifted residual; G's own errors (texture it invents or
+    misplaces) move with the synthesis and rarely line up. On the phantom's validation split, 1-pixel shifts
+    raised the ``peak`` score's ROC AUC from 0.873-0.943 to 0.944-0.963 at four checkpoints of three runs, most for
+    the faint, diffuse COVID lesions. The minimum keeps the positive part (denser than normal, as opacities are)
+    only where all agree; the negative part grows, and no score here reads it except ``residual``/``residual_l2``."""
+    out = residual.float().clone()
+    for dy in range(-k, k + 1):
+        for dx in range(-k, k + 1):
+            if dy == dx == 0:
+                continue
+            xs = shifted(x, dy, dx)
+            r = shifted((xs - G(xs)).float(), -dy, -dx)
+            torch.minimum(out, r, out=out)
+    return out
+
+
 @register("dgm")
 class DGM(Family):
     translates = True
@@ -58,7 +90,7 @@ class DGM(Family):
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64,
                  spectral_norm: bool = False, normal_class: str = "NORMAL", adv_weight: float = 1.0, rec_weight: float = 20.0,
                  tv_weight: float = 1.0, enc_weight: float = 1.0, abnormal_weight: float = 0.0, sparsity_weight: float = 2.0,
-                 **kw) -> None:
+                 score_shift: int = 1, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         for name, w in (("adv_weight", adv_weight), ("rec_weight", rec_weight), ("tv_weight", tv_weight), ("enc_weight", enc_weight),
                         ("abnormal_weight", abnormal_weight), ("sparsity_weight", sparsity_weight)):
@@ -67,6 +99,9 @@ class DGM(Family):
         self.normal_class = normal_class
         self.adv_weight, self.rec_weight, self.tv_weight, self.enc_weight = adv_weight, rec_weight, tv_weight, enc_weight
         self.abnormal_weight, self.sparsity_weight = abnormal_weight, sparsity_weight
+        if not (isinstance(score_shift, int) and 0 <= score_shift <= image_size // 8):
+            raise ValueError(f"score_shift must be a whole number of pixels from 0 to {image_size // 8}, got {score_shift!r}")
+        self.score_shift = score_shift
         self._normal_rows: np.ndarray | None = None  # positions of the normal images in the bound pool
         self._normal_index = -1  # the normal class's label, once bound with abnormal_weight > 0
         self.G = NormalSynthesizer(image_size, z_dim, g_channels)
@@ -117,7 +152,8 @@ class DGM(Family):
         return (G or self.G)(z)
 
     def decompose(self, x: torch.Tensor, G: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(normal, residual)`` for ``x`` ``(N, 1, S, S)`` in [-1, 1]; ``normal + residual == x`` exactly."""
+        """``(normal, residual)`` for ``x`` ``(N, 1, S, S)`` in [-1, 1] from one pass of G (the training view);
+        ``normal + residual == x`` exactly. The verbs use :meth:`decompose_and_score`, whose maps are shift consensus."""
         normal = self.generate(x, G=G)
         return normal, x - normal
 
@@ -196,14 +232,23 @@ class DGM(Family):
         residual's positive part: the input denser than its normal image, as consolidation is) and
         ``peak`` (the densest lesion-sized patch: the largest mean of the residual's positive part over S/8 x S/8
         windows, so a focal opacity is not averaged away by the reconstruction noise of the whole image) and
-        ``dfeature`` (squared distance of D's features of the input and its normal image, as in f-AnoGAN)."""
+        ``dfeature`` (squared distance of D's features of the input and its normal image, as in f-AnoGAN).
+
+        With ``score_shift`` k > 0 (the default, 1) the residual is the shift consensus of
+        :func:`shift_consensus` over the (2k + 1)^2 inputs shifted by up to k pixels, and the normal image is
+        ``x - residual``, so ``x = normal + residual`` still holds; ``encoding`` and ``dfeature`` use the
+        unshifted pass. With 0 it is the single pass."""
         G, D = G or self.G, D or self.D
         code = G.encoder(x)
         normal = G.decoder(code)
-        residual = (x - normal).float()
         h_x, h_n = D.trunk(x).float(), D.trunk(normal).float()
+        encoding = (G.encoder(normal) - code).float().pow(2).mean(1)
+        residual = (x - normal).float()
+        if self.score_shift > 0:
+            residual = shift_consensus(x, residual, G, self.score_shift)
+            normal = (x.float() - residual).to(normal.dtype)
         return normal, residual, {
-            "encoding": (G.encoder(normal) - code).float().pow(2).mean(1),
+            "encoding": encoding,
             "residual": residual.abs().mean((1, 2, 3)),
             "residual_l2": residual.pow(2).mean((1, 2, 3)),
             "opacity": residual.clamp_min(0).mean((1, 2, 3)),

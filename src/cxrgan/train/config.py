@@ -30,7 +30,9 @@ class ModelConfig:
     dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``. ``normal_class`` (the
     class it trains on when ``data.classes`` is empty) and the weights of the adversarial, reconstruction, total
     variation and encoding terms for ``dgm``; ``abnormal_weight`` > 0 makes ``dgm`` train on the abnormal classes
-    too (their synthesized normal image must fool D, their residual is kept sparse by ``sparsity_weight``)."""
+    too (their synthesized normal image must fool D, their residual is kept sparse by ``sparsity_weight``);
+    ``score_shift`` (pixels, 0 = off) makes its residual maps and pixel scores the consensus of inputs shifted by
+    up to that many pixels (see ``models.dgm.shift_consensus``)."""
 
     family: str = "dcgan"
     z_dim: int = 100
@@ -54,6 +56,7 @@ class ModelConfig:
     enc_weight: float = 1.0
     abnormal_weight: float = 0.0
     sparsity_weight: float = 2.0
+    score_shift: int = 1
 
 
 @dataclass
