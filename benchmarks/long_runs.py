@@ -6,7 +6,8 @@ with the family's defaults (``cxrgan/configs/FAMILY.yaml`` where one exists), th
 - ``curves.png``: FD and diversity ratio (worst class for conditional families) of every family against epochs,
   with the 0.8 target and the run's collapse threshold;
 - ``summary.md`` / ``summary.csv``: final and best (the run's own selection rule) FD and diversity ratio, the
-  lowest diversity ratio from step 1,000 on, wall time and throughput.
+  lowest diversity ratio from step 1,000 on, the final class coverage of unconditional runs (see
+  ``benchmarks/class_coverage.py``), wall time and throughput.
 
 All figures are measured in the dataset's validated classifier feature space (trained and checked first when
 the cache lacks it). Families run as separate ``cxrgan train`` processes, ``--parallel`` at a time, one thread
@@ -173,6 +174,7 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
         rows.append({
             "run": fam, "family": cfg.model.family, "steps": int(step[-1]), "epochs": round(step[-1] / steps_per_epoch, 1),
             "final FD": float(fd[-1]), "final diversity": float(div[-1]),
+            "final class coverage": float(evals[-1]["class_coverage"]) if evals[-1].get("class_coverage") else None,
             "min diversity from step 1000": float(late.min()) if len(late) else None,
             "held >= 0.8": bool(len(late) and late.min() >= TARGET),
             "best step": best.get("step"), "best FD": best.get("fd"), "best diversity": best.get("diversity_ratio"),

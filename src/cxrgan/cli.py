@@ -338,13 +338,16 @@ def _add_decompose(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", help="split of prepared-dataset inputs (train, val, test; default test)")
     p.add_argument("--checkpoint", default="best")
     p.add_argument("--device", default="auto")
+    p.add_argument("--score-shift", type=int, default=None, metavar="PX",
+                   help="residual maps as the consensus of the input shifted by up to PX pixels (0: one pass of G; "
+                   "default: the run's model.score_shift, 1 unless set)")
     p.set_defaults(func=_cmd_decompose)
 
 
 def _cmd_decompose(a: argparse.Namespace) -> int:
     from .decompose import decompose
 
-    rows = decompose(a.run, a.inputs, a.out, checkpoint=a.checkpoint, split=a.split, device=a.device)
+    rows = decompose(a.run, a.inputs, a.out, checkpoint=a.checkpoint, split=a.split, device=a.device, score_shift=a.score_shift)
     bad = [r for r in rows if r["error"]]
     for r in bad:
         print(f"skipped: {r['error']}", file=sys.stderr)
@@ -367,13 +370,16 @@ def _add_anomaly(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline-epochs", type=int, default=10, help="training epochs of the autoencoder baseline")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--score-shift", type=int, default=None, metavar="PX",
+                   help="residual maps as the consensus of the input shifted by up to PX pixels (0: one pass of G; "
+                   "default: the run's model.score_shift, 1 unless set)")
     p.set_defaults(func=_cmd_anomaly)
 
 
 def _cmd_anomaly(a: argparse.Namespace) -> int:
     from .decompose import anomaly
 
-    anomaly(a.run, a.data, a.out, a.normal_class, a.checkpoint, a.score, a.baseline_epochs, a.seed, a.device)
+    anomaly(a.run, a.data, a.out, a.normal_class, a.checkpoint, a.score, a.baseline_epochs, a.seed, a.device, a.score_shift)
     print((Path(a.out) / "report.md").read_text())
     return 0
 

@@ -35,12 +35,20 @@ from .utils.images import labelled_rows, save_png, to_uint8
 from .utils.io import write_json_atomic, write_text_atomic
 from .utils.tensors import batches
 
-def load_translator(run: str | Path, checkpoint: str | int = "best", device: str = "auto") -> LoadedRun:
-    """Load a ``dgm`` run (its averaged G and its D); any other family is refused with a clear message."""
+def load_translator(run: str | Path, checkpoint: str | int = "best", device: str = "auto",
+                    score_shift: int | None = None) -> LoadedRun:
+    """Load a ``dgm`` run (its averaged G and its D); any other family is refused with a clear message.
+    ``score_shift`` replaces the run's ``model.score_shift`` (pixels of the shift consensus; 0 = one pass)."""
     loaded = load_run(run, checkpoint, pick_device(device))
     if not getattr(loaded.family, "translates", False):
         raise CxrganError(f"run {run} is a {loaded.cfg.model.family} run; decompose and anomaly need a dgm run "
                           "(cxrgan train --model dgm)")
+    if score_shift is not None:
+        limit = loaded.family.image_size // 8
+        if not 0 <= score_shift <= limit:
+            raise CxrganError(f"--score-shift must be from 0 (one pass) to {limit} pixels for {loaded.family.image_size} px "
+                              f"images, got {score_shift}")
+        loaded.family.score_shift = score_shift
     return loaded
 
 
@@ -158,11 +166,11 @@ def collect_inputs(inputs: Sequence[str | Path], prep: Preprocess, split: str | 
 
 
 def decompose(run: str | Path, inputs: Sequence[str | Path], out: str | Path, checkpoint: str | int = "best",
-              split: str | None = "test", device: str = "auto") -> list[dict]:
+              split: str | None = "test", device: str = "auto", score_shift: int | None = None) -> list[dict]:
     """Decompose every input into normal image + residual; write ``normal/``, ``residual/``, ``overlay/`` PNGs and
     ``scores.csv`` (one row per input, with ``error`` for inputs that could not be read) under ``out``.
     Returns the CSV rows."""
-    loaded = load_translator(run, checkpoint, device)
+    loaded = load_translator(run, checkpoint, device, score_shift)
     out = Path(out)
     items = collect_inputs(inputs, _run_preprocess(loaded), split)
     good = [it for it in items if it.image is not None]
@@ -220,7 +228,8 @@ def _split(ds: PreparedDataset, split: str, normal: int) -> tuple[np.ndarray, np
 
 
 def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: str = "NORMAL", checkpoint: str | int = "best",
-            score: str = "auto", baseline_epochs: int = 10, seed: int = 0, device: str = "auto") -> dict:
+            score: str = "auto", baseline_epochs: int = 10, seed: int = 0, device: str = "auto",
+            score_shift: int | None = None) -> dict:
     """Score ``data``'s test split with a dgm run and the two baselines; write the report under ``out``.
 
     ``score``: one of :data:`cxrgan.models.dgm.SCORES` or ``auto`` (the one with the highest validation ROC AUC).
@@ -229,7 +238,7 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
 
     if score != "auto" and score not in SCORES:
         raise CxrganError(f"--score {score!r} is not known; use auto or one of {', '.join(SCORES)}")
-    loaded = load_translator(run, checkpoint, device)
+    loaded = load_translator(run, checkpoint, device, score_shift)
     ds, normal = _dataset_for(loaded, data, normal_class)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -271,6 +280,7 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     summary = {
         "run": str(run), "checkpoint_step": loaded.step, "data": str(data), "normal_class": ds.class_names[normal],
         "classes": ds.class_names, "score": chosen, "score_chosen_by": "validation ROC AUC" if score == "auto" else "--score",
+        "score_shift": loaded.family.score_shift,
         "val_roc_auc_by_score": val_auc, "test_roc_auc_by_score": {k: am.roc_auc(test_ab, v) for k, v in test_scores.items()},
         "n_val": int(len(val_rows)), "n_test": int(len(test_rows)), "n_test_abnormal": int(test_ab.sum()),
         "methods": table,
@@ -344,7 +354,8 @@ def _markdown(s: dict) -> str:
     lines = [f"# Anomaly detection: {s['data']}", "",
              f"Run `{s['run']}` (step {s['checkpoint_step']}), normal class {s['normal_class']}; test split "
              f"{s['n_test']} images ({s['n_test_abnormal']} abnormal). The DGM score `{s['score']}` and every threshold were "
-             "chosen on the validation split.", "",
+             "chosen on the validation split. Residual maps: "
+             + (f"consensus of the input shifted by up to {s['score_shift']} px." if s.get("score_shift") else "one pass of G."), "",
              "| method | val ROC AUC | test ROC AUC | AP | sensitivity | specificity | pixel AUC | best Dice |",
              "|---|---|---|---|---|---|---|---|"]
     for r in s["methods"]:

@@ -157,6 +157,12 @@ def test_anomaly_end_to_end_reports_baselines_and_localization(dgm_run, phantom3
     for f in ("roc.png", "box.png", "report.md", "scores.csv", "abnormal_judged_abnormal.png"):
         assert (out / f).is_file(), f
     assert "autoencoder" in capsys.readouterr().out
+    assert s["score_shift"] == 1 and "consensus of the input shifted by up to 1 px" in (out / "report.md").read_text()
+    assert main(["decompose", str(dgm_run), str(phantom32), "--out", str(tmp_path / "one"), "--score-shift", "0"]) == 0
+    assert main(["decompose", str(dgm_run), str(phantom32), "--out", str(tmp_path / "nine")]) == 0
+    one, nine = ([r for r in csv.DictReader(open(tmp_path / d / "scores.csv"))] for d in ("one", "nine"))
+    assert [r["encoding"] for r in one] == [r["encoding"] for r in nine]  # the unshifted pass either way
+    assert sum(float(r["peak"]) for r in nine) < sum(float(r["peak"]) for r in one)  # only what every shift agrees on
 
 
 def test_bad_inputs_get_one_clear_message(dgm_run, phantom32, tmp_path, capsys):
@@ -166,6 +172,8 @@ def test_bad_inputs_get_one_clear_message(dgm_run, phantom32, tmp_path, capsys):
         anomaly(dgm_run, phantom32, tmp_path / "a", normal_class="HEALTHY")
     with pytest.raises(CxrganError, match="--score"):
         anomaly(dgm_run, phantom32, tmp_path / "a", score="psnr")
+    assert main(["anomaly", str(dgm_run), "--data", str(phantom32), "--out", str(tmp_path / "a"), "--score-shift", "7"]) == 2
+    assert "--score-shift must be from 0 (one pass) to 4 pixels" in capsys.readouterr().err
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CxrganError, match="none of the inputs could be read"):
