@@ -110,6 +110,11 @@ def test_minibatch_stddev_option(phantom32, tmp_path):
     out = minibatch_stddev(h, group=4)
     assert out.shape == (8, 6, 4, 4) and torch.equal(out[:, :5], h)
     assert float(minibatch_stddev(torch.ones(8, 5, 4, 4))[:, 5].max()) < 1e-3  # identical samples: no spread
+    # Karras et al.'s definition, per group of 4 consecutive samples, in either memory layout
+    expect = (h.reshape(2, 4, 5, 4, 4).var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3)).repeat_interleave(4)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        got = minibatch_stddev(h.to(memory_format=layout), group=4)[:, 5]
+        assert torch.allclose(got, expect[:, None, None].expand(8, 4, 4), atol=1e-6)
     cfg = tiny_config(phantom32, "cgan", "model.mbstd=true", "model.spectral_norm=true", "loss.kind=hinge")
     fam = build_family(cfg, 32, 3)
     assert fam.D.head.in_channels == fam.D.trunk.out_channels + 1

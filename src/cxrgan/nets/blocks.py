@@ -95,8 +95,12 @@ def minibatch_stddev(h: torch.Tensor, group: int = 4) -> torch.Tensor:
     g = min(group, n)
     while n % g:
         g -= 1
-    y = h.float().reshape(n // g, g, c, hh, ww)
-    y = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().mean(dim=(1, 2, 3))  # (n // g,)
+    # Features last (a free view of a channels-last tensor) and the variance written out: the mean over
+    # features does not care about their order, and aten::var on the grouped 5-d view ran 5-10x slower on
+    # the CPU, a sixth of a DCGAN training step at 64 px.
+    y = h.float().permute(0, 2, 3, 1).reshape(n // g, g, hh * ww * c)
+    dev = y - y.mean(dim=1, keepdim=True)
+    y = ((dev * dev).mean(dim=1) + 1e-8).sqrt().mean(dim=1)  # (n // g,)
     y = y.to(h.dtype).repeat_interleave(g)[:, None, None, None].expand(n, 1, hh, ww)
     return torch.cat([h, y], dim=1)
 
