@@ -62,6 +62,7 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     assert cgan.augment.policy == "translation"
     dcgan = load_config(None, ["model.family=dcgan"])
     assert dcgan.loss.kind == "bce" and not dcgan.model.spectral_norm and dcgan.optim.lr_d == 0.0002
+    assert dcgan.model.mbstd and dcgan.ema_decay == 0  # its own measured preset (configs/dcgan.yaml)
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  family: cgan\noptim:\n  lr_d: 0.0001\n")
     mine = load_config(f, ["loss.kind=bce"])
