@@ -122,6 +122,25 @@ def test_minibatch_stddev_option(phantom32, tmp_path):
     assert res.step == 6 and math.isfinite(res.last_eval["fd"])
 
 
+def test_bigan_joint_discriminator_takes_the_minibatch_stddev(phantom32, tmp_path):
+    """With model.mbstd the BiGAN's D reads the spread of the image features in the batch: a batch of one image
+    repeated gets a different verdict on that image than the same image inside a varied batch."""
+    cfg = tiny_config(phantom32, "bigan", "model.mbstd=true")
+    D = build_family(cfg, 32, 3).D.eval()
+    plain = build_family(tiny_config(phantom32, "bigan"), 32, 3).D
+    assert D.mbstd and not plain.mbstd
+    assert D.joint[0].in_features == plain.joint[0].in_features + 16  # one 4x4 channel more
+    g = torch.Generator().manual_seed(0)
+    x, z = torch.randn(8, 1, 32, 32, generator=g), torch.randn(8, 16, generator=g)
+    with torch.no_grad():
+        varied = D(x, z)
+        same = D(x[:1].expand(8, -1, -1, -1), z)
+        assert not torch.allclose(varied[:1], same[:1])
+        assert torch.allclose(plain.eval()(x, z)[:1], plain(x[:1].expand(8, -1, -1, -1), z)[:1], atol=1e-6)
+    res = train(cfg, tmp_path / "r", progress=False)
+    assert res.step == 6 and math.isfinite(res.last_eval["fd"])
+
+
 def test_minibatch_stddev_by_class_sees_a_collapsed_class(phantom32, tmp_path):
     """Grouped over mixed classes, a class drawn as one image hides behind the spread between classes; taken
     within each class, its channel reads 0 while the other class reads its own spread."""

@@ -21,11 +21,11 @@ class BiGAN(Family):
     phases = {"D": ("D",), "G": ("G", "E")}
     ema_modules = ("G", "E")
 
-    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, **kw) -> None:
+    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         self.G = ConvGenerator(z_dim, image_size, g_channels)
         self.E = ConvEncoder(image_size, z_dim, d_channels)
-        self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm)
+        self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd)
 
     def encode(self, x: torch.Tensor, E: torch.nn.Module | None = None) -> torch.Tensor:
         """Latents ``(N, z_dim)`` for images ``(N, 1, S, S)`` in [-1, 1]."""

@@ -210,17 +210,23 @@ class MLPDiscriminator(nn.Module):
 
 
 class JointDiscriminator(nn.Module):
-    """BiGAN discriminator on ``(x, z)`` pairs: a conv trunk for x, an MLP for z, a joint MLP -> ``(N,)``."""
+    """BiGAN discriminator on ``(x, z)`` pairs: a conv trunk for x, an MLP for z, a joint MLP -> ``(N,)``.
+    mbstd: append the minibatch standard deviation channel to the image features (:func:`minibatch_stddev`)."""
 
-    def __init__(self, size: int, z_dim: int, base: int = 64, norm: str = "none", sn: bool = False, hidden: int = 512) -> None:
+    def __init__(self, size: int, z_dim: int, base: int = 64, norm: str = "none", sn: bool = False, hidden: int = 512,
+                 mbstd: bool = False) -> None:
         super().__init__()
         self.trunk = ConvTrunk(size, base, 1, norm, sn)
-        feat = self.trunk.out_channels * 16
+        self.mbstd = mbstd
+        feat = (self.trunk.out_channels + int(mbstd)) * 16
         self.z_path = nn.Sequential(maybe_sn(nn.Linear(z_dim, hidden), sn), nn.LeakyReLU(0.2, True))
         self.joint = nn.Sequential(
             maybe_sn(nn.Linear(feat + hidden, hidden * 2), sn), nn.LeakyReLU(0.2, True), maybe_sn(nn.Linear(hidden * 2, 1), sn)
         )
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([self.trunk(x).flatten(1), self.z_path(z)], dim=1)
+        hx = self.trunk(x)
+        if self.mbstd:
+            hx = minibatch_stddev(hx)
+        h = torch.cat([hx.flatten(1), self.z_path(z)], dim=1)
         return self.joint(h).flatten()

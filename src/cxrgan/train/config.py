@@ -25,7 +25,7 @@ def _default_codes() -> list[str]:
 @dataclass
 class ModelConfig:
     """Which family and how wide. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
-    ``embed_dim`` for ``cgan`` and ``semicond``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan``,
+    ``embed_dim`` for ``cgan`` and ``semicond``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan``, ``bigan``,
     ``cgan`` and ``semicond``, ``mbstd_by_class`` (taken within each class of the batch) and ``g_cond`` (``concat``: class embedding beside z; ``cbn``: per-class modulation of G's batch norms) for ``cgan``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
     dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``. ``normal_class`` (the
     class it trains on when ``data.classes`` is empty) and the weights of the adversarial, reconstruction, total
