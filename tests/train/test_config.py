@@ -63,6 +63,9 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     dcgan = load_config(None, ["model.family=dcgan"])
     assert dcgan.loss.kind == "bce" and not dcgan.model.spectral_norm and dcgan.optim.lr_d == 0.0002
     assert dcgan.model.mbstd and dcgan.ema_decay == 0  # its own measured preset (configs/dcgan.yaml)
+    bigan = load_config(None, ["model.family=bigan"])  # configs/bigan.yaml: the CGAN's D recipe, not its G or augmentation
+    assert bigan.loss.kind == "hinge" and bigan.model.spectral_norm and (bigan.optim.lr_d, bigan.optim.beta1) == (0.0004, 0.0)
+    assert not bigan.model.mbstd and not bigan.model.unary and bigan.augment.policy == "" and bigan.ema_decay == 0.999
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  family: cgan\noptim:\n  lr_d: 0.0001\n")
     mine = load_config(f, ["loss.kind=bce"])

@@ -141,6 +141,53 @@ def test_bigan_joint_discriminator_takes_the_minibatch_stddev(phantom32, tmp_pat
     assert res.step == 6 and math.isfinite(res.last_eval["fd"])
 
 
+def test_bigan_unary_scores_judge_the_image_and_the_latent_alone(phantom32, tmp_path):
+    """With model.unary D returns three verdicts per pair: the joint one, one on the image alone (it ignores z) and
+    one on the latent alone (it ignores x); the losses read all three, the logged D accuracy the joint one."""
+    from cxrgan.models.bigan import BiGAN
+
+    cfg = tiny_config(phantom32, "bigan", "model.unary=true", "loss.kind=hinge")
+    D = build_family(cfg, 32, 3).D.eval()
+    g = torch.Generator().manual_seed(0)
+    x, z = torch.randn(4, 1, 32, 32, generator=g), torch.randn(4, 16, generator=g)
+    with torch.no_grad():
+        out, other_z, other_x = D(x, z), D(x, torch.randn(4, 16, generator=g)), D(x.flip(-1), z)
+    assert out.shape == (4, 3)
+    assert torch.equal(out[:, 1], other_z[:, 1]) and not torch.allclose(out[:, 0], other_z[:, 0])
+    assert torch.equal(out[:, 2], other_x[:, 2]) and not torch.allclose(out[:, 1], other_x[:, 1])
+    real, fake = torch.tensor([[1.0, -1.0, -1.0]] * 2), torch.tensor([[-1.0, 1.0, 1.0]] * 2)
+    stats = BiGAN.d_stats(torch.tensor(0.0), real, fake)
+    assert float(stats["d_acc_real"]) == 1.0 and float(stats["d_acc_fake"]) == 1.0
+    assert build_family(tiny_config(phantom32, "bigan"), 32, 3).D.eval()(x, z).shape == (4,)
+    res = train(cfg, tmp_path / "r", progress=False)
+    assert res.step == 6 and math.isfinite(res.last_eval["fd"])
+    rows = [r for r in read_metrics(tmp_path / "r" / "metrics.csv") if r["d_loss"]]
+    assert rows and all(math.isfinite(float(r["d_loss"])) and 0 <= float(r["d_acc_real"]) <= 1 for r in rows)
+
+
+def test_dcgan_packed_discriminator_judges_packs_of_images(phantom32, tmp_path):
+    """With model.pack=2 D reads two images stacked as channels and gives one logit per pack (a pack judged alone
+    gets the same verdict as inside the batch; swapping its two images changes it), and a batch that does not divide
+    by the pack size is refused with a message."""
+    cfg = tiny_config(phantom32, "dcgan", "model.pack=2")
+    D = build_family(tiny_config(phantom32, "dcgan", "model.pack=2", "model.mbstd=false"), 32, 3).D.eval()
+    assert D.trunk.net[0].in_channels == 2
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, 32, 32, generator=g)
+    with torch.no_grad():
+        out = D(x)
+        swapped = D(x.view(4, 2, 1, 32, 32).flip(1).reshape(8, 1, 32, 32))
+        alone = D(x[:2])
+    assert out.shape == (4,) and torch.allclose(alone, out[:1], atol=1e-5)
+    assert not torch.allclose(out, swapped)
+    with pytest.raises(ValueError, match="divisible by 2"):
+        D(x[:3])
+    with pytest.raises(CxrganError, match="model.pack"):
+        tiny_config(phantom32, "dcgan", "model.pack=3").validate()
+    res = train(cfg, tmp_path / "r", progress=False)
+    assert res.step == 6 and math.isfinite(res.last_eval["fd"])
+
+
 def test_minibatch_stddev_by_class_sees_a_collapsed_class(phantom32, tmp_path):
     """Grouped over mixed classes, a class drawn as one image hides behind the spread between classes; taken
     within each class, its channel reads 0 while the other class reads its own spread."""

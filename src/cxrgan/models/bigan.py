@@ -2,7 +2,8 @@
 
 An encoder E maps images to latents; D judges ``(x, z)`` pairs: ``(x, E(x))`` is "real", ``(G(z), z)``
 is "fake". G and E are trained together in the G phase to fool D on both kinds of pair, which makes E
-approximately invert G. ``encode`` maps real images to latents.
+approximately invert G. ``encode`` maps real images to latents. With ``model.unary`` D also scores the image
+and the latent of each pair on their own (BigBiGAN); every loss then averages over the three verdicts.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ class BiGAN(Family):
     phases = {"D": ("D",), "G": ("G", "E")}
     ema_modules = ("G", "E")
 
-    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, **kw) -> None:
+    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, unary: bool = False, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         self.G = ConvGenerator(z_dim, image_size, g_channels)
         self.E = ConvEncoder(image_size, z_dim, d_channels)
-        self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd)
+        self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd, unary=unary)
 
     def encode(self, x: torch.Tensor, E: torch.nn.Module | None = None) -> torch.Tensor:
         """Latents ``(N, z_dim)`` for images ``(N, 1, S, S)`` in [-1, 1]."""
@@ -41,6 +42,12 @@ class BiGAN(Family):
 
     def discriminate(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         return self.D(inputs[0], inputs[1])
+
+    @staticmethod
+    def d_stats(loss: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+        # D's accuracy is that of its verdict on the pair (column 0 where D also scores x and z alone).
+        pick = (lambda t: t[:, 0]) if real_logits.dim() == 2 else (lambda t: t)
+        return Family.d_stats(loss, pick(real_logits), pick(fake_logits))
 
     def g_phase(self, batch: Batch, augment: Augment):
         y = batch.y

@@ -131,14 +131,19 @@ class ConvDiscriminator(nn.Module):
     cond: ``none``; ``projection`` (Miyato & Koyama: logit += <embed(y), pooled features>); or ``concat``
     (one-hot label planes concatenated to the input image). mbstd: append the minibatch standard deviation
     channel before the head; with ``mbstd_by_class`` (conditional only) taken within each class of the batch.
+    pack (unconditional only): PacGAN (Lin et al., 2018): D judges ``pack`` images at once, stacked as channels,
+    and returns one logit per pack, ``(N / pack,)``; a generator that draws too few kinds of image is then easier
+    to tell from the data, because a pack of its samples is more alike than a pack of real images.
     """
 
     def __init__(self, size: int, base: int = 64, norm: str = "bn", sn: bool = False, num_classes: int = 0, cond: str = "none",
-                 mbstd: bool = False, mbstd_by_class: bool = False) -> None:
+                 mbstd: bool = False, mbstd_by_class: bool = False, pack: int = 1) -> None:
         super().__init__()
-        self.cond, self.num_classes, self.mbstd = cond, num_classes, mbstd
+        if pack < 1 or (pack > 1 and cond != "none"):
+            raise ValueError(f"pack must be >= 1, and 1 for a conditional discriminator; got {pack} with cond={cond!r}")
+        self.cond, self.num_classes, self.mbstd, self.pack = cond, num_classes, mbstd, pack
         self.mbstd_by_class = mbstd_by_class and num_classes > 1 and cond != "none"
-        in_ch = 1 + (num_classes if cond == "concat" else 0)
+        in_ch = pack * (1 + (num_classes if cond == "concat" else 0))
         self.trunk = ConvTrunk(size, base, in_ch, norm, sn)
         self.head = maybe_sn(nn.Conv2d(self.trunk.out_channels + int(mbstd), 1, 4, 1, 0), sn)
         self.embed = maybe_sn(nn.Embedding(num_classes, self.trunk.out_channels), sn) if cond == "projection" else None
@@ -148,7 +153,13 @@ class ConvDiscriminator(nn.Module):
             nn.init.normal_(w, 0.0, 0.02)
 
     def score(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(N,)`` and the trunk's features ``(N, C, 4, 4)`` (for auxiliary heads)."""
+        """Logits ``(N,)`` and the trunk's features ``(N, C, 4, 4)`` (for auxiliary heads); ``N / pack`` of each
+        when D judges packs (consecutive images form a pack)."""
+        if self.pack > 1:
+            if len(x) % self.pack:
+                raise ValueError(f"a discriminator that judges packs of {self.pack} images needs a batch divisible by "
+                                 f"{self.pack}; got {len(x)}")
+            x = x.reshape(len(x) // self.pack, self.pack * x.shape[1], x.shape[2], x.shape[3])
         if self.cond == "concat":
             planes = nn.functional.one_hot(y, self.num_classes).to(x.dtype)[:, :, None, None]
             x = torch.cat([x, planes.expand(-1, -1, x.shape[2], x.shape[3])], dim=1)
@@ -211,10 +222,13 @@ class MLPDiscriminator(nn.Module):
 
 class JointDiscriminator(nn.Module):
     """BiGAN discriminator on ``(x, z)`` pairs: a conv trunk for x, an MLP for z, a joint MLP -> ``(N,)``.
-    mbstd: append the minibatch standard deviation channel to the image features (:func:`minibatch_stddev`)."""
+    mbstd: append the minibatch standard deviation channel to the image features (:func:`minibatch_stddev`).
+    unary: also score x alone and z alone (BigBiGAN, Donahue & Simonyan 2019) and return ``(N, 3)``: the joint,
+    image and latent logits, each a verdict of its own that the loss treats like the joint one. The image score
+    lets G learn images from D as a plain GAN would, instead of only through the pair."""
 
     def __init__(self, size: int, z_dim: int, base: int = 64, norm: str = "none", sn: bool = False, hidden: int = 512,
-                 mbstd: bool = False) -> None:
+                 mbstd: bool = False, unary: bool = False) -> None:
         super().__init__()
         self.trunk = ConvTrunk(size, base, 1, norm, sn)
         self.mbstd = mbstd
@@ -223,10 +237,15 @@ class JointDiscriminator(nn.Module):
         self.joint = nn.Sequential(
             maybe_sn(nn.Linear(feat + hidden, hidden * 2), sn), nn.LeakyReLU(0.2, True), maybe_sn(nn.Linear(hidden * 2, 1), sn)
         )
+        self.x_score = maybe_sn(nn.Linear(feat, 1), sn) if unary else None
+        self.z_score = maybe_sn(nn.Linear(hidden, 1), sn) if unary else None
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         hx = self.trunk(x)
         if self.mbstd:
             hx = minibatch_stddev(hx)
-        h = torch.cat([hx.flatten(1), self.z_path(z)], dim=1)
-        return self.joint(h).flatten()
+        hx, hz = hx.flatten(1), self.z_path(z)
+        joint = self.joint(torch.cat([hx, hz], dim=1))
+        if self.x_score is None:
+            return joint.flatten()
+        return torch.cat([joint, self.x_score(hx), self.z_score(hz)], dim=1)

@@ -26,7 +26,7 @@ def _default_codes() -> list[str]:
 class ModelConfig:
     """Which family and how wide. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
     ``embed_dim`` for ``cgan`` and ``semicond``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan``, ``bigan``,
-    ``cgan`` and ``semicond``, ``mbstd_by_class`` (taken within each class of the batch) and ``g_cond`` (``concat``: class embedding beside z; ``cbn``: per-class modulation of G's batch norms) for ``cgan``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
+    ``cgan`` and ``semicond``, ``pack`` (D judges that many images at once, PacGAN; the batch must divide by it) for ``dcgan``, ``unary`` (D also scores the image and the latent alone, BigBiGAN) for ``bigan``, ``mbstd_by_class`` (taken within each class of the batch) and ``g_cond`` (``concat``: class embedding beside z; ``cbn``: per-class modulation of G's batch norms) for ``cgan``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
     dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``. ``normal_class`` (the
     class it trains on when ``data.classes`` is empty) and the weights of the adversarial, reconstruction, total
     variation and encoding terms for ``dgm``; ``abnormal_weight`` > 0 makes ``dgm`` train on the abnormal classes
@@ -44,6 +44,8 @@ class ModelConfig:
     embed_dim: int = 32
     mbstd: bool = False
     mbstd_by_class: bool = False
+    unary: bool = False
+    pack: int = 1
     g_cond: str = "concat"
     codes: list[str] = field(default_factory=_default_codes)
     code_correlation: float = 0.0
@@ -160,6 +162,8 @@ class TrainConfig:
             (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
             (self.steps >= 1 or self.epochs >= 1, "give a positive steps or epochs budget"),
             (self.optim.d_steps >= 1, "optim.d_steps must be at least 1"),
+            (self.model.pack >= 1 and self.batch_size % self.model.pack == 0,
+             f"model.pack must be at least 1 and divide batch_size ({self.batch_size}), got {self.model.pack}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be at least 1"),
             (self.eval_samples >= 16, "eval_samples must be at least 16"),
