@@ -78,4 +78,5 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
 def test_semicond_preset_starts_from_cgan():
     cfg = load_config(None, ["model.family=semicond"])
     assert cfg.loss.kind == "hinge" and cfg.model.spectral_norm and cfg.optim.lr_d == 0.0004
+    assert cfg.model.g_cond == "cbn"  # the class through G's batch norms, as for the cgan
     assert cfg.model.codes == ["bernoulli:5:p=0.5", "exponential:5:rate=1", "uniform:5:low=-1,high=1", "normal:5"]
