@@ -45,9 +45,9 @@ class BiGAN(Family):
 
     @staticmethod
     def d_stats(loss: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
-        # D's accuracy is that of its verdict on the pair (column 0 where D also scores x and z alone).
-        pick = (lambda t: t[:, 0]) if real_logits.dim() == 2 else (lambda t: t)
-        return Family.d_stats(loss, pick(real_logits), pick(fake_logits))
+        if real_logits.dim() == 2:  # D also scored x and z alone: its accuracy is that of its verdict on the pair
+            real_logits, fake_logits = real_logits[:, 0], fake_logits[:, 0]
+        return Family.d_stats(loss, real_logits, fake_logits)
 
     def g_phase(self, batch: Batch, augment: Augment):
         y = batch.y

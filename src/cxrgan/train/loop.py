@@ -161,6 +161,9 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
     data = TrainData(ds, cfg.data.split, classes, cfg.data.in_memory)
     device = dist.device_for(pick_device(cfg.device))
     local_batch = dist.local_batch(cfg.batch_size)  # the global batch must divide among the processes
+    if local_batch % cfg.model.pack:
+        raise CxrganError(f"model.pack={cfg.model.pack} must divide each process's batch ({local_batch} of {cfg.batch_size}); "
+                          "choose a batch size that is a multiple of the pack size times the number of processes")
     dist.barrier()  # every process has checked the run directory before rank 0 writes into it
     amp = autocast_dtype(cfg.precision, device, pixels=local_batch * ds.size * ds.size)
     reproducible(device)
