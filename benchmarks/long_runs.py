@@ -3,10 +3,10 @@
 Trains each family on ``../shared/data/cxr_real_64.npz`` for a long budget (default 50 epochs, the seed study's)
 with the family's defaults (``cxrgan/configs/FAMILY.yaml`` where one exists), then writes into ``--results``:
 
-- ``curves.png``: FD and diversity ratio (worst class for conditional families) of every family against epochs,
-  with the 0.8 target and the run's collapse threshold;
+- ``curves.png``: FD, diversity ratio and Vendi ratio (worst class for conditional families) of every family
+  against epochs, with the 0.8 target and the run's collapse threshold;
 - ``summary.md`` / ``summary.csv``: final and best (the run's own selection rule) FD and diversity ratio, the
-  lowest diversity ratio from step 1,000 on, the final class coverage of unconditional runs (see
+  lowest diversity ratio from step 1,000 on, the final and lowest Vendi ratio (distinct samples over real's), the final class coverage of unconditional runs (see
   ``benchmarks/class_coverage.py``), wall time and throughput.
 
 All figures are measured in the dataset's validated classifier feature space (trained and checked first when
@@ -149,7 +149,7 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
 
     results.mkdir(parents=True, exist_ok=True)
     plt = _plt()
-    fig, (ax_fd, ax_div) = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, (ax_fd, ax_div, ax_vendi) = plt.subplots(1, 3, figsize=(16, 3.8))
     rows = []
     for i, fam in enumerate(names):
         run = work / fam
@@ -164,12 +164,14 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
         step = np.array([float(r["step"]) for r in evals])
         fd = np.array([float(r["fd"]) for r in evals])
         div = np.array([diversity_ratio(r) for r in evals])
+        vendi = np.array([float(r["vendi_ratio"]) if r.get("vendi_ratio") else np.nan for r in evals])  # older runs: none
         style = {"marker": "o", "ms": 2.5, "color": f"C{i % 10}", "ls": "-" if i < 10 else "--", "label": fam}
         ax_fd.plot(step / steps_per_epoch, fd, **style)
         ax_div.plot(step / steps_per_epoch, div, **style)
+        ax_vendi.plot(step / steps_per_epoch, vendi, **style)
         best_file = run / "checkpoints" / "best.json"
         best = json.loads(best_file.read_text()) if best_file.is_file() else {}
-        late = div[step >= 1000]
+        late, late_vendi = div[step >= 1000], vendi[step >= 1000]
         speeds = [float(r["img_per_s"]) for r in metrics if r.get("img_per_s")]
         rows.append({
             "run": fam, "family": cfg.model.family, "steps": int(step[-1]), "epochs": round(step[-1] / steps_per_epoch, 1),
@@ -177,6 +179,8 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
             "final class coverage": float(evals[-1]["class_coverage"]) if evals[-1].get("class_coverage") else None,
             "min diversity from step 1000": float(late.min()) if len(late) else None,
             "held >= 0.8": bool(len(late) and late.min() >= TARGET),
+            "final Vendi ratio": None if np.isnan(vendi[-1]) else float(vendi[-1]),
+            "min Vendi ratio from step 1000": float(np.nanmin(late_vendi)) if np.isfinite(late_vendi).any() else None,
             "best step": best.get("step"), "best FD": best.get("fd"), "best diversity": best.get("diversity_ratio"),
             "img/s": float(np.median(speeds)) if speeds else None,
             "wall min": round(walls[fam] / 60, 1) if fam in walls else None,
@@ -186,7 +190,9 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
     ax_div.axhline(TARGET, color="grey", ls="--", lw=0.8, label="target 0.8")
     ax_div.axhline(0.5, color="red", ls=":", lw=0.8, label="collapse threshold")
     ax_div.set_title("diversity / real diversity (worst class)")
-    for ax in (ax_fd, ax_div):
+    ax_vendi.axhline(0.5, color="red", ls=":", lw=0.8, label="collapse threshold")
+    ax_vendi.set_title("distinct samples (Vendi) / real (worst class)")
+    for ax in (ax_fd, ax_div, ax_vendi):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -197,7 +203,8 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
     caption = (f"{a.epochs} epochs, batch {a.batch_size}, width {a.channels}, "
                f"{'each family at its defaults' if not a.variant else 'variants as named'}, {where}. Diversity: mean pairwise distance of "
                "samples in the validated classifier space over the same figure for real images, per class for "
-               "conditional families (the worst class is shown).")
+               "conditional families (the worst class is shown). Vendi ratio: the samples' effective number of distinct images "
+               "over real images' in the same space (benchmarks/diversity_measures.py).")
     md = write_table(rows, list(rows[0]) if rows else ["family"], results / "summary")
     print(caption + "\n\n" + md)
 

@@ -197,14 +197,14 @@ def _cmd_train(a: argparse.Namespace) -> int:
 def collapse_summary(result: RunResult, threshold: float) -> str:
     """One line on a run whose diversity fell below ``threshold`` of real at some evaluation: whether it was still
     below at the last evaluation (a warning) or recovered (a note; no checkpoint below it was chosen as best)."""
-    from .train.quality import diversity_ratio
+    from .train.quality import health
 
-    now = diversity_ratio(result.last_eval) if result.last_eval.get("diversity") not in (None, "") else None
+    now, what = health(result.last_eval) if result.last_eval.get("diversity") not in (None, "") else (None, "")
     if now is not None and now >= threshold:
         return (f"note: sample diversity fell below {threshold:g} of real at step {result.collapse_step} and recovered "
                 f"({now:.2f} at the last evaluation); checkpoints below the threshold are never chosen as best")
     return (f"warning: possible mode collapse from step {result.collapse_step}"
-            + (f" (diversity {now:.2f} of real at the last evaluation)" if now is not None else "")
+            + (f" ({what} {now:.2f} of real at the last evaluation)" if now is not None else "")
             + f"; look at {result.run}/samples")
 
 

@@ -79,3 +79,14 @@ def test_pairwise_and_nearest():
     assert mean_pairwise_distance(np.zeros((10, 3))) == 0.0
     d, idx = nearest_distances(f, f, exclude_self=True)
     assert idx.tolist() == [2, 2, 1] and d.tolist() == [4.0, 3.0, 3.0]
+
+
+def test_vendi_counts_distinct_rows_and_ignores_scale_and_position():
+    from cxrgan.evaluate.distribution import vendi_score
+
+    x = np.random.default_rng(0).normal(size=(128, 32))
+    assert vendi_score(x) > 20
+    assert vendi_score(3.0 * x + 7.0) == pytest.approx(vendi_score(x))
+    four = x[np.arange(128) % 4]
+    assert 2.0 < vendi_score(four) <= 3.0 + 1e-9  # centred: 4 distinct rows span 3 directions
+    assert vendi_score(np.ones((10, 5))) == 1.0 and vendi_score(x[:1]) == 1.0

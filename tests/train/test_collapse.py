@@ -90,6 +90,33 @@ def test_end_of_run_line_tells_a_recovered_dip_from_a_collapse(tmp_path):
     assert line.startswith("note:") and "step 500 and recovered (0.77" in line and "warning" not in line
     still = loop.RunResult(run=tmp_path, step=2800, collapse_step=500,
                            last_eval={"fd": 9.0, "diversity": 1.0, "diversity_real": 4.8, "diversity_ratio": 0.21})
-    assert collapse_summary(still, 0.5).startswith("warning: possible mode collapse from step 500 (diversity 0.21")
+    assert collapse_summary(still, 0.5).startswith("warning: possible mode collapse from step 500 (sample diversity 0.21")
     unknown = loop.RunResult(run=tmp_path, step=600, collapse_step=500)  # resumed and stopped before an evaluation
     assert collapse_summary(unknown, 0.5) == f"warning: possible mode collapse from step 500; look at {tmp_path}/samples"
+
+
+def test_a_generator_repeating_a_few_images_is_flagged_though_its_mean_distance_passes(phantom32):
+    """Few-mode collapse: 128 samples made of 4 real images keep most of the mean pairwise distance of real
+    images (above the 0.5 threshold, so the distance alone would call them healthy), but their effective number
+    of distinct samples is far below real's, so the checkpoint is not eligible as best; distinct real images are."""
+    import numpy as np
+
+    from cxrgan.data import PreparedDataset
+    from cxrgan.train.data import TrainData, to_model_range
+    from cxrgan.train.quality import QualityMonitor, eligible, health
+
+    from cxrgan.evaluate.extractors import FeatureSpace
+
+    torch.manual_seed(0)  # a random projection of the pixels: distances and directions as in pixel space
+    pixels = FeatureSpace(nn.Sequential(nn.Flatten(), nn.Linear(32 * 32, 256, bias=False)), "pixels", "pixels-test")
+    data = TrainData(PreparedDataset.open(phantom32))
+    monitor = QualityMonitor(data, 256, 16, seed=0, device=torch.device("cpu"), space=pixels)
+    rows = np.random.default_rng(5).choice(len(data), size=len(monitor.z), replace=False)
+    images = to_model_range(torch.from_numpy(data.uint8(np.sort(rows))))
+    varied = monitor.score(images)
+    few = monitor.score(images[torch.arange(len(images)) % 4])
+    assert varied["diversity_ratio"] > 0.8 and varied["vendi_ratio"] > 0.8 and eligible(varied, 0.5)
+    assert few["diversity_ratio"] > 0.5, few  # the mean distance alone misses it
+    assert few["vendi_ratio"] < 0.3 and not eligible(few, 0.5)
+    value, what = health(few)
+    assert value == few["vendi_ratio"] and "distinct samples" in what

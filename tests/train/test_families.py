@@ -270,3 +270,43 @@ def test_cgan_with_class_modulated_batch_norm(phantom32, tmp_path):
     assert res.step == 6 and math.isfinite(res.last_eval["fd"])
     with pytest.raises(CxrganError, match="g_cond must be concat or cbn"):
         build_family(tiny_config(phantom32, "cgan", "model.g_cond=film"), 32, 3)
+
+
+def test_mode_seeking_term_pairs_within_a_class_and_punishes_a_generator_that_ignores_its_latent():
+    from cxrgan.models.losses import mode_seeking
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(8, 4, generator=g)
+    varied = torch.randn(8, 1, 6, 6, generator=g)
+    constant = varied[:1].repeat(8, 1, 1, 1) + 1e-4 * torch.randn(8, 1, 6, 6, generator=g)
+    assert mode_seeking(constant, z) > 100 * mode_seeking(varied, z)  # a G that ignores z pays, a varied one little
+    # Within classes: the pairs are (0, 2) and (1, 3) here; a difference between classes does not count.
+    y = torch.tensor([0, 1, 0, 1])
+    x = torch.stack([torch.full((1, 2, 2), v) for v in (0.0, 5.0, 0.1, 5.1)])
+    zz = torch.zeros(4, 2)
+    zz[2:] = 1.0
+    assert mode_seeking(x, zz, y).item() == pytest.approx(1 / (0.1 + 1e-5), rel=1e-4)
+    assert mode_seeking(x, zz, None).item() < 1e-3  # unconditional: pairs (0, 1) and (2, 3), 5 apart
+    assert mode_seeking(x[:2], zz[:2], y[:2]).item() == 0.0  # no pair of one class: nothing to ask
+
+
+@pytest.mark.parametrize("family", ["dcgan", "cgan", "bigan", "semicond"])
+def test_mode_seeking_option_trains_logs_and_resumes_exactly(phantom32, tmp_path, family):
+    extra = ("loss.mode_seeking=1", "steps=8", "ckpt_every=4")
+    train(tiny_config(phantom32, family, *extra), tmp_path / "a", progress=False)
+    train(tiny_config(phantom32, family, *extra[:1], "steps=4", "ckpt_every=4"), tmp_path / "b", progress=False)
+    train(tiny_config(phantom32, family, *extra), tmp_path / "b", resume=True, progress=False)
+    rows = [r for r in read_metrics(tmp_path / "a" / "metrics.csv") if r.get("g_ms")]
+    assert rows and all(math.isfinite(float(r["g_ms"])) and float(r["g_ms"]) > 0 for r in rows)
+    from cxrgan.train import checkpoint as ckpt
+
+    wa = ckpt.load_checkpoint(ckpt.resolve(tmp_path / "a", "last"), family, with_state=False)[0]
+    wb = ckpt.load_checkpoint(ckpt.resolve(tmp_path / "b", "last"), family, with_state=False)[0]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_mode_seeking_is_refused_for_the_dgm(phantom32, tmp_path):
+    with pytest.raises(CxrganError, match="mode_seeking needs a generator that draws from noise"):
+        train(tiny_config(phantom32, "dgm", "loss.mode_seeking=1"), tmp_path / "a", progress=False)
+    with pytest.raises(CxrganError, match="loss.mode_seeking must be at least 0"):
+        train(tiny_config(phantom32, "dcgan", "loss.mode_seeking=-1"), tmp_path / "b", progress=False)

@@ -3,6 +3,7 @@
 - Fréchet distance (Heusel et al. 2017): distance between Gaussians fitted to the two sets.
 - Kernel distance, KID (Bińkowski et al. 2018): unbiased MMD² with the cubic polynomial kernel, mean and
   standard deviation over random subsets; unbiased, so it is near 0 for two samples of one distribution.
+- Vendi score (Friedman & Dieng 2023): the effective number of distinct samples of one set, scale-free.
 - Precision, recall, density and coverage (Naeem et al. 2020): k-nearest-neighbour balls around real (and,
   for recall, synthetic) features. Precision and density measure fidelity, recall and coverage diversity.
 
@@ -36,6 +37,27 @@ def mean_pairwise_distance(f: np.ndarray) -> float:
         return 0.0
     total = sum(float(torch.cdist(t[i : i + BLOCK], t).sum()) for i in range(0, n, BLOCK))
     return total / (n * (n - 1))
+
+
+def vendi_score(f: np.ndarray) -> float:
+    """Effective number of distinct rows (Friedman & Dieng's Vendi score): the exponential of the entropy of the
+    eigenvalues of the cosine-similarity matrix of the centred features, between 1 (all rows alike) and N.
+
+    Centring and the cosine make it blind to the scale and position of the set: it counts how many different
+    directions the rows spread in, not how far. So it sees what the mean pairwise distance barely sees, a set
+    made of a few repeated images (4 distinct images repeated 32 times give a mean pairwise distance 0.77 of the
+    128 real images', and a Vendi score 0.25 of theirs), and it does not mistake a uniformly blurred but varied
+    set for a collapsed one."""
+    t = torch.as_tensor(np.asarray(f), dtype=torch.float64)
+    if len(t) < 2:
+        return float(len(t))
+    t = t - t.mean(0)
+    norms = t.norm(dim=1, keepdim=True)
+    t = torch.where(norms > 1e-12, t / norms.clamp_min(1e-12), torch.zeros_like(t))
+    lam = torch.linalg.eigvalsh(t @ t.T / len(t)).clamp_min(0)
+    lam = lam / lam.sum() if float(lam.sum()) > 0 else lam
+    lam = lam[lam > 1e-12]
+    return float(torch.exp(-(lam * lam.log()).sum())) if len(lam) else 1.0
 
 
 def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:

@@ -42,12 +42,15 @@ class Family(nn.Module):
     phases: dict[str, tuple[str, ...]] = {"D": ("D",), "G": ("G",)}
     ema_modules: tuple[str, ...] = ("G",)
 
-    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, loss: str = "bce", gp_weight: float = 10.0, r1_gamma: float = 0.0) -> None:
+    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, loss: str = "bce", gp_weight: float = 10.0, r1_gamma: float = 0.0,
+                 mode_seeking: float = 0.0) -> None:
         super().__init__()
         if loss not in losses.LOSS_KINDS:
             raise ValueError(f"unknown loss {loss!r}")
+        if mode_seeking and self.translates:
+            raise ValueError("loss.mode_seeking needs a generator that draws from noise; this one translates images")
         self.z_dim, self.image_size, self.num_classes = z_dim, image_size, num_classes
-        self.loss_kind, self.gp_weight, self.r1_gamma = loss, gp_weight, r1_gamma
+        self.loss_kind, self.gp_weight, self.r1_gamma, self.mode_seeking = loss, gp_weight, r1_gamma, mode_seeking
 
     def networks(self) -> dict[str, nn.Module]:
         """The family's networks by name: ``G``, ``D`` and, where present, ``E``."""
@@ -130,10 +133,20 @@ class Family(nn.Module):
     def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """G loss: fakes (with the real batch's classes) scored by D."""
         y = batch.y
-        fake = self.fake_inputs(self.train_z(len(y), y.device), y)
+        z = self.train_z(len(y), y.device)
+        fake = self.fake_inputs(z, y)
         logits = self.discriminate((augment(fake[0]),) + fake[1:], y)
         loss = losses.g_loss(self.loss_kind, logits)
-        return loss, {"g_loss": loss.detach()}
+        return self.with_mode_seeking(loss, {"g_loss": loss.detach()}, fake[0], z, y)
+
+    def with_mode_seeking(self, loss: torch.Tensor, stats: dict[str, torch.Tensor], images: torch.Tensor,
+                          latents: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G's ``loss`` plus the weighted mode-seeking term over ``images`` drawn from ``latents`` (within each class
+        for a conditional G), logged as ``g_ms``; unchanged when the weight is 0."""
+        if not self.mode_seeking:
+            return loss, stats
+        term = losses.mode_seeking(images, latents, y if self.conditional else None)
+        return loss + self.mode_seeking * term, {**stats, "g_ms": term.detach()}
 
     def phase_loss(self, phase: str, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if phase == "D":

@@ -52,8 +52,9 @@ class BiGAN(Family):
     def g_phase(self, batch: Batch, augment: Augment):
         y = batch.y
         z = self.train_z(len(y), y.device)
-        fake_logits = self.D(augment(self.G(z)), z)
+        fake = self.G(z)
+        fake_logits = self.D(augment(fake), z)
         real_logits = self.D(augment(batch.x), self.E(batch.x))
         # G and E swap the labels: fakes should look real, real pairs should look fake.
         loss = losses.g_loss(self.loss_kind, fake_logits) + losses.g_loss(self.loss_kind, -real_logits)
-        return loss, {"g_loss": loss.detach()}
+        return self.with_mode_seeking(loss, {"g_loss": loss.detach()}, fake, z, y)

@@ -41,6 +41,26 @@ def g_loss(kind: str, fake: torch.Tensor, weight: torch.Tensor | None = None) ->
     return per.mean() if weight is None else (per * weight).mean()
 
 
+def mode_seeking(images: torch.Tensor, latents: torch.Tensor, groups: torch.Tensor | None = None,
+                 eps: float = 1e-5) -> torch.Tensor:
+    """Mode-seeking term (Mao et al., MSGAN): ``1 / (mean over pairs of d(x_i, x_j) / d(z_i, z_j) + eps)``, mean
+    absolute differences, to be minimized by G. It grows when G maps distant latents to similar images.
+
+    Pairs are neighbours in the batch; with ``groups`` ``(N,)`` (the classes of a conditional G) only samples of
+    one group are paired, so the term asks for variety within a class, not between classes. Deterministic: it
+    draws no random numbers. A batch with no pair gives 0."""
+    order = torch.arange(len(images), device=images.device) if groups is None else torch.argsort(groups, stable=True)
+    a, b = order[0:-1:2], order[1::2]
+    if groups is not None:
+        same = groups[a] == groups[b]
+        a, b = a[same], b[same]
+    if not len(a):
+        return images.new_zeros((), dtype=torch.float32)
+    dx = (images[a].float() - images[b].float()).abs().flatten(1).mean(1)
+    dz = (latents[a].float() - latents[b].float()).abs().flatten(1).mean(1)
+    return 1.0 / ((dx / dz.clamp_min(eps)).mean() + eps)
+
+
 def _no_autocast():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.autocast(device_type=device, enabled=False)

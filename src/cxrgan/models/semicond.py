@@ -104,12 +104,14 @@ class SemiConditional(CGAN):
     def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         y = batch.y
         latent = self.train_z(len(y), y.device)
-        logits, codes, classes = self.D.score(augment(self.generate(latent, y)), y)
+        fake = self.generate(latent, y)
+        logits, codes, classes = self.D.score(augment(fake), y)
         adversarial = losses.g_loss(self.loss_kind, logits)
         code_loss = F.mse_loss(codes.float(), self.code_space.standardize(self.split(latent)[1]))
         class_loss = F.cross_entropy(classes.float(), y)
         loss = adversarial + self.code_weight * code_loss + self.class_weight * class_loss
-        return loss, {"g_loss": adversarial.detach(), "g_code_mse": code_loss.detach(), "g_class_ce": class_loss.detach()}
+        stats = {"g_loss": adversarial.detach(), "g_code_mse": code_loss.detach(), "g_class_ce": class_loss.detach()}
+        return self.with_mode_seeking(loss, stats, fake, latent, y)
 
     # -- code control, measured ------------------------------------------------------------------
     @property

@@ -43,7 +43,7 @@ def summarize(run: Path, rows: list[dict[str, str]] | None = None) -> dict:
     rows = read_metrics(run / "metrics.csv") if rows is None else rows
     evals = [r for r in rows if r.get("fd")]
     # The run's own selection rule: lowest FD among checkpoints that kept their diversity.
-    healthy = [r for r in evals if eligible({"fd": float(r["fd"]), "diversity_ratio": diversity_ratio(r)}, cfg.collapse_ratio)]
+    healthy = [r for r in evals if eligible(r, cfg.collapse_ratio)]
     best = min(healthy, key=lambda r: float(r["fd"])) if healthy else None
     last = evals[-1] if evals else None
     return {

@@ -63,11 +63,14 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """Adversarial loss ``bce`` (non-saturating), ``hinge`` or ``wgan-gp``; gradient-penalty weight; R1 gamma."""
+    """Adversarial loss ``bce`` (non-saturating), ``hinge`` or ``wgan-gp``; gradient-penalty weight; R1 gamma;
+    ``mode_seeking``: weight of the mode-seeking term in G's loss (MSGAN; 0 = off; not for the dgm, whose G
+    translates images)."""
 
     kind: str = "bce"
     gp_weight: float = 10.0
     r1_gamma: float = 0.0
+    mode_seeking: float = 0.0
 
 
 @dataclass
@@ -164,6 +167,7 @@ class TrainConfig:
             (self.optim.d_steps >= 1, "optim.d_steps must be at least 1"),
             (self.model.pack >= 1 and self.batch_size % self.model.pack == 0,
              f"model.pack must be at least 1 and divide batch_size ({self.batch_size}), got {self.model.pack}"),
+            (self.loss.mode_seeking >= 0, f"loss.mode_seeking must be at least 0, got {self.loss.mode_seeking}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be at least 1"),
             (self.eval_samples >= 16, "eval_samples must be at least 16"),

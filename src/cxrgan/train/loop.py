@@ -38,7 +38,7 @@ from .config import TrainConfig, save_config
 from .data import EpochSampler, TrainData
 from .ema import EMA
 from .metrics import MetricsLog, read_metrics
-from .quality import QualityMonitor, better, coverage_note, diversity_ratio, eligible, quality_space, space_record
+from .quality import QualityMonitor, better, coverage_note, diversity_ratio, eligible, health, quality_space, space_record
 from .rundir import code_version, read_run, unstarted
 from .runtime import autocast, autocast_dtype, isolated_rng, pick_device, reproducible, rng_state, seed_everything, set_rng_state
 
@@ -68,7 +68,7 @@ def build_family(cfg: TrainConfig, image_size: int, num_classes: int) -> Family:
     cls = get_family(m.family)
     accepted = {name for klass in cls.__mro__ if "__init__" in vars(klass) for name in inspect.signature(klass.__init__).parameters}
     kwargs = dict(z_dim=m.z_dim, image_size=image_size, num_classes=num_classes, loss=cfg.loss.kind,
-                  gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma)
+                  gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma, mode_seeking=cfg.loss.mode_seeking)
     kwargs.update({k: v for k, v in vars(m).items() if k in accepted and k not in ("family", "z_dim")})
     try:
         return cls(**kwargs)
@@ -242,7 +242,8 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
         })
     if main:
         save_config(cfg, run / "config.yaml")
-    metrics = MetricsLog(run, resume_step=step if resume else None, extra_columns=family.metric_columns) if main else _NoMetrics()
+    columns = family.metric_columns + (("g_ms",) if cfg.loss.mode_seeking else ())
+    metrics = MetricsLog(run, resume_step=step if resume else None, extra_columns=columns) if main else _NoMetrics()
 
     def calibrate_ema() -> None:
         """Give the averaged networks batch-norm statistics of their own (see ``ema.py``), once per step."""
@@ -296,25 +297,27 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
             last_eval = monitor.evaluate(sample_fn)
             nets = {**modules, **(ema.shadow if ema is not None else {})}
             last_eval.update(family.checkpoint_figures(sample_fn, nets))
-        ratio = diversity_ratio(last_eval)
+        ratio, what_ratio = health(last_eval)
         collapsed = ratio < cfg.collapse_ratio and step >= cfg.collapse_warmup
         if collapsed and result.collapse_step is None:
             result.collapse_step = step
-            log.warning("possible mode collapse at step %d: sample diversity is %.2f of real-image diversity "
-                        "(threshold %.2f)%s; see %s", step, ratio, cfg.collapse_ratio, coverage_note(last_eval), run / "samples")
+            log.warning("possible mode collapse at step %d: %s is %.2f of real images' (threshold %.2f)%s; see %s",
+                        step, what_ratio, ratio, cfg.collapse_ratio, coverage_note(last_eval), run / "samples")
         key, higher, what = family.selection(last_eval)
         if better(last_eval, best, cfg.collapse_ratio, key, higher):
             best = {"step": step, "fd": last_eval["fd"], "key": key, "value": last_eval[key]}
         save(step)
         if best["step"] == step:
             figure = f"FD {last_eval['fd']:.4g} in {monitor.space.ident}" if key == "fd" else f"{what} {last_eval[key]:.4g}"
-            reason = (f"{'highest' if higher else 'lowest'} {figure} among checkpoints whose diversity is at "
-                      f"least {cfg.collapse_ratio:g} of real (this one: {ratio:.2f})")
-            ckpt.mark_best(run, step, last_eval["fd"], {"space": monitor.space.ident, "diversity_ratio": ratio, "reason": reason})
+            reason = (f"{'highest' if higher else 'lowest'} {figure} among checkpoints whose diversity and number of "
+                      f"distinct samples are at least {cfg.collapse_ratio:g} of real (this one: {diversity_ratio(last_eval):.2f} "
+                      f"and {last_eval['vendi_ratio']:.2f})")
+            ckpt.mark_best(run, step, last_eval["fd"], {"space": monitor.space.ident, "diversity_ratio": diversity_ratio(last_eval),
+                                                         "vendi_ratio": last_eval["vendi_ratio"], "reason": reason})
             log.info("best checkpoint is now step %d: %s", step, reason)
         elif not eligible(last_eval, cfg.collapse_ratio):
-            log.info("checkpoint %d is not eligible as best: diversity %.2f of real is below %g%s", step, ratio, cfg.collapse_ratio,
-                     coverage_note(last_eval))
+            log.info("checkpoint %d is not eligible as best: %s %.2f of real is below %g%s", step, what_ratio, ratio,
+                     cfg.collapse_ratio, coverage_note(last_eval))
         ckpt.prune(run, cfg.keep_checkpoints)
         bar.set_postfix_str(f"FD {last_eval['fd']:.3g} div {ratio:.2f}" + (" COLLAPSE?" if collapsed else ""))
         row = row or {"step": step, "epoch": sampler.epoch, "kimg": round(images_seen / 1000, 3)}
@@ -391,7 +394,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
                         metrics.close()
                         if main:
                             ckpt.rewind(run, step)
-                            metrics = MetricsLog(run, resume_step=step, extra_columns=family.metric_columns)
+                            metrics = MetricsLog(run, resume_step=step, extra_columns=columns)
                         saved_step = step
                         result.rollbacks.append((collapsed_at, step))
                         log.warning("collapse at step %d: rolled back to step %d, the last healthy checkpoint, with the D "
