@@ -59,7 +59,7 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     assert preset["loss"]["kind"] == "hinge" and preset["model"]["spectral_norm"] is True
     cgan = load_config(None, ["model.family=cgan"])
     assert cgan.loss.kind == "hinge" and cgan.model.spectral_norm and cgan.model.mbstd and cgan.optim.lr_d == 0.0004
-    assert cgan.augment.policy == "translation"
+    assert cgan.augment.policy == "translation" and cgan.loss.mode_seeking == 0.3
     dcgan = load_config(None, ["model.family=dcgan"])
     assert dcgan.loss.kind == "bce" and not dcgan.model.spectral_norm and dcgan.optim.lr_d == 0.0002
     assert dcgan.model.mbstd and dcgan.ema_decay == 0  # its own measured preset (configs/dcgan.yaml)

@@ -63,6 +63,7 @@ def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: f
     ("dcgan", ["--augment", "translation,cutout"]),  # batch norm in G and D, BCE, augmentation draws
     ("cgan", []),  # its defaults: spectral norm, projection D, minibatch std, hinge, translation
     ("cgan", ["--set", "model.mbstd_by_class=true"]),  # class-wise statistics of the global batch
+    ("dcgan", ["--set", "loss.mode_seeking=1"]),  # pairs across the processes' rows (cgan: within a class, default)
 ])
 def test_two_processes_equal_one(phantom32, tmp_path, family, extra):
     args = ["--model", family, "--data", str(phantom32), "--steps", "4", *TINY, *extra]

@@ -88,9 +88,12 @@ def semicond_run(phantom32, tmp_path_factory):
     """A short semicond run on the phantom (NORMAL / PNEUMONIA / COVID), checkpoints every 60 steps. The class
     enters G beside z (g_cond=concat): in 240 steps the default (cbn, whose per-class modulation starts at zero)
     gets D's class accuracy on its samples only to 0.46 (0.57 at 360 steps), and this fixture tests the code and
-    class heads, not how fast G learns the class."""
+    class heads, not how fast G learns the class. For the same reason it trains without the mode-seeking term that
+    the family inherits from the cgan (loss.mode_seeking=0.3): in 240 steps at 32 px that term, which pushes G to
+    spread its samples, holds the continuous codes' R^2 back; in 50-epoch runs on real radiographs the codes are
+    recovered with it as well as without (docs/results/long_runs/mode_seeking)."""
     out = tmp_path_factory.mktemp("semicond") / "run"
-    cfg = tiny_config(phantom32, "semicond", "model.g_cond=concat", "steps=240", "batch_size=32", "model.g_channels=32", "model.d_channels=32",
+    cfg = tiny_config(phantom32, "semicond", "model.g_cond=concat", "loss.mode_seeking=0", "steps=240", "batch_size=32", "model.g_channels=32", "model.d_channels=32",
                       "ckpt_every=60", "grid_every=120", "eval_samples=128", "model.z_dim=16",
                       "model.codes=[bernoulli:2:p=0.5, exponential:2:rate=1, uniform:2, normal:2]")
     train(cfg, out, progress=False)

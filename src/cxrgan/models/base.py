@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..train.distributed import sharded
+from ..train.distributed import gather_rows, sharded
 from . import losses
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -145,7 +145,9 @@ class Family(nn.Module):
         for a conditional G), logged as ``g_ms``; unchanged when the weight is 0."""
         if not self.mode_seeking:
             return loss, stats
-        term = losses.mode_seeking(images, latents, y if self.conditional else None)
+        # Pairs are formed on the global batch (all processes' rows), so K processes train as one does.
+        groups = gather_rows(y) if self.conditional else None
+        term = losses.mode_seeking(gather_rows(images.float()), gather_rows(latents.float()), groups)
         return loss + self.mode_seeking * term, {**stats, "g_ms": term.detach()}
 
     def phase_loss(self, phase: str, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

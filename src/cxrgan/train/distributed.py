@@ -285,6 +285,17 @@ def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
     return _SumOverProcesses.apply(t) if _world.active else t
 
 
+def gather_rows(t: torch.Tensor) -> torch.Tensor:
+    """The global batch of a per-process tensor of ``local_batch`` rows, in the order :func:`shard_rows` cut it
+    (rank 0's rows first), differentiably: each process's rows get the sum over processes of the gradients that
+    reach them. A term computed from it is the same in every process, so after :func:`average_gradients` each
+    process's networks get the gradient of that term on the global batch, as one process computes it."""
+    if not _world.active:
+        return t
+    parts = [t if r == _world.rank else t.new_zeros(t.shape).detach() for r in range(_world.size)]
+    return sum_over_processes(torch.cat(parts))
+
+
 class SyncedBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics are those of the global batch while :func:`syncing` is on.
 
