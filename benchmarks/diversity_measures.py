@@ -41,10 +41,15 @@ def sharpness(x: torch.Tensor) -> float:
     return float(F.conv2d(x.float(), lap).pow(2).mean())
 
 
-def ratios(space, fake: torch.Tensor, real_feats: np.ndarray) -> tuple[float, float]:
-    """(mean pairwise distance, Vendi score) of ``fake`` over those of the real features."""
-    f = space.embed(fake.clamp(-1, 1))
-    return mean_pairwise_distance(f) / mean_pairwise_distance(real_feats), vendi_score(f) / vendi_score(real_feats)
+def figures(feats: np.ndarray) -> np.ndarray:
+    """(mean pairwise distance, Vendi score) of a feature set."""
+    return np.array([mean_pairwise_distance(feats), vendi_score(feats)])
+
+
+def ratios(space, fake: torch.Tensor, real: np.ndarray) -> tuple[float, float]:
+    """(mean pairwise distance, Vendi score) of ``fake`` over ``real``, the real set's :func:`figures`."""
+    r = figures(space.embed(fake.clamp(-1, 1))) / real
+    return float(r[0]), float(r[1])
 
 
 def known_changes(ds, space, draws: int) -> list[str]:
@@ -66,7 +71,8 @@ def known_changes(ds, space, draws: int) -> list[str]:
     for d in range(draws):
         rng = np.random.default_rng(d)
         for c in classes:
-            real = space.embed(to_model_range(torch.from_numpy(np.asarray(ds.images[np.sort(rng.choice(train[labels[train] == c], N, replace=False))]))))
+            real = figures(space.embed(to_model_range(torch.from_numpy(
+                np.asarray(ds.images[np.sort(rng.choice(train[labels[train] == c], N, replace=False))])))))
             u8 = np.asarray(ds.images[np.sort(rng.choice(val[labels[val] == c], N, replace=False))])
             x = to_model_range(torch.from_numpy(u8))
             for name, change in changes:
@@ -99,7 +105,7 @@ def run_checkpoints(ds, space, run: Path, draws: int) -> list[str]:
                 x_real = to_model_range(torch.from_numpy(np.asarray(ds.images[np.sort(rng.choice(pool, N, replace=False))])))
                 y = torch.full((N,), 0 if g is None else int(g), dtype=torch.long)
                 fake = loaded.family.generate(draw_latents(loaded, N, gen), y).float()
-                per[g].append((*ratios(space, fake, space.embed(x_real)), sharpness(fake.clamp(-1, 1)) / sharpness(x_real)))
+                per[g].append((*ratios(space, fake, figures(space.embed(x_real))), sharpness(fake.clamp(-1, 1)) / sharpness(x_real)))
         means = {g: np.mean(v, axis=0) for g, v in per.items()}
         worst_d = min(means, key=lambda g: means[g][0])
         worst_v = min(means, key=lambda g: means[g][1])

@@ -45,9 +45,10 @@ def vendi_score(f: np.ndarray) -> float:
 
     Centring and the cosine make it blind to the scale and position of the set: it counts how many different
     directions the rows spread in, not how far. So it sees what the mean pairwise distance barely sees, a set
-    made of a few repeated images (4 distinct images repeated 32 times give a mean pairwise distance 0.77 of the
-    128 real images', and a Vendi score 0.25 of theirs), and it does not mistake a uniformly blurred but varied
-    set for a collapsed one."""
+    made of a few repeated images (4 real radiographs repeated 32 times keep 0.67-0.86 of the mean pairwise
+    distance of 128 distinct ones and 0.23-0.25 of their Vendi score, in the trained classifier space;
+    ``benchmarks/diversity_measures.py``), and it does not mistake a uniformly blurred but varied set for a
+    collapsed one."""
     t = torch.as_tensor(np.asarray(f), dtype=torch.float64)
     if len(t) < 2:
         return float(len(t))

@@ -309,11 +309,11 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
         save(step)
         if best["step"] == step:
             figure = f"FD {last_eval['fd']:.4g} in {monitor.space.ident}" if key == "fd" else f"{what} {last_eval[key]:.4g}"
+            spread, modes = diversity_ratio(last_eval), last_eval["vendi_ratio"]
             reason = (f"{'highest' if higher else 'lowest'} {figure} among checkpoints whose diversity and number of "
-                      f"distinct samples are at least {cfg.collapse_ratio:g} of real (this one: {diversity_ratio(last_eval):.2f} "
-                      f"and {last_eval['vendi_ratio']:.2f})")
-            ckpt.mark_best(run, step, last_eval["fd"], {"space": monitor.space.ident, "diversity_ratio": diversity_ratio(last_eval),
-                                                         "vendi_ratio": last_eval["vendi_ratio"], "reason": reason})
+                      f"distinct samples are at least {cfg.collapse_ratio:g} of real (this one: {spread:.2f} and {modes:.2f})")
+            ckpt.mark_best(run, step, last_eval["fd"], {"space": monitor.space.ident, "diversity_ratio": spread,
+                                                         "vendi_ratio": modes, "reason": reason})
             log.info("best checkpoint is now step %d: %s", step, reason)
         elif not eligible(last_eval, cfg.collapse_ratio):
             log.info("checkpoint %d is not eligible as best: %s %.2f of real is below %g%s", step, what_ratio, ratio,

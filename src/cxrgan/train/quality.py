@@ -5,8 +5,8 @@ scored: Fréchet distance to real training images, and diversity (mean pairwise 
 samples, within each class for conditional families) next to the same figure on real images; the diversity
 ratio is the worst class's. The Vendi ratio is the same comparison for the effective number of distinct samples
 (:func:`~cxrgan.evaluate.distribution.vendi_score`), which catches what the mean distance misses: a generator
-that draws a few images over and over (8 distinct images repeated 16 times each keep 0.80 of real's mean
-distance, and 0.40-0.51 of its Vendi score). A checkpoint is *healthy* when both are at least ``collapse_ratio``;
+that draws a few images over and over (8 real radiographs repeated 16 times each keep 0.78-0.99 of real's mean
+distance, and 0.44 of its Vendi score; ``benchmarks/diversity_measures.py``). A checkpoint is *healthy* when both are at least ``collapse_ratio``;
 the lower of the two is its health figure. For an unconditional family on labelled data, the pooled diversity in a classifier
 space mostly measures whether the samples cover the classes in proportion (the distance between classes is the
 largest one there), so the monitor also reports ``class_coverage``: the least-drawn class's share of samples
