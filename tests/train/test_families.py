@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -310,3 +311,64 @@ def test_mode_seeking_is_refused_for_the_dgm(phantom32, tmp_path):
         train(tiny_config(phantom32, "dgm", "loss.mode_seeking=1"), tmp_path / "a", progress=False)
     with pytest.raises(CxrganError, match="loss.mode_seeking must be at least 0"):
         train(tiny_config(phantom32, "dcgan", "loss.mode_seeking=-1"), tmp_path / "b", progress=False)
+
+
+def test_pixel_clusters_separate_distinct_kinds_of_image_deterministically():
+    """Two kinds of image (bright top half or bright bottom half, with noise and a brightness spread) in 3:1
+    proportions fall into two clusters that match the kinds exactly; the same data gives the same clusters, every
+    cluster keeps an image, and impossible requests are refused."""
+    from cxrgan.models.clusters import pixel_clusters
+
+    rng = np.random.default_rng(0)
+    kind = (np.arange(200) % 4 == 0).astype(int)
+    images = rng.integers(60, 100, (200, 32, 32)).astype(np.uint8)
+    for i, k in enumerate(kind):
+        rows = slice(0, 16) if k else slice(16, 32)
+        images[i, rows] += np.uint8(rng.integers(80, 120))
+    read = lambda rows: images[rows]  # noqa: E731
+    a = pixel_clusters(read, len(images), 2, chunk=64)
+    assert set(np.unique(a)) == {0, 1}
+    assert abs(np.corrcoef(a, kind)[0, 1]) == pytest.approx(1.0)  # the clusters are the kinds (up to naming)
+    assert np.array_equal(a, pixel_clusters(read, len(images), 2))
+    many = pixel_clusters(read, len(images), 12)
+    assert sorted(np.unique(many)) == list(range(12))
+    with pytest.raises(ValueError, match="cannot form"):
+        pixel_clusters(read, 3, 5)
+
+
+def test_self_conditioned_dcgan_draws_clusters_in_the_data_proportions(phantom32, tmp_path):
+    """model.clusters=K: G is modulated per cluster and D projects the cluster; the prior (saved with G) holds the
+    clusters' shares of the training images; latents carry a cluster drawn from it in the last column; real images
+    are shown to D with their own cluster; `cxrgan sample` draws from a trained run; bad settings are refused."""
+    from cxrgan.sample import sample
+    from cxrgan.train.data import TrainData
+    from cxrgan.data import PreparedDataset
+
+    cfg = tiny_config(phantom32, "dcgan", "model.clusters=4", "loss.r1_gamma=0.1")
+    fam = build_family(cfg, 32, 3)
+    data = TrainData(PreparedDataset.open(phantom32))
+    fam.bind_data(data)
+    shares = torch.bincount(fam._cluster_of, minlength=4).float() / len(data)
+    assert torch.allclose(fam.G.prior, shares) and float(shares.min()) > 0
+    z = fam.sample_z(4000, generator=torch.Generator().manual_seed(0))
+    assert z.shape == (4000, fam.latent_dim) and fam.latent_dim == 17
+    drawn = torch.bincount(z[:, -1].long(), minlength=4).float() / 4000
+    assert torch.allclose(drawn, shares, atol=0.03)
+    rows = np.array([0, 5, 9])
+    x, c = fam.real_inputs(data.batch(rows, torch.device("cpu"), False))
+    assert torch.equal(c.argmax(1), fam._cluster_of[rows]) and x.shape == (3, 1, 32, 32)
+    with torch.no_grad():  # the cluster changes the image G draws for the same noise
+        zz = z[:2].clone()
+        zz[:, -1] = 0
+        other = zz.clone()
+        other[:, -1] = 3
+        fam.G.net.modulations[0].bias.weight[3].fill_(1.0)
+        assert (fam.G.eval()(zz) - fam.G(other)).abs().max() > 1e-3
+    res = train(cfg, tmp_path / "r", progress=False)
+    assert res.step == 6 and math.isfinite(res.last_eval["fd"])
+    out = sample([tmp_path / "r"], tmp_path / "s", n=12, checkpoint="last", device="cpu", png=False)
+    assert len(out) == 12
+    with pytest.raises(CxrganError, match="clusters and pack"):
+        build_family(tiny_config(phantom32, "dcgan", "model.clusters=4", "model.pack=2"), 32, 3)
+    with pytest.raises(CxrganError, match="at least 2"):
+        build_family(tiny_config(phantom32, "dcgan", "model.clusters=1"), 32, 3)

@@ -22,10 +22,12 @@ Augment = Callable[[torch.Tensor], torch.Tensor]
 
 @dataclass
 class Batch:
-    """One training batch: ``x`` ``(N, 1, S, S)`` float in [-1, 1], ``y`` ``(N,)`` int64 class indices."""
+    """One training batch: ``x`` ``(N, 1, S, S)`` float in [-1, 1], ``y`` ``(N,)`` int64 class indices, ``rows``
+    ``(N,)`` int64 positions of the images in the training subset the family was bound to (where known)."""
 
     x: torch.Tensor
     y: torch.Tensor
+    rows: torch.Tensor | None = None
 
 
 class Family(nn.Module):

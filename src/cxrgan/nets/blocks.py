@@ -128,7 +128,8 @@ def classwise_stddev(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torc
 class ConvDiscriminator(nn.Module):
     """DCGAN discriminator with optional class conditioning: ``(N, 1, S, S)`` -> logits ``(N,)``.
 
-    cond: ``none``; ``projection`` (Miyato & Koyama: logit += <embed(y), pooled features>); or ``concat``
+    cond: ``none``; ``projection`` (Miyato & Koyama: logit += <embed(y), pooled features>; ``y`` class indices or
+    ``(N, K)`` class weights); or ``concat``
     (one-hot label planes concatenated to the input image). mbstd: append the minibatch standard deviation
     channel before the head; with ``mbstd_by_class`` (conditional only) taken within each class of the batch.
     pack (unconditional only): PacGAN (Lin et al., 2018): D judges ``pack`` images at once, stacked as channels,
@@ -169,7 +170,9 @@ class ConvDiscriminator(nn.Module):
             head_in = classwise_stddev(h, y, self.num_classes) if self.mbstd_by_class else minibatch_stddev(h)
         logit = self.head(head_in).flatten()
         if self.embed is not None:
-            logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
+            # y: class indices (N,), or class weights (N, K) such as one-hot rows that a gradient penalty can vary
+            e = y.to(self.embed.weight.dtype) @ self.embed.weight if y.is_floating_point() else self.embed(y)
+            logit = logit + (e * h.sum(dim=(2, 3))).sum(dim=1)
         return logit, h
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
