@@ -64,7 +64,7 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     assert dcgan.loss.kind == "bce" and not dcgan.model.spectral_norm and dcgan.optim.lr_d == 0.0002
     assert dcgan.model.mbstd and dcgan.ema_decay == 0  # its own measured preset (configs/dcgan.yaml)
     bigan = load_config(None, ["model.family=bigan"])  # configs/bigan.yaml: the CGAN's D recipe, not its G or augmentation
-    assert bigan.loss.kind == "hinge" and bigan.model.spectral_norm and (bigan.optim.lr_d, bigan.optim.beta1) == (0.0004, 0.0)
+    assert bigan.loss.kind == "hinge" and bigan.model.spectral_norm and (bigan.optim.lr_g, bigan.optim.lr_d, bigan.optim.beta1) == (0.0004, 0.0008, 0.0)
     assert not bigan.model.mbstd and not bigan.model.unary and bigan.augment.policy == "" and bigan.ema_decay == 0.999
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  family: cgan\noptim:\n  lr_d: 0.0001\n")
@@ -77,6 +77,7 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
 
 def test_semicond_preset_starts_from_cgan():
     cfg = load_config(None, ["model.family=semicond"])
-    assert cfg.loss.kind == "hinge" and cfg.model.spectral_norm and cfg.optim.lr_d == 0.0004
+    assert cfg.loss.kind == "hinge" and cfg.model.spectral_norm and cfg.augment.policy == "translation"
+    assert (cfg.optim.lr_g, cfg.optim.lr_d) == (0.0004, 0.0008)  # its own: twice the cgan's learning rates
     assert cfg.model.g_cond == "cbn"  # the class through G's batch norms, as for the cgan
     assert cfg.model.codes == ["bernoulli:5:p=0.5", "exponential:5:rate=1", "uniform:5:low=-1,high=1", "normal:5"]
