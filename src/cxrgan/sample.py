@@ -123,15 +123,9 @@ def fixed_codes(loaded: LoadedRun, codes: Sequence[str] | None) -> dict[str, tor
 
 def draw_latents(loaded: LoadedRun, n: int, generator: torch.Generator, truncation: float | None = None,
                  fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Latents for ``n`` images: noise (truncated when asked), then the run's code blocks or, for a self-conditioned
-    run, its clusters (drawn in the training images' proportions) where it has them."""
-    z = truncated_normal(n, loaded.cfg.model.z_dim, truncation, generator)
-    space = getattr(loaded.family, "code_space", None)
-    if space is not None:
-        return torch.cat([z, space.sample(n, generator, fixed)], dim=1)
-    if getattr(loaded.family, "clusters", 0):
-        return torch.cat([z, loaded.family.draw_clusters(n, generator)], dim=1)
-    return z
+    """Latents for ``n`` images: noise (truncated when asked), then the family's structured part where it has one
+    (:meth:`Family.extend_latents`: a semicond run's code blocks, a self-conditioned run's clusters)."""
+    return loaded.family.extend_latents(truncated_normal(n, loaded.cfg.model.z_dim, truncation, generator), generator, fixed)
 
 
 def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: Sequence[str] | None = None,

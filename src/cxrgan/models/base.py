@@ -77,6 +77,13 @@ class Family(nn.Module):
         """Latents ``(n, latent_dim)``: N(0, I) here; families with structured latents extend them."""
         return torch.randn(n, self.z_dim, generator=generator, device=device)
 
+    def extend_latents(self, z: torch.Tensor, generator: torch.Generator | None = None,
+                       fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Complete noise ``z`` ``(n, z_dim)`` into latents ``(n, latent_dim)`` with the family's structured part
+        (code blocks, with ``fixed`` ones pinned, for ``semicond``; clusters for a self-conditioned ``dcgan``),
+        drawn with ``generator``; ``z`` itself here. Lets callers draw the noise their own way (truncated)."""
+        return z
+
     def train_z(self, n: int, device: torch.device | str) -> torch.Tensor:
         """Latents for ``n`` training rows, from the global random stream: with several processes, each draws
         for the global batch and keeps its own rows, so K processes train as one (see ``train.distributed``)."""

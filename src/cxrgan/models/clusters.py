@@ -17,12 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils.tensors import to_model_range
+
 FIT_ROWS = 20_000  # images the centroids are fitted on (a fixed random subset of larger sets)
 
 
 def _pixel_features(images_u8: np.ndarray, size: int) -> np.ndarray:
     """``(N, S, S)`` uint8 -> ``(N, size * size)`` float32 images average-pooled to at most ``size`` pixels."""
-    x = torch.from_numpy(np.ascontiguousarray(images_u8)).float()[:, None] / 127.5 - 1.0
+    x = to_model_range(torch.from_numpy(np.ascontiguousarray(images_u8)))
     if x.shape[-1] > size:
         x = F.adaptive_avg_pool2d(x, size)
     return x.flatten(1).numpy()

@@ -28,9 +28,12 @@ class ClusterGenerator(nn.Module):
         self.net = ConditionalGenerator(z_dim, clusters, size, base, embed_dim, "cbn")
         self.register_buffer("prior", torch.full((clusters,), 1.0 / clusters))
 
+    def cluster(self, latent: torch.Tensor) -> torch.Tensor:
+        """``(N,)`` int64 cluster indices held in the last column of ``latent``."""
+        return latent[:, self.z_dim].round().long().clamp(0, len(self.prior) - 1)
+
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        cluster = latent[:, self.z_dim].round().long().clamp(0, len(self.prior) - 1)
-        return self.net(latent[:, : self.z_dim], cluster)
+        return self.net(latent[:, : self.z_dim], self.cluster(latent))
 
 
 @register("dcgan")
@@ -73,11 +76,15 @@ class DCGAN(Family):
         """``(n, 1)`` float cluster indices drawn in the training images' proportions."""
         return torch.multinomial(self.G.prior.float().cpu(), n, replacement=True, generator=generator).float()[:, None]
 
+    def extend_latents(self, z: torch.Tensor, generator: torch.Generator | None = None,
+                       fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``[z, cluster]`` with clusters drawn in the training images' proportions (``z`` as it is without clusters)."""
+        return torch.cat([z, self.draw_clusters(len(z), generator)], dim=1) if self.clusters else z
+
     def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        z = torch.randn(n, self.z_dim, generator=generator)
-        if self.clusters:
-            z = torch.cat([z, self.draw_clusters(n, generator)], dim=1)
-        return z.to(device)
+        if not self.clusters:
+            return super().sample_z(n, generator, device)
+        return self.extend_latents(torch.randn(n, self.z_dim, generator=generator), generator).to(device)
 
     def _onehot(self, cluster: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return nn.functional.one_hot(cluster.long(), self.clusters).to(device=like.device, dtype=torch.float32)
@@ -91,7 +98,7 @@ class DCGAN(Family):
 
     def fake_inputs(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         image = self.generate(z, y)
-        return (image, self._onehot(z[:, self.z_dim].round(), image)) if self.clusters else (image,)
+        return (image, self._onehot(self.G.cluster(z), image)) if self.clusters else (image,)
 
     def discriminate(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         return self.D(inputs[0], inputs[1]) if self.clusters else self.D(inputs[0])

@@ -79,8 +79,12 @@ class SemiConditional(CGAN):
     def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
                  fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """``[z, codes]`` ``(n, z_dim + code_dim)``; ``fixed`` pins blocks by name (see :meth:`CodeSpace.sample`)."""
-        z = torch.randn(n, self.z_dim, generator=generator)
-        return torch.cat([z, self.code_space.sample(n, generator, fixed)], dim=1).to(device)
+        return self.extend_latents(torch.randn(n, self.z_dim, generator=generator), generator, fixed).to(device)
+
+    def extend_latents(self, z: torch.Tensor, generator: torch.Generator | None = None,
+                       fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """``[z, codes]``: code blocks drawn after the noise, ``fixed`` ones pinned."""
+        return torch.cat([z, self.code_space.sample(len(z), generator, fixed)], dim=1)
 
     def split(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return latent[:, : self.z_dim], latent[:, self.z_dim :]
