@@ -61,8 +61,8 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     assert cgan.loss.kind == "hinge" and cgan.model.spectral_norm and cgan.model.mbstd and cgan.optim.lr_d == 0.0004
     assert cgan.augment.policy == "translation" and cgan.loss.mode_seeking == 0.3
     dcgan = load_config(None, ["model.family=dcgan"])
-    assert dcgan.loss.kind == "bce" and not dcgan.model.spectral_norm and dcgan.optim.lr_d == 0.0002
-    assert dcgan.model.mbstd and dcgan.ema_decay == 0  # its own measured preset (configs/dcgan.yaml)
+    assert dcgan.loss.kind == "hinge" and dcgan.model.spectral_norm and (dcgan.optim.lr_g, dcgan.optim.lr_d) == (0.0008, 0.0016)
+    assert dcgan.model.mbstd and dcgan.ema_decay == 0.999  # its own measured preset (configs/dcgan.yaml)
     bigan = load_config(None, ["model.family=bigan"])  # configs/bigan.yaml: the CGAN's D recipe, not its G or augmentation
     assert bigan.loss.kind == "hinge" and bigan.model.spectral_norm and (bigan.optim.lr_g, bigan.optim.lr_d, bigan.optim.beta1) == (0.0004, 0.0008, 0.0)
     assert not bigan.model.mbstd and not bigan.model.unary and bigan.augment.policy == "" and bigan.ema_decay == 0.999
@@ -70,7 +70,8 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     f.write_text("model:\n  family: cgan\noptim:\n  lr_d: 0.0001\n")
     mine = load_config(f, ["loss.kind=bce"])
     assert mine.optim.lr_d == 0.0001 and mine.loss.kind == "bce" and mine.model.mbstd  # file and --set win; rest is preset
-    assert load_config(f, ["model.family=dcgan"]).loss.kind == "bce"  # the flag's family picks the preset
+    flagged = load_config(f, ["model.family=dcgan"])  # the flag's family picks the preset; the file's own field still wins
+    assert flagged.optim.lr_g == 0.0008 and flagged.model.g_cond == "concat" and flagged.optim.lr_d == 0.0001
     save_config(cgan, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cgan
 
