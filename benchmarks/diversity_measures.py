@@ -11,8 +11,12 @@ benchmark shows what moves each of them, on real images whose truth is known:
    random draws of 128 images.
 2. With ``--runs``: every checkpoint of each run directory given, re-sampled (``--draws`` sets of 128 latents
    per class) and scored the same way, with the samples' sharpness (mean squared Laplacian) over real images'.
+3. With ``--spread`` (instead of 1): how far the training loop's own figures stray when the generator is perfect. A
+   ``QualityMonitor`` (as a run builds it: 1,024 real training images, seed ``d``) scores another 1,024 real
+   training images with the same class sequence, once per seed, per class (conditional) and pooled; with each
+   group capped at 128 images (the monitor until 2026-12-01) and at ``DIVERSITY_MAX`` (today).
 
-    python benchmarks/diversity_measures.py --data PREPARED_DIR [--runs RUN ...] [--out docs/results/.../table.md]
+    python benchmarks/diversity_measures.py --data PREPARED_DIR [--runs RUN ...] [--spread] [--out docs/results/.../table.md]
 
 The feature space is the dataset's trained classifier space (trained first when the cache lacks it), as in
 ``benchmarks/long_runs.py``.
@@ -115,11 +119,46 @@ def run_checkpoints(ds, space, run: Path, draws: int) -> list[str]:
     return rows
 
 
+def spread(ds, space, draws: int) -> list[str]:
+    """Markdown rows: the monitor's diversity and Vendi ratios for real images scored as if generated (1 = truth)."""
+    from cxrgan.train import quality
+    from cxrgan.train.data import TrainData
+
+    data = TrainData(ds, "train")
+    rows = ["| monitor groups | images per group (at most) | diversity ratio: mean, sd, 5th percentile, lowest | "
+            "Vendi ratio: mean, sd, 5th percentile, lowest |", "|---|---|---|---|"]
+    default_cap = quality.DIVERSITY_MAX
+    try:
+        for conditional in (True, False):
+            for cap in (128, default_cap):
+                quality.DIVERSITY_MAX = cap
+                got = []
+                for seed in range(draws):
+                    mon = quality.QualityMonitor(data, 1024, 8, seed, torch.device("cpu"), space, conditional)
+                    taken = np.zeros(len(data), bool)
+                    taken[mon.rows] = True
+                    rng = np.random.default_rng([seed, 5])
+                    fake_rows = np.empty(len(mon.y), np.int64)
+                    for c in np.unique(mon.y.numpy()):
+                        where = np.flatnonzero(mon.y.numpy() == c)
+                        fake_rows[where] = rng.choice(np.flatnonzero(~taken & (data.labels == c)), len(where), replace=False)
+                    figs = mon.score(to_model_range(torch.from_numpy(data.uint8(fake_rows))))
+                    got.append((figs["diversity_ratio"], figs["vendi_ratio"]))
+                g = np.array(got)
+                cells = " | ".join(f"{g[:, i].mean():.3f}, {g[:, i].std():.3f}, {np.percentile(g[:, i], 5):.3f}, {g[:, i].min():.3f}"
+                                   for i in (0, 1))
+                rows.append(f"| {'per class (worst)' if conditional else 'pooled'} | {cap} | {cells} |")
+    finally:
+        quality.DIVERSITY_MAX = default_cap
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="a prepared dataset directory")
     ap.add_argument("--runs", nargs="*", default=[], help="run directories whose checkpoints to re-measure")
     ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--spread", action="store_true", help="the monitor's own figures for real images (one draw per seed) instead of the known changes")
     ap.add_argument("--out", help="also write the tables here (markdown)")
     a = ap.parse_args()
 
@@ -129,10 +168,15 @@ def main() -> None:
     torch.manual_seed(0)
     ds = PreparedDataset.open(a.data)
     space = ensure_extractors(ds, ["classifier"])["classifier"]
-    lines = [f"Feature space {space.ident}; {N} images per set, mean of {a.draws} draws; "
+    sets = "the monitor's 1,024 images per seed" if a.spread else f"{N} images per set, mean of {a.draws} draws"
+    lines = [f"Feature space {space.ident}; {sets}; "
              f"{os.cpu_count()} CPUs, torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}.", ""]
-    lines += ["Both ratios against 128 real training images of the same class (1 = as varied as real images).", ""]
-    lines += known_changes(ds, space, a.draws)
+    if a.spread:
+        lines += [f"The training loop's monitor scoring real images as if generated, {a.draws} seeds:", ""]
+        lines += spread(ds, space, a.draws)
+    else:
+        lines += ["Both ratios against 128 real training images of the same class (1 = as varied as real images).", ""]
+        lines += known_changes(ds, space, a.draws)
     if a.runs:
         lines += ["", "| run | step | mean distance (worst group) | Vendi (worst group) | sharpness over real |", "|---|---|---|---|---|"]
         for run in a.runs:

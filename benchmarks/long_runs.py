@@ -16,6 +16,11 @@ each; a run directory that exists is resumed, so an interrupted benchmark contin
 ``--variant NAME:FAMILY[:KEY=VALUE...]`` (repeatable) runs named variants instead of the families at their
 defaults, e.g. ``--variant cgan-r1:cgan:loss.r1_gamma=1`` beside ``--variant cgan:cgan``: the same benchmark is
 then a study of one lever at a time. ``--device cuda`` runs them on a GPU (all at once is fine there).
+``--report-only --rescore`` scores every kept checkpoint of the runs again with the quality monitor as the code
+builds it today (same feature space, latents, real images and seed; ``WORK/NAME.rescored.csv``, kept: delete it to
+score again) and reports those
+figures: finished runs re-measured after the monitor's estimator changes, without training them again. FD does
+not depend on the estimator, so the largest FD difference from the run's own log is printed as a check.
 
     python benchmarks/long_runs.py --work /tmp/long --results docs/results/long_runs [--epochs 50] [--parallel 2]
 """
@@ -44,7 +49,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(REAL), help="source to prepare, or a prepared dataset directory")
     ap.add_argument("--work", required=True, help="folder for the prepared data and the runs")
     ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "long_runs"))
-    ap.add_argument("--families", default="gan,dcgan,cgan,bigan")
+    ap.add_argument("--families", default="gan,dcgan,cgan,bigan,semicond")
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--channels", type=int, default=32, help="g_channels and d_channels (half the default width)")
@@ -54,6 +59,7 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], help="NAME:FAMILY[:KEY=VALUE...], instead of --families")
     ap.add_argument("--device", default="cpu", help="cpu (one thread per run) or cuda")
     ap.add_argument("--report-only", action="store_true", help="write the figure and table from the runs as they are")
+    ap.add_argument("--rescore", action="store_true", help="with --report-only: score the runs' checkpoints with today's monitor")
     a = ap.parse_args()
 
     from cxrgan.data import PreparedDataset, Preprocess, prepare
@@ -77,6 +83,10 @@ def main() -> None:
     runs = variants(a.variant) if a.variant else {f.strip(): (f.strip(), []) for f in a.families.split(",") if f.strip()}
     jobs = {name: _command(fam, data, work / name, a, extra) for name, (fam, extra) in runs.items()}
     walls = {} if a.report_only else _run_all(jobs, work, a.parallel)
+    if a.rescore:
+        for name in runs:
+            if (work / name / "metrics.csv").is_file() and not (work / f"{name}.rescored.csv").is_file():
+                rescore(work / name, work / f"{name}.rescored.csv")
     _report(list(runs), work, Path(a.results), {**_saved_walls(work), **walls}, a)
 
 
@@ -138,6 +148,41 @@ def _run_all(jobs: dict[str, list[str]], work: Path, parallel: int) -> dict[str,
     return walls
 
 
+@torch.no_grad()
+def rescore(run: Path, out: Path) -> None:
+    """Score every kept checkpoint of ``run`` with the run's quality monitor as the code builds it today and write
+    the figures to ``out`` (CSV, one row per step, the columns of the run's own evaluation rows)."""
+    import csv
+
+    from cxrgan.data import PreparedDataset
+    from cxrgan.sample import load_run
+    from cxrgan.train import checkpoint as ckpt
+    from cxrgan.train.data import TrainData
+    from cxrgan.train.metrics import read_metrics
+    from cxrgan.train.quality import QualityMonitor, quality_space
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    last = load_run(run, "last")
+    ds = PreparedDataset.open(last.info["data_path"])
+    data = TrainData(ds, last.cfg.data.split, list(last.cfg.data.classes) or None)
+    space = quality_space(last.cfg.quality_features, ds, last.info.get("quality_space"))
+    logged = {int(r["step"]): float(r["fd"]) for r in read_metrics(run / "metrics.csv") if r.get("fd")}
+    rows = []
+    for step in ckpt.list_checkpoints(run):
+        loaded = load_run(run, step)
+        mon = QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z, loaded.cfg.seed, torch.device("cpu"), space,
+                             loaded.family.conditional)
+        figures = mon.evaluate(lambda z, y, fam=loaded.family: fam.generate(z, y).float())
+        rows.append({"step": step, **{k: v for k, v in figures.items() if not isinstance(v, str)}})
+    with open(out, "w", newline="") as fh:
+        w = csv.DictWriter(fh, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    gaps = [abs(r["fd"] - logged[r["step"]]) / logged[r["step"]] for r in rows if r["step"] in logged]
+    print(f"{run.name}: {len(rows)} checkpoints re-scored; FD against the run's log: largest relative difference "
+          f"{max(gaps, default=float('nan')):.2%}", flush=True)
+
+
 def _report(names: list[str], work: Path, results: Path, walls: dict[str, float], a: argparse.Namespace) -> None:
     import json
 
@@ -157,7 +202,8 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
             continue
         cfg, info = read_run(run)
         metrics = read_metrics(run / "metrics.csv")
-        evals = [r for r in metrics if r.get("fd")]
+        rescored = work / f"{fam}.rescored.csv"
+        evals = read_metrics(rescored) if a.rescore and rescored.is_file() else [r for r in metrics if r.get("fd")]
         if not evals:
             continue
         steps_per_epoch = max(1, int(info["train_images"]) // cfg.batch_size)
@@ -204,7 +250,8 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
                f"{'each family at its defaults' if not a.variant else 'variants as named'}, {where}. Diversity: mean pairwise distance of "
                "samples in the validated classifier space over the same figure for real images, per class for "
                "conditional families (the worst class is shown). Vendi ratio: the samples' effective number of distinct images "
-               "over real images' in the same space (benchmarks/diversity_measures.py).")
+               "over real images' in the same space (benchmarks/diversity_measures.py)." +
+               (" Every checkpoint re-scored with today's monitor (--rescore)." if a.rescore else ""))
     md = write_table(rows, list(rows[0]) if rows else ["family"], results / "summary")
     print(caption + "\n\n" + md)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from cxrgan.evaluate.distribution import frechet_distance, kid, mean_pairwise_distance, nearest_distances, prdc
 
@@ -90,3 +91,9 @@ def test_vendi_counts_distinct_rows_and_ignores_scale_and_position():
     four = x[np.arange(128) % 4]
     assert 2.0 < vendi_score(four) <= 3.0 + 1e-9  # centred: 4 distinct rows span 3 directions
     assert vendi_score(np.ones((10, 5))) == 1.0 and vendi_score(x[:1]) == 1.0
+    tall = np.random.default_rng(1).normal(size=(300, 12))  # more rows than features: the features' Gram is used
+    t = torch.as_tensor(tall - tall.mean(0))
+    t = t / t.norm(dim=1, keepdim=True)
+    lam = torch.linalg.eigvalsh(t @ t.T / len(t)).clamp_min(0)
+    lam = lam[lam > 1e-12] / lam.sum()
+    assert vendi_score(tall) == pytest.approx(float(torch.exp(-(lam * lam.log()).sum())), rel=1e-9)

@@ -83,6 +83,9 @@ def test_conditional_diversity_is_measured_within_each_class_on_a_random_subset(
     data.uint8 = lambda r, _u=data.uint8: _u(rows[r])  # type: ignore[method-assign]
     mon = QualityMonitor(data, 512, 8, 0, torch.device("cpu"), conditional=True)
     assert set(mon.groups) == set(np.unique(data.labels).tolist())
+    y_all = mon.y.numpy()  # every monitor sample of a class is scored (not a subset: 128 gave the figure a spread of 0.04)
+    assert {c: len(idx) for c, idx in mon.groups.items()} == {int(c): int((y_all == c).sum()) for c in np.unique(y_all)}
+    assert all((y_all[idx] == c).all() for c, idx in mon.groups.items())
     real = to_model_range(torch.from_numpy(data.uint8(np.arange(len(data)))))
     y = mon.y.numpy()
     per_class = {int(c): real[int(np.flatnonzero(data.labels == c)[5])] for c in np.unique(y)}

@@ -55,7 +55,8 @@ def vendi_score(f: np.ndarray) -> float:
     t = t - t.mean(0)
     norms = t.norm(dim=1, keepdim=True)
     t = torch.where(norms > 1e-12, t / norms.clamp_min(1e-12), torch.zeros_like(t))
-    lam = torch.linalg.eigvalsh(t @ t.T / len(t)).clamp_min(0)
+    gram = t.T @ t if t.shape[1] < len(t) else t @ t.T  # same non-zero eigenvalues; the smaller matrix is cheaper
+    lam = torch.linalg.eigvalsh(gram / len(t)).clamp_min(0)
     lam = lam / lam.sum() if float(lam.sum()) > 0 else lam
     lam = lam[lam > 1e-12]
     return float(torch.exp(-(lam * lam.log()).sum())) if len(lam) else 1.0
