@@ -129,10 +129,20 @@ def test_constant_generator_is_flagged_excluded_from_best_and_sampled_from_last(
 
 
 def test_best_json_says_why(phantom32, tmp_path):
+    """In randconv-v1 (no validated space), FD does not choose: the latest healthy checkpoint is best, whatever its
+    FD, and best.json says so and how to select on FD instead."""
     res = train(tiny_config(phantom32, "dcgan", "collapse_ratio=0"), tmp_path / "r", progress=False)
     info = json.loads((tmp_path / "r" / "checkpoints" / "best.json").read_text())
-    assert info["step"] == res.best_step and info["space"] == "randconv-v1" and "lowest FD" in info["reason"]
+    assert info["step"] == res.best_step == res.step and info["space"] == "randconv-v1"
+    assert "latest" in info["reason"] and "does not choose" in info["reason"] and "cxrgan features train" in info["reason"]
     assert json.loads((tmp_path / "r" / "run.json").read_text())["quality_space"]["ident"] == "randconv-v1"
+
+
+def test_fd_chooses_in_a_validated_space_only():
+    from cxrgan.train.quality import fd_chooses
+
+    assert not fd_chooses(randconv_space())
+    assert fd_chooses(FeatureSpace(nn.Linear(2, 2), "classifier", "classifier-x"))
 
 
 class _BrightnessClassifier(nn.Module):

@@ -64,6 +64,13 @@ def test_compare_writes_figures_grid_and_table(runs, tmp_path):
         assert (out / f).is_file()
     table = (out / "summary.md").read_text()
     assert "cgan" in table and "pneu" in table and "best_fd" in table
+    import csv
+
+    from cxrgan.train import checkpoint as ckpt
+
+    for row in csv.DictReader(open(out / "summary.csv")):  # the step each run chose, not a rule recomputed here
+        chosen = ckpt.best_step(runs / row["run"])
+        assert (int(row["best_step"]) if row["best_step"] else None) == chosen
     from PIL import Image
 
     # One row per class for the conditional run (3) plus one for the per-class run.

@@ -36,15 +36,17 @@ def _tail_mean(rows: list[dict[str, str]], key: str, frac: float = 0.1) -> float
 
 def summarize(run: Path, rows: list[dict[str, str]] | None = None) -> dict:
     """Final figures of one run (means over the last 10% of logged rows); ``rows`` if already read."""
-    from ..train.quality import diversity_ratio, eligible
+    from ..train import checkpoint as ckpt
+    from ..train.quality import diversity_ratio
     from ..train.rundir import read_run
 
     cfg, _ = read_run(run)
     rows = read_metrics(run / "metrics.csv") if rows is None else rows
     evals = [r for r in rows if r.get("fd")]
-    # The run's own selection rule: lowest FD among checkpoints that kept their diversity.
-    healthy = [r for r in evals if eligible(r, cfg.collapse_ratio)]
-    best = min(healthy, key=lambda r: float(r["fd"])) if healthy else None
+    # The checkpoint the run chose (checkpoints/best.json, by its own selection rule); none when no checkpoint kept
+    # its diversity.
+    chosen = ckpt.best_step(run)
+    best = next((r for r in evals if int(float(r["step"])) == chosen), None)
     last = evals[-1] if evals else None
     return {
         "run": run.name, "family": cfg.model.family, "classes": ",".join(cfg.data.classes) or "all",

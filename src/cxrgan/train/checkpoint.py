@@ -76,6 +76,11 @@ def list_checkpoints(run: Path) -> list[int]:
     return sorted(out)
 
 
+def best_step(run: Path) -> int | None:
+    """The step ``best.json`` of ``run`` points at, or ``None`` (no checkpoint was eligible, or no run)."""
+    return _pointer(Path(run) / "checkpoints" / "best.json")
+
+
 def _pointer(path: Path) -> int | None:
     try:
         return int(json.loads(path.read_text())["step"])

@@ -38,7 +38,7 @@ from .config import TrainConfig, save_config
 from .data import EpochSampler, TrainData
 from .ema import EMA
 from .metrics import MetricsLog, read_metrics
-from .quality import QualityMonitor, better, coverage_note, diversity_ratio, eligible, health, quality_space, space_record
+from .quality import QualityMonitor, better, coverage_note, diversity_ratio, eligible, fd_chooses, health, quality_space, space_record
 from .rundir import code_version, read_run, unstarted
 from .runtime import autocast, autocast_dtype, isolated_rng, pick_device, reproducible, rng_state, seed_everything, set_rng_state
 
@@ -304,14 +304,23 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
             log.warning("possible mode collapse at step %d: %s is %.2f of real images' (threshold %.2f)%s; see %s",
                         step, what_ratio, ratio, cfg.collapse_ratio, coverage_note(last_eval), run / "samples")
         key, higher, what = family.selection(last_eval)
-        if better(last_eval, best, cfg.collapse_ratio, key, higher):
-            best = {"step": step, "fd": last_eval["fd"], "key": key, "value": last_eval[key]}
+        if key == "fd" and not fd_chooses(monitor.space):
+            key, higher, what = "step", True, "step"  # the latest healthy checkpoint
+        scored = {**last_eval, "step": step}
+        if better(scored, best, cfg.collapse_ratio, key, higher):
+            best = {"step": step, "fd": last_eval["fd"], "key": key, "value": scored[key]}
         save(step)
         if best["step"] == step:
-            figure = f"FD {last_eval['fd']:.4g} in {monitor.space.ident}" if key == "fd" else f"{what} {last_eval[key]:.4g}"
             spread, modes = diversity_ratio(last_eval), last_eval["vendi_ratio"]
-            reason = (f"{'highest' if higher else 'lowest'} {figure} among checkpoints whose diversity and number of "
-                      f"distinct samples are at least {cfg.collapse_ratio:g} of real (this one: {spread:.2f} and {modes:.2f})")
+            healthy = (f"checkpoints whose diversity and number of distinct samples are at least {cfg.collapse_ratio:g} of "
+                       f"real (this one: {spread:.2f} and {modes:.2f})")
+            if key == "step":
+                reason = (f"the latest of the {healthy}; FD in {monitor.space.ident} (here {last_eval['fd']:.4g}) does not choose, "
+                          "since that space fails the distortion check: to select on FD, train and check the dataset's "
+                          "classifier space first (cxrgan features train, cxrgan evaluate --check-features)")
+            else:
+                figure = f"FD {last_eval['fd']:.4g} in {monitor.space.ident}" if key == "fd" else f"{what} {last_eval[key]:.4g}"
+                reason = f"{'highest' if higher else 'lowest'} {figure} among {healthy}"
             ckpt.mark_best(run, step, last_eval["fd"], {"space": monitor.space.ident, "diversity_ratio": spread,
                                                          "vendi_ratio": modes, "reason": reason})
             log.info("best checkpoint is now step %d: %s", step, reason)
