@@ -128,10 +128,12 @@ def test_constant_generator_is_flagged_excluded_from_best_and_sampled_from_last(
     assert load_run(run, "best").step == 6  # sample's default falls back to the last checkpoint
 
 
-def test_best_json_says_why(phantom32, tmp_path):
+def test_best_json_says_why(phantom32, tmp_path, caplog):
     """In randconv-v1 (no validated space), FD does not choose: the latest healthy checkpoint is best, whatever its
-    FD, and best.json says so and how to select on FD instead."""
+    FD, and best.json says so and how to select on FD instead; the log explains it once."""
+    caplog.set_level("INFO", logger="cxrgan.train")
     res = train(tiny_config(phantom32, "dcgan", "collapse_ratio=0"), tmp_path / "r", progress=False)
+    assert caplog.text.count("best checkpoint is now") >= 2 and caplog.text.count("does not choose") == 1
     info = json.loads((tmp_path / "r" / "checkpoints" / "best.json").read_text())
     assert info["step"] == res.best_step == res.step and info["space"] == "randconv-v1"
     assert "latest" in info["reason"] and "does not choose" in info["reason"] and "cxrgan features train" in info["reason"]
