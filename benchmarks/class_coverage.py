@@ -29,12 +29,10 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=1, help="score every k-th kept checkpoint")
     a = ap.parse_args()
 
-    from cxrgan.data import PreparedDataset
     from cxrgan.evaluate.distribution import mean_pairwise_distance
     from cxrgan.sample import load_run
     from cxrgan.train import checkpoint as ckpt
-    from cxrgan.train.data import TrainData
-    from cxrgan.train.quality import QualityMonitor, quality_space
+    from cxrgan.train.quality import run_monitor
     from cxrgan.utils.tensors import to_model_range
 
     torch.set_num_threads(1)
@@ -44,10 +42,8 @@ def main() -> None:
         if first.family.conditional:
             print(f"{run}: conditional; its diversity is already measured within each class", file=sys.stderr)
             continue
-        ds = PreparedDataset.open(first.info["data_path"])
-        data = TrainData(ds, first.cfg.data.split, list(first.cfg.data.classes) or None)
-        space = quality_space(first.cfg.quality_features, ds, first.info.get("quality_space"))
-        mon = QualityMonitor(data, first.cfg.eval_samples, first.family.sample_z, first.cfg.seed, torch.device("cpu"), space)
+        data, mon = run_monitor(first)
+        space = mon.space
         if mon.real_share is None:
             print(f"{run}: its quality space has no class head, or one class only; nothing to score", file=sys.stderr)
             continue

@@ -127,29 +127,25 @@ def spread(ds, space, draws: int) -> list[str]:
     data = TrainData(ds, "train")
     rows = ["| monitor groups | images per group (at most) | diversity ratio: mean, sd, 5th percentile, lowest | "
             "Vendi ratio: mean, sd, 5th percentile, lowest |", "|---|---|---|---|"]
-    default_cap = quality.DIVERSITY_MAX
-    try:
-        for conditional in (True, False):
-            for cap in (128, default_cap):
-                quality.DIVERSITY_MAX = cap
-                got = []
-                for seed in range(draws):
-                    mon = quality.QualityMonitor(data, 1024, 8, seed, torch.device("cpu"), space, conditional)
-                    taken = np.zeros(len(data), bool)
-                    taken[mon.rows] = True
-                    rng = np.random.default_rng([seed, 5])
-                    fake_rows = np.empty(len(mon.y), np.int64)
-                    for c in np.unique(mon.y.numpy()):
-                        where = np.flatnonzero(mon.y.numpy() == c)
-                        fake_rows[where] = rng.choice(np.flatnonzero(~taken & (data.labels == c)), len(where), replace=False)
-                    figs = mon.score(to_model_range(torch.from_numpy(data.uint8(fake_rows))))
-                    got.append((figs["diversity_ratio"], figs["vendi_ratio"]))
-                g = np.array(got)
-                cells = " | ".join(f"{g[:, i].mean():.3f}, {g[:, i].std():.3f}, {np.percentile(g[:, i], 5):.3f}, {g[:, i].min():.3f}"
-                                   for i in (0, 1))
-                rows.append(f"| {'per class (worst)' if conditional else 'pooled'} | {cap} | {cells} |")
-    finally:
-        quality.DIVERSITY_MAX = default_cap
+    for conditional in (True, False):
+        for cap in (128, quality.DIVERSITY_MAX):
+            got = []
+            for seed in range(draws):
+                mon = quality.QualityMonitor(data, 1024, 8, seed, torch.device("cpu"), space, conditional, group_max=cap)
+                taken = np.zeros(len(data), bool)
+                taken[mon.rows] = True
+                rng = np.random.default_rng([seed, 5])
+                y = mon.y.numpy()
+                fake_rows = np.empty(len(y), np.int64)
+                for c in np.unique(y):
+                    where = np.flatnonzero(y == c)
+                    fake_rows[where] = rng.choice(np.flatnonzero(~taken & (data.labels == c)), len(where), replace=False)
+                figs = mon.score(to_model_range(torch.from_numpy(data.uint8(fake_rows))))
+                got.append((figs["diversity_ratio"], figs["vendi_ratio"]))
+            g = np.array(got)
+            cells = " | ".join(f"{g[:, i].mean():.3f}, {g[:, i].std():.3f}, {np.percentile(g[:, i], 5):.3f}, {g[:, i].min():.3f}"
+                               for i in (0, 1))
+            rows.append(f"| {'per class (worst)' if conditional else 'pooled'} | {cap} | {cells} |")
     return rows
 
 

@@ -154,24 +154,16 @@ def rescore(run: Path, out: Path) -> None:
     the figures to ``out`` (CSV, one row per step, the columns of the run's own evaluation rows)."""
     import csv
 
-    from cxrgan.data import PreparedDataset
     from cxrgan.sample import load_run
     from cxrgan.train import checkpoint as ckpt
-    from cxrgan.train.data import TrainData
     from cxrgan.train.metrics import read_metrics
-    from cxrgan.train.quality import QualityMonitor, quality_space
+    from cxrgan.train.quality import run_monitor
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
-    last = load_run(run, "last")
-    ds = PreparedDataset.open(last.info["data_path"])
-    data = TrainData(ds, last.cfg.data.split, list(last.cfg.data.classes) or None)
-    space = quality_space(last.cfg.quality_features, ds, last.info.get("quality_space"))
+    _, mon = run_monitor(load_run(run, "last"))  # one monitor for every checkpoint: its real figures are computed once
     logged = {int(r["step"]): float(r["fd"]) for r in read_metrics(run / "metrics.csv") if r.get("fd")}
     rows = []
     for step in ckpt.list_checkpoints(run):
         loaded = load_run(run, step)
-        mon = QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z, loaded.cfg.seed, torch.device("cpu"), space,
-                             loaded.family.conditional)
         figures = mon.evaluate(lambda z, y, fam=loaded.family: fam.generate(z, y).float())
         rows.append({"step": step, **{k: v for k, v in figures.items() if not isinstance(v, str)}})
     with open(out, "w", newline="") as fh:

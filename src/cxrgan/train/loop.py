@@ -280,7 +280,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
     result = RunResult(run=run, step=step)
     last_eval: dict[str, float] = {}
     saved_step = step
-    logged_reasons: set[str] = set()  # the log explains a selection rule once per process; best.json always
+    latest_explained = False  # the log explains the latest-healthy rule once per process; best.json every time
 
     def evaluate_and_save(row: dict) -> dict:
         """Quality figures, collapse check, checkpoint, best pointer, pruning (on rank 0, which shares the best
@@ -293,7 +293,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
         return out
 
     def _evaluate_and_save_main(row: dict) -> dict:
-        nonlocal last_eval, best
+        nonlocal last_eval, best, latest_explained
         with isolated_rng():
             last_eval = monitor.evaluate(sample_fn)
             nets = {**modules, **(ema.shadow if ema is not None else {})}
@@ -324,9 +324,9 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
                 reason = f"{'highest' if higher else 'lowest'} {figure} among {healthy}"
             ckpt.mark_best(run, step, last_eval["fd"], {"space": monitor.space.ident, "diversity_ratio": spread,
                                                          "vendi_ratio": modes, "reason": reason})
-            said = key == "step" and "step" in logged_reasons
+            said = key == "step" and latest_explained
             log.info("best checkpoint is now step %d: %s", step, "the latest healthy checkpoint (see best.json)" if said else reason)
-            logged_reasons.add(key)
+            latest_explained = latest_explained or key == "step"
         elif not eligible(last_eval, cfg.collapse_ratio):
             log.info("checkpoint %d is not eligible as best: %s %.2f of real is below %g%s", step, what_ratio, ratio,
                      cfg.collapse_ratio, coverage_note(last_eval))

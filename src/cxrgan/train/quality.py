@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from ..evaluate.extractors import FeatureSpace, cached_extractor, load_extractor
 from ..evaluate.validation import cached_check
 from ..utils.tensors import to_model_range
 from .data import TrainData
+
+if TYPE_CHECKING:
+    from ..sample import LoadedRun
 
 log = logging.getLogger("cxrgan.train")
 # Each group's diversity is measured on all of the monitor's samples in it, up to this many. Real images scored as
@@ -89,10 +92,10 @@ class QualityMonitor:
 
     Diversity is measured within groups: per class for a conditional family (between-class distances would
     hide a generator that draws one image per class), else over all images. Each group holds every monitor row of its
-    class, up to ``DIVERSITY_MAX`` of them in random order (not the first rows: prepared data are often sorted by class)."""
+    class, up to ``group_max`` of them in random order (not the first rows: prepared data are often sorted by class)."""
 
     def __init__(self, data: TrainData, n: int, latents: int | Callable[..., torch.Tensor], seed: int, device: torch.device,
-                 space: FeatureSpace | None = None, conditional: bool = False) -> None:
+                 space: FeatureSpace | None = None, conditional: bool = False, group_max: int = DIVERSITY_MAX) -> None:
         """``latents``: the latent width (N(0, I) latents) or the family's ``sample_z(n, generator=...)``."""
         g = np.random.default_rng([seed, 99])
         rows = np.sort(g.choice(len(data), size=min(n, len(data)), replace=False))
@@ -107,10 +110,10 @@ class QualityMonitor:
         order = g.permutation(len(rows))
         if conditional:
             labels = self.y.numpy()[order]
-            groups = {int(c): order[labels == c][:DIVERSITY_MAX] for c in np.unique(labels)}
-            self.groups = {c: idx for c, idx in groups.items() if len(idx) >= 2} or {-1: order[:DIVERSITY_MAX]}
+            groups = {int(c): order[labels == c][:group_max] for c in np.unique(labels)}
+            self.groups = {c: idx for c, idx in groups.items() if len(idx) >= 2} or {-1: order[:group_max]}
         else:
-            self.groups = {-1: order[:DIVERSITY_MAX]}
+            self.groups = {-1: order[:group_max]}
         self.group_real = {c: mean_pairwise_distance(self.real_feats[idx]) for c, idx in self.groups.items()}
         self.group_real_vendi = {c: vendi_score(self.real_feats[idx]) for c, idx in self.groups.items()}
         self.diversity_real = float(np.mean(list(self.group_real.values())))
@@ -150,6 +153,16 @@ class QualityMonitor:
         fakes = torch.cat([generate(self.z[i : i + 64].to(self.device), self.y[i : i + 64].to(self.device)).float().cpu()
                            for i in range(0, len(self.z), 64)])  # small chunks: the peak memory of a run is set here
         return self.score(fakes)
+
+
+def run_monitor(loaded: LoadedRun, device: torch.device | str = "cpu") -> tuple[TrainData, QualityMonitor]:
+    """The training data and quality monitor of a finished run, as its loop built them (same data, feature space,
+    latents, real images and seed) and as the code builds them today: for scoring its checkpoints again."""
+    ds = PreparedDataset.open(loaded.info["data_path"])
+    data = TrainData(ds, loaded.cfg.data.split, list(loaded.cfg.data.classes) or None)
+    space = quality_space(loaded.cfg.quality_features, ds, loaded.info.get("quality_space"))
+    return data, QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z, loaded.cfg.seed, torch.device(device),
+                                space, loaded.family.conditional)
 
 
 def class_shares(predicted: np.ndarray | None, space: FeatureSpace) -> np.ndarray | None:
