@@ -6,8 +6,10 @@ with the family's defaults (``cxrgan/configs/FAMILY.yaml`` where one exists), th
 - ``curves.png``: FD, diversity ratio and Vendi ratio (worst class for conditional families) of every family
   against epochs, with the 0.8 target and the run's collapse threshold;
 - ``summary.md`` / ``summary.csv``: final and best (the run's own selection rule) FD and diversity ratio, the
-  lowest diversity ratio from step 1,000 on, the final and lowest Vendi ratio (distinct samples over real's), the final class coverage of unconditional runs (see
-  ``benchmarks/class_coverage.py``), wall time and throughput.
+  lowest diversity ratio from step 1,000 on, the final and lowest Vendi ratio (distinct samples over real's), and for unconditional runs the final class coverage, the lowest
+  within-class diversity from step 1,000 (the worst class among the samples the space's classifier puts in it: the
+  figure a conditional family's ratio is) and the final class separation (``benchmarks/class_coverage.py``), wall
+  time and throughput.
 
 All figures are measured in the dataset's validated classifier feature space (trained and checked first when
 the cache lacks it). Families run as separate ``cxrgan train`` processes, ``--parallel`` at a time, one thread
@@ -210,6 +212,7 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
         best_file = run / "checkpoints" / "best.json"
         best = json.loads(best_file.read_text()) if best_file.is_file() else {}
         late, late_vendi = div[step >= 1000], vendi[step >= 1000]
+        within = [float(r["class_within_ratio"]) for r, at in zip(evals, step) if at >= 1000 and r.get("class_within_ratio")]
         speeds = [float(r["img_per_s"]) for r in metrics if r.get("img_per_s")]
         rows.append({
             "run": fam, "family": cfg.model.family, "steps": int(step[-1]), "epochs": round(step[-1] / steps_per_epoch, 1),
@@ -217,6 +220,8 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
             "final class coverage": float(evals[-1]["class_coverage"]) if evals[-1].get("class_coverage") else None,
             "min diversity from step 1000": float(late.min()) if len(late) else None,
             "held >= 0.8": bool(len(late) and late.min() >= TARGET),
+            "min within-class diversity from step 1000": min(within) if within else None,
+            "final class separation": float(evals[-1]["class_separation"]) if evals[-1].get("class_separation") else None,
             "final Vendi ratio": None if np.isnan(vendi[-1]) else float(vendi[-1]),
             "min Vendi ratio from step 1000": float(np.nanmin(late_vendi)) if np.isfinite(late_vendi).any() else None,
             "best step": best.get("step"), "best FD": best.get("fd"), "best diversity": best.get("diversity_ratio"),

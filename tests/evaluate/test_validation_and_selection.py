@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -181,3 +182,69 @@ def test_unconditional_monitor_reports_the_class_its_samples_under_draw(phantom3
     assert "under-represent DARK: 0% of them" in coverage_note(s)
     assert "class_coverage" not in QualityMonitor(data, 256, 8, 0, torch.device("cpu"), space, conditional=True).score(shuffled)
     assert "class_coverage" not in QualityMonitor(data, 256, 8, 0, torch.device("cpu")).score(shuffled)  # randconv: no classes
+
+
+class _LookupClassifier(nn.Module):
+    """A stand-in for a perfect classifier on real images: each image takes the label of its nearest real image,
+    and its features are that label, one-hot and scaled, beside its mean and spread."""
+
+    def __init__(self, real: torch.Tensor, labels: np.ndarray, classes: int) -> None:
+        super().__init__()
+        self.real = nn.Parameter(real.flatten(1), requires_grad=False)
+        self.register_buffer("onehot", torch.eye(classes)[torch.from_numpy(labels)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.onehot[torch.cdist(x.flatten(1), self.real).argmin(1)]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([3 * self(x), x.mean(dim=(1, 2, 3))[:, None], x.std(dim=(1, 2, 3))[:, None]], dim=1)
+
+
+def test_conditional_monitor_sees_samples_that_leave_their_class(phantom32):
+    """A conditional generator whose samples ignore their class reads more varied than real within each class (the
+    gap between classes counts as variety there); the label agreement shows the leak, and the within-class ratio,
+    taken on the samples the classifier puts in the class they were drawn for, stays near real's. Samples drawn
+    from their own class read about 1 on all three."""
+    data = TrainData(PreparedDataset.open(phantom32))
+    real = to_model_range(torch.from_numpy(data.uint8(np.arange(len(data)))))
+    names = list(data.dataset.class_names)
+    space = FeatureSpace(_LookupClassifier(real, data.labels, len(names)), "classifier", "lookup-0", {"class_names": names})
+    mon = QualityMonitor(data, 256, 8, 0, torch.device("cpu"), space, conditional=True)
+    assert mon.classes_scored == [0, 1, 2]
+    rng = np.random.default_rng(3)
+    own = real[[rng.choice(np.flatnonzero(data.labels == int(c))) for c in mon.y]]
+    anyclass = real[rng.choice(len(real), size=len(mon.y))]
+    s_own, s_any = mon.score(own), mon.score(anyclass)
+    assert s_own["label_agreement"] == 1.0 and 0.8 < s_own["class_within_ratio"] < 1.25 and 0.8 < s_own["diversity_ratio"] < 1.25
+    assert s_any["label_agreement"] < 0.6 and s_any["diversity_ratio"] > 1.5 * s_own["diversity_ratio"]
+    assert 0.75 < s_any["class_within_ratio"] < 1.33
+    assert set(mon.class_breakdown(space.embed(own), space.classify(own))["agreement"]) == set(names)
+
+
+def test_unconditional_monitor_splits_pooled_diversity_into_its_parts(phantom32):
+    """Samples whose classes sit closer together than real ones (each class shifted halfway towards the boundary,
+    its own spread kept) lose pooled diversity although each class is as varied as real: the class separation
+    shows it, the within-class ratio does not. Real images score about 1 on both."""
+    data = TrainData(PreparedDataset.open(phantom32))
+    real = to_model_range(torch.from_numpy(data.uint8(np.arange(len(data)))))
+    cut = float(real.mean(dim=(1, 2, 3)).median())
+    space = FeatureSpace(_BrightnessClassifier(cut), "classifier", "bright-0", {"class_names": ["DARK", "BRIGHT"]})
+    mon = QualityMonitor(data, 256, 8, 0, torch.device("cpu"), space)
+    same = mon.score(real[torch.randperm(len(real), generator=torch.Generator().manual_seed(1))[:256]])
+    assert 0.8 < same["class_separation"] < 1.25 and 0.8 < same["class_within_ratio"] < 1.25
+    gap = real.mean(dim=(1, 2, 3)) - cut
+    pick = real[gap.abs() > gap.abs().median()]  # far from the cut, so every image keeps its class when shifted
+    means = pick.mean(dim=(1, 2, 3))
+    bright = means > cut
+    closer = pick.clone()
+    for side in (bright, ~bright):
+        closer[side] -= 0.5 * (means[side].mean() - cut)
+    assert torch.equal(closer.mean(dim=(1, 2, 3)) > cut, bright)
+    s, ref = mon.score(closer[torch.arange(256) % len(closer)]), mon.score(pick[torch.arange(256) % len(pick)])
+    assert s["class_separation"] < 0.75 * ref["class_separation"]
+    assert abs(s["class_within_ratio"] - ref["class_within_ratio"]) < 0.1
+    assert s["diversity_ratio"] < ref["diversity_ratio"]
+    parts = mon.class_breakdown(space.embed(closer), space.classify(closer))
+    assert set(parts["share"]) == {"DARK", "BRIGHT"} and abs(sum(parts["share"].values()) - 1) < 1e-9
+    one = mon.class_breakdown(space.embed(closer[bright]), space.classify(closer[bright]))
+    assert one["separation"] == 0.0 and math.isnan(one["within"]["DARK"])
