@@ -189,6 +189,25 @@ def test_dcgan_packed_discriminator_judges_packs_of_images(phantom32, tmp_path):
     assert res.step == 6 and math.isfinite(res.last_eval["fd"])
 
 
+def test_dcgan_discriminator_head_of_a_hidden_layer(phantom32, tmp_path):
+    """model.d_head=H puts a hidden layer of width H between D's last features and its logit: the one-convolution
+    head is affine in those features, the hidden-layer head is not; a negative width is refused with a message."""
+    D0 = build_family(tiny_config(phantom32, "dcgan", "model.mbstd=false"), 32, 3).D.eval()
+    D1 = build_family(tiny_config(phantom32, "dcgan", "model.mbstd=false", "model.d_head=64"), 32, 3).D.eval()
+    assert isinstance(D1.head[1], torch.nn.Linear) and D1.head[1].out_features == 64
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(4, D0.trunk.out_channels, 4, 4, generator=g) for _ in range(2))
+    with torch.no_grad():
+        for D, affine in ((D0, True), (D1, False)):
+            mid, ends = D.head(0.5 * (a + b)).flatten(), 0.5 * (D.head(a) + D.head(b)).flatten()
+            assert torch.allclose(mid, ends, atol=1e-5) == affine
+        assert D1(torch.randn(4, 1, 32, 32, generator=g)).shape == (4,)
+    with pytest.raises(CxrganError, match="head width"):
+        build_family(tiny_config(phantom32, "dcgan", "model.d_head=-1"), 32, 3)
+    res = train(tiny_config(phantom32, "dcgan", "model.d_head=32"), tmp_path / "r", progress=False)
+    assert res.step == 6 and math.isfinite(res.last_eval["fd"])
+
+
 def test_minibatch_stddev_by_class_sees_a_collapsed_class(phantom32, tmp_path):
     """Grouped over mixed classes, a class drawn as one image hides behind the spread between classes; taken
     within each class, its channel reads 0 while the other class reads its own spread."""

@@ -39,7 +39,7 @@ class ClusterGenerator(nn.Module):
 @register("dcgan")
 class DCGAN(Family):
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False,
-                 mbstd: bool = False, pack: int = 1, clusters: int = 0, embed_dim: int = 32, **kw) -> None:
+                 mbstd: bool = False, pack: int = 1, clusters: int = 0, embed_dim: int = 32, d_head: int = 0, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         if clusters < 0 or clusters == 1:
             raise ValueError(f"clusters must be 0 (off) or at least 2, got {clusters}")
@@ -49,10 +49,12 @@ class DCGAN(Family):
         self._cluster_of: torch.Tensor | None = None  # cluster of each image of the bound training subset
         if clusters:
             self.G = ClusterGenerator(z_dim, clusters, image_size, g_channels, embed_dim)
-            self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm, clusters, "projection", mbstd)
+            self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm, clusters, "projection", mbstd,
+                                       head=d_head)
         else:
             self.G = ConvGenerator(z_dim, image_size, g_channels)
-            self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm, mbstd=mbstd, pack=pack)
+            self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm, mbstd=mbstd, pack=pack,
+                                       head=d_head)
 
     # -- self-conditioning on clusters ------------------------------------------------------------------
     def bind_data(self, data) -> None:

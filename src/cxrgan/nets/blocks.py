@@ -135,20 +135,30 @@ class ConvDiscriminator(nn.Module):
     pack (unconditional only): PacGAN (Lin et al., 2018): D judges ``pack`` images at once, stacked as channels,
     and returns one logit per pack, ``(N / pack,)``; a generator that draws too few kinds of image is then easier
     to tell from the data, because a pack of its samples is more alike than a pack of real images.
+    head: 0 for Radford et al.'s head (one 4x4 convolution: the logit is linear in the trunk's last features);
+    ``> 0`` for a hidden layer of that width between them (flatten, linear, leaky ReLU, linear), as in the BiGAN's
+    joint discriminator, so the logit can tell real from fake differently in different regions of feature space.
     """
 
     def __init__(self, size: int, base: int = 64, norm: str = "bn", sn: bool = False, num_classes: int = 0, cond: str = "none",
-                 mbstd: bool = False, mbstd_by_class: bool = False, pack: int = 1) -> None:
+                 mbstd: bool = False, mbstd_by_class: bool = False, pack: int = 1, head: int = 0) -> None:
         super().__init__()
+        if head < 0:
+            raise ValueError(f"the discriminator's head width must be 0 (one 4x4 convolution) or positive, got {head}")
         if pack < 1 or (pack > 1 and cond != "none"):
             raise ValueError(f"pack must be >= 1, and 1 for a conditional discriminator; got {pack} with cond={cond!r}")
         self.cond, self.num_classes, self.mbstd, self.pack = cond, num_classes, mbstd, pack
         self.mbstd_by_class = mbstd_by_class and num_classes > 1 and cond != "none"
         in_ch = pack * (1 + (num_classes if cond == "concat" else 0))
         self.trunk = ConvTrunk(size, base, in_ch, norm, sn)
-        self.head = maybe_sn(nn.Conv2d(self.trunk.out_channels + int(mbstd), 1, 4, 1, 0), sn)
+        head_ch = self.trunk.out_channels + int(mbstd)
+        if head:
+            self.head = nn.Sequential(nn.Flatten(), maybe_sn(nn.Linear(head_ch * 16, head), sn), nn.LeakyReLU(0.2, True),
+                                      maybe_sn(nn.Linear(head, 1), sn))
+        else:
+            self.head = maybe_sn(nn.Conv2d(head_ch, 1, 4, 1, 0), sn)
+            dcgan_init(self.head)
         self.embed = maybe_sn(nn.Embedding(num_classes, self.trunk.out_channels), sn) if cond == "projection" else None
-        dcgan_init(self.head)
         if self.embed is not None:  # small like every other weight: the projection must not swamp the logit
             w = self.embed.parametrizations.weight.original if sn else self.embed.weight
             nn.init.normal_(w, 0.0, 0.02)
