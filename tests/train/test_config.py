@@ -81,4 +81,5 @@ def test_semicond_preset_starts_from_cgan():
     assert cfg.loss.kind == "hinge" and cfg.model.spectral_norm and cfg.augment.policy == "translation"
     assert (cfg.optim.lr_g, cfg.optim.lr_d) == (0.0004, 0.0008)  # its own: twice the cgan's learning rates
     assert cfg.model.g_cond == "cbn"  # the class through G's batch norms, as for the cgan
+    assert cfg.model.class_weight == 0.0  # its own: no auxiliary-classifier term (the projection D conditions)
     assert cfg.model.codes == ["bernoulli:5:p=0.5", "exponential:5:rate=1", "uniform:5:low=-1,high=1", "normal:5"]

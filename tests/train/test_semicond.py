@@ -94,10 +94,11 @@ def semicond_run(phantom32, tmp_path_factory):
     recovered with it as well as without (docs/results/long_runs/mode_seeking). It also trains at the cgan's learning
     rates (G 2e-4, D 4e-4), not the family's doubled ones: in 240 steps at 32 px those leave the continuous codes' R^2
     noisier (mean R^2 0.23 after 240 steps, below this test's bar); on real radiographs the codes are recovered as well with them
-    (docs/results/long_runs/learning_speed)."""
+    (docs/results/long_runs/learning_speed). And it keeps the class term (model.class_weight=1; the family's default is
+    0 since 2026-12-01, docs/results/long_runs/class_parts) so that D's class head trains and its accuracy is tested."""
     out = tmp_path_factory.mktemp("semicond") / "run"
     cfg = tiny_config(phantom32, "semicond", "model.g_cond=concat", "loss.mode_seeking=0", "optim.lr_g=0.0002", "optim.lr_d=0.0004", "steps=240", "batch_size=32", "model.g_channels=32", "model.d_channels=32",
-                      "ckpt_every=60", "grid_every=120", "eval_samples=128", "model.z_dim=16",
+                      "model.class_weight=1", "ckpt_every=60", "grid_every=120", "eval_samples=128", "model.z_dim=16",
                       "model.codes=[bernoulli:2:p=0.5, exponential:2:rate=1, uniform:2, normal:2]")
     train(cfg, out, progress=False)
     return out
@@ -115,6 +116,19 @@ def test_code_recovery_improves_during_training(semicond_run):
     assert float(rows[-1]["class_acc"]) > 0.6  # chance is 1/3
     measured = code_recovery(semicond_run, checkpoint="last")
     assert set(keys) <= set(measured) and measured["code_normal_r2"] > 0.2
+
+
+def test_without_the_class_term_the_untrained_class_head_is_not_reported(phantom32):
+    """At the default class_weight 0 D's class head never trains, so its accuracy (chance) is neither a metrics column
+    nor a code-recovery figure; the code figures still are."""
+    from cxrgan.train.loop import build_family
+
+    fam = build_family(tiny_config(phantom32, "semicond", "model.z_dim=16"), 32, 3)
+    assert fam.class_weight == 0.0 and "class_acc" not in fam.metric_columns and "code_normal_r2" in fam.metric_columns
+    figures = fam.code_recovery(lambda z, y: fam.generate(z, y), n=64)
+    assert "class_acc" not in figures and math.isfinite(figures["code_normal_r2"])
+    with_term = build_family(tiny_config(phantom32, "semicond", "model.z_dim=16", "model.class_weight=1"), 32, 3)
+    assert "class_acc" in with_term.metric_columns and "class_acc" in with_term.code_recovery(lambda z, y: with_term.generate(z, y), n=64)
 
 
 def test_fixed_code_sampling_is_deterministic_and_recorded(semicond_run, tmp_path):

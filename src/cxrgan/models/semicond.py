@@ -6,7 +6,9 @@ discriminator scores real/fake (projection on the class, as in ``cgan``) and has
 one predicts the code blocks of a generated image, one its class. Following the seed study, a mean squared
 error between predicted and sampled codes (not a mutual-information bound) trains both the code head (D
 phase) and the generator (G phase); the class head learns on real images and the generator is asked to make
-images that it classifies as their label. ``code_weight`` and ``class_weight`` scale those terms.
+images that it classifies as their label. ``code_weight`` and ``class_weight`` scale those terms. The family's
+preset sets ``class_weight`` to 0: that auxiliary-classifier term narrowed each class's samples on real radiographs
+(``configs/semicond.yaml``), and the projection discriminator conditions on the class without it.
 
 The squared error is taken on standardized codes (each dimension divided by its marginal's standard deviation):
 with raw codes a Bernoulli(0.5) dimension (variance 0.25) and a uniform(-1, 1) one (1/3) weigh a quarter and a
@@ -121,13 +123,14 @@ class SemiConditional(CGAN):
     @property
     def metric_columns(self) -> tuple[str, ...]:  # type: ignore[override]
         names = [f"code_{b.name}_{'acc' if b.discrete else 'r2'}" for b in self.code_space.blocks]
-        return ("d_code_mse", "g_code_mse", "d_class_ce", "g_class_ce", *names, "class_acc")
+        return ("d_code_mse", "g_code_mse", "d_class_ce", "g_class_ce", *names, *(("class_acc",) if self.class_weight > 0 else ()))
 
     @torch.no_grad()
     def code_recovery(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], n: int = RECOVERY_SAMPLES,
                       seed: int = 4321) -> dict[str, float]:
         """How well the discriminator's head recovers the codes of fresh samples: R^2 per continuous block,
-        accuracy per Bernoulli block, and class accuracy, on ``n`` images from a fixed seed."""
+        accuracy per Bernoulli block, and class accuracy, on ``n`` images from a fixed seed. The class accuracy is
+        left out when ``class_weight`` is 0: the class head then never trains, and its verdict is chance."""
         g = torch.Generator().manual_seed(seed)
         device = next(self.D.parameters()).device
         latent = self.sample_z(n, g)
@@ -144,7 +147,8 @@ class SemiConditional(CGAN):
         finally:
             self.D.train(was)
         figures = self.code_space.recovery(self.code_space.unstandardize(torch.cat(preds)), self.split(latent)[1])
-        figures["class_acc"] = float((torch.cat(logits).argmax(1) == y).float().mean())
+        if self.class_weight > 0:
+            figures["class_acc"] = float((torch.cat(logits).argmax(1) == y).float().mean())
         return figures
 
     def checkpoint_figures(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
