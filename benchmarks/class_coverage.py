@@ -49,8 +49,7 @@ def main() -> None:
             family = load_run(run, step).family
             with torch.no_grad():
                 fakes = torch.cat([family.generate(mon.z[i : i + 64], mon.y[i : i + 64]).float() for i in range(0, len(mon.z), 64)])
-            figures = mon.score(fakes)
-            parts = mon.class_breakdown(mon.space.embed(fakes), mon.space.classify(fakes))
+            figures, parts = mon.score_parts(fakes)
             row = {"run": run.name, "step": step, "fd": round(figures["fd"], 3), "diversity_ratio": round(figures["diversity_ratio"], 3),
                    "class_coverage": round(figures["class_coverage"], 3), "class_separation": round(parts["separation"], 3)}
             for name, share in parts["share"].items():

@@ -210,12 +210,11 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
         ax_fd.plot(step / steps_per_epoch, fd, **style)
         ax_div.plot(step / steps_per_epoch, div, **style)
         ax_vendi.plot(step / steps_per_epoch, vendi, **style)
-        within_all = np.array([float(r["class_within_ratio"]) if r.get("class_within_ratio") else np.nan for r in evals])
-        ax_within.plot(step / steps_per_epoch, within_all, **style)  # older runs' logs: none (re-score them)
+        within = np.array([float(r["class_within_ratio"]) if r.get("class_within_ratio") else np.nan for r in evals])
+        ax_within.plot(step / steps_per_epoch, within, **style)  # older runs' logs: none (re-score them)
         best_file = run / "checkpoints" / "best.json"
         best = json.loads(best_file.read_text()) if best_file.is_file() else {}
-        late, late_vendi = div[step >= 1000], vendi[step >= 1000]
-        within = [float(r["class_within_ratio"]) for r, at in zip(evals, step) if at >= 1000 and r.get("class_within_ratio")]
+        late, late_vendi, late_within = div[step >= 1000], vendi[step >= 1000], within[step >= 1000]
         agree = [float(r["label_agreement"]) for r, at in zip(evals, step) if at >= 1000 and r.get("label_agreement")]
         speeds = [float(r["img_per_s"]) for r in metrics if r.get("img_per_s")]
         rows.append({
@@ -224,7 +223,7 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
             "final class coverage": float(evals[-1]["class_coverage"]) if evals[-1].get("class_coverage") else None,
             "min diversity from step 1000": float(late.min()) if len(late) else None,
             "held >= 0.8": bool(len(late) and late.min() >= TARGET),
-            "min within-class diversity from step 1000": min(within) if within else None,
+            "min within-class diversity from step 1000": float(np.nanmin(late_within)) if np.isfinite(late_within).any() else None,
             "final class separation": float(evals[-1]["class_separation"]) if evals[-1].get("class_separation") else None,
             "min label agreement from step 1000": min(agree) if agree else None,
             "final Vendi ratio": None if np.isnan(vendi[-1]) else float(vendi[-1]),

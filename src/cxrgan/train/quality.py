@@ -129,6 +129,7 @@ class QualityMonitor:
         self.diversity_real = float(np.mean(list(self.group_real.values())))
         real_pred = self.space.classify(real)
         self.real_share = None if conditional else class_shares(real_pred, self.space)
+        self.group_max = group_max
         # conditional: each monitor row's label as the space's class index (-1: a class the space does not know)
         self._labels = _space_labels(data, rows, self.class_names) if conditional and real_pred is not None else None
         self._scored: list[int] = []
@@ -138,7 +139,7 @@ class QualityMonitor:
             agree = [c for c in np.unique(self._labels) if c >= 0 and int(((self._labels == c) & (real_pred == c)).sum()) >= 2]
             self._scored = [int(c) for c in agree] if len(agree) >= 2 else []
         if self._scored:
-            self._real_layout = _class_layout(self.real_feats, real_pred, self._scored, self._labels)
+            self._real_layout = _class_layout(self.real_feats, real_pred, self._scored, self._labels, group_max)
             if self._labels is not None:
                 self._real_agreement = {c: float((real_pred[self._labels == c] == c).mean()) for c in self._scored}
 
@@ -159,7 +160,7 @@ class QualityMonitor:
         fewer than two classes)."""
         if not self._scored:
             raise ValueError("class_breakdown needs a monitor whose feature space classifies at least two of its classes")
-        fake_within, fake_sep = _class_layout(feats, predicted, self._scored, self._labels)
+        fake_within, fake_sep = _class_layout(feats, predicted, self._scored, self._labels, self.group_max)
         real_within, real_sep = self._real_layout
         names = self.class_names
         parts: dict[str, object] = {"within": {names[c]: fake_within[c] / real_within[c] for c in self._scored},
@@ -176,6 +177,10 @@ class QualityMonitor:
         return list(self.space.info.get("class_names", []))
 
     def score(self, fakes: torch.Tensor) -> dict[str, float]:
+        """The figures of :meth:`score_parts`."""
+        return self.score_parts(fakes)[0]
+
+    def score_parts(self, fakes: torch.Tensor) -> tuple[dict[str, float], dict[str, object] | None]:
         """Figures for images ``(N, 1, S, S)`` in [-1, 1], generated for this monitor's ``z`` and ``y`` in order.
 
         ``fd``; ``diversity`` and ``diversity_real`` (mean pairwise feature distance, averaged over the groups);
@@ -185,7 +190,8 @@ class QualityMonitor:
         :meth:`class_breakdown`) and ``class_separation``; for an unconditional monitor ``class_coverage`` with the
         class it concerns (``coverage_class``) and that class's share of the samples and of real images; for a
         conditional one ``label_agreement``: the worst class's share of samples drawn for it that the classifier
-        puts in it, over the same share of real images (1: as often as real images, at most 1)."""
+        puts in it, over the same share of real images (1: as often as real images, at most 1). Second: the
+        :meth:`class_breakdown` those class figures come from, or ``None`` outside a classifier space."""
         if len(fakes) != len(self.z):
             raise ValueError(f"score needs {len(self.z)} images, one per monitor latent; got {len(fakes)}")
         feats = self.space.embed(fakes)
@@ -194,22 +200,22 @@ class QualityMonitor:
         vendi = min(vendi_score(feats[idx]) / self.group_real_vendi[c] for c, idx in self.groups.items())
         out = {"fd": frechet_distance(feats, self.real_feats), "diversity": float(np.mean(list(fake_div.values()))),
                "diversity_real": self.diversity_real, "diversity_ratio": ratio, "vendi_ratio": vendi}
-        if self._scored:
-            predicted = self.space.classify(fakes)
-            parts = self.class_breakdown(feats, predicted)
-            within = [v for v in parts["within"].values() if math.isfinite(v)]
-            out.update(class_within_ratio=min(within) if within else 0.0, class_separation=parts["separation"])
-            if self.real_share is not None:
-                share = np.bincount(predicted, minlength=len(self.real_share)) / len(fakes)
-                covered = {c: min(1.0, share[c] / self.real_share[c]) for c in self._scored}
-                worst = min(covered, key=covered.get)
-                out.update(class_coverage=covered[worst], coverage_class=self.class_names[worst],
-                           coverage_share=float(share[worst]), coverage_real_share=float(self.real_share[worst]))
-            else:
-                agreed = {c: min(1.0, parts["agreement"][self.class_names[c]] / max(self._real_agreement[c], 1e-12))
-                          for c in self._scored}
-                out["label_agreement"] = min(agreed.values())
-        return out
+        if not self._scored:
+            return out, None
+        parts = self.class_breakdown(feats, self.space.classify(fakes))
+        within = [v for v in parts["within"].values() if math.isfinite(v)]
+        out.update(class_within_ratio=min(within) if within else 0.0, class_separation=parts["separation"])
+        names = self.class_names
+        if self.real_share is not None:
+            share = {c: parts["share"][names[c]] for c in self._scored}
+            covered = {c: min(1.0, share[c] / self.real_share[c]) for c in self._scored}
+            worst = min(covered, key=covered.get)
+            out.update(class_coverage=covered[worst], coverage_class=names[worst],
+                       coverage_share=share[worst], coverage_real_share=float(self.real_share[worst]))
+        else:
+            agreed = {c: min(1.0, parts["agreement"][names[c]] / max(self._real_agreement[c], 1e-12)) for c in self._scored}
+            out["label_agreement"] = min(agreed.values())
+        return out, parts
 
     @torch.no_grad()
     def evaluate(self, generate) -> dict[str, float]:
@@ -239,15 +245,15 @@ def _space_labels(data: TrainData, rows: np.ndarray, space_names: list[str]) -> 
     return to_space[data.labels[rows]]
 
 
-def _class_layout(feats: np.ndarray, predicted: np.ndarray, classes: list[int],
-                  labels: np.ndarray | None = None) -> tuple[dict[int, float], float]:
-    """Per class, the mean pairwise distance of the rows predicted in it (and labelled with it, given ``labels``; nan
-    below two rows); and the mean distance between the centroids of the classes that hold rows (nan when fewer than
-    two do)."""
+def _class_layout(feats: np.ndarray, predicted: np.ndarray, classes: list[int], labels: np.ndarray | None = None,
+                  group_max: int = DIVERSITY_MAX) -> tuple[dict[int, float], float]:
+    """Per class, the mean pairwise distance of its first ``group_max`` rows predicted in it (and labelled with it,
+    given ``labels``; nan below two rows); and the mean distance between the centroids of the classes that hold rows
+    (nan when fewer than two do)."""
     within, centroids = {}, []
     for c in classes:
         member = predicted == c if labels is None else (predicted == c) & (labels == c)
-        rows = np.asarray(feats)[member][:DIVERSITY_MAX]
+        rows = np.asarray(feats)[member][:group_max]
         within[c] = mean_pairwise_distance(rows) if len(rows) >= 2 else float("nan")
         if len(rows):
             centroids.append(rows.mean(axis=0))
