@@ -358,7 +358,7 @@ def test_pixel_clusters_separate_distinct_kinds_of_image_deterministically():
 def test_self_conditioned_dcgan_draws_clusters_in_the_data_proportions(phantom32, tmp_path):
     """model.clusters=K: G is modulated per cluster and D projects the cluster; the prior (saved with G) holds the
     clusters' shares of the training images; latents carry a cluster drawn from it in the last column; real images
-    are shown to D with their own cluster; `cxrgan sample` draws from a trained run; bad settings are refused."""
+    are shown to D with their own cluster; mode seeking pairs within a cluster; `cxrgan sample` draws from a trained run; bad settings are refused."""
     from cxrgan.sample import sample
     from cxrgan.train.data import TrainData
     from cxrgan.data import PreparedDataset
@@ -383,6 +383,9 @@ def test_self_conditioned_dcgan_draws_clusters_in_the_data_proportions(phantom32
         other[:, -1] = 3
         fam.G.net.modulations[0].bias.weight[3].fill_(1.0)
         assert (fam.G.eval()(zz) - fam.G(other)).abs().max() > 1e-3
+    # mode seeking pairs samples within a cluster, at their distance in z alone (the cluster column is an index)
+    ms_latents, groups = fam.mode_seeking_pairs(z[:8], torch.zeros(8, dtype=torch.long))
+    assert torch.equal(ms_latents, z[:8, :-1]) and torch.equal(groups, z[:8, -1].long())
     res = train(cfg, tmp_path / "r", progress=False)
     assert res.step == 6 and math.isfinite(res.last_eval["fd"])
     out = sample([tmp_path / "r"], tmp_path / "s", n=12, checkpoint="last", device="cpu", png=False)

@@ -150,14 +150,20 @@ class Family(nn.Module):
 
     def with_mode_seeking(self, loss: torch.Tensor, stats: dict[str, torch.Tensor], images: torch.Tensor,
                           latents: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """G's ``loss`` plus the weighted mode-seeking term over ``images`` drawn from ``latents`` (within each class
-        for a conditional G), logged as ``g_ms``; unchanged when the weight is 0."""
+        """G's ``loss`` plus the weighted mode-seeking term over ``images`` drawn from ``latents`` (within the groups
+        of :meth:`mode_seeking_pairs`), logged as ``g_ms``; unchanged when the weight is 0."""
         if not self.mode_seeking:
             return loss, stats
         # Pairs are formed on the global batch (all processes' rows), so K processes train as one does.
-        groups = gather_rows(y) if self.conditional else None
+        latents, groups = self.mode_seeking_pairs(latents, y)
+        groups = None if groups is None else gather_rows(groups)
         term = losses.mode_seeking(gather_rows(images.float()), gather_rows(latents.float()), groups)
         return loss + self.mode_seeking * term, {**stats, "g_ms": term.detach()}
+
+    def mode_seeking_pairs(self, latents: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """What the mode-seeking term measures latent distances on, and the groups ``(N,)`` within which it pairs
+        samples: the whole latent and the classes of a conditional G, the whole latent and no groups otherwise."""
+        return latents, (y if self.conditional else None)
 
     def phase_loss(self, phase: str, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if phase == "D":

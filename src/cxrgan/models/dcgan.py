@@ -88,6 +88,13 @@ class DCGAN(Family):
             return super().sample_z(n, generator, device)
         return self.extend_latents(torch.randn(n, self.z_dim, generator=generator), generator).to(device)
 
+    def mode_seeking_pairs(self, latents: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Self-conditioned: pairs within a cluster, at their distance in ``z`` alone (the cluster column is an index,
+        not a coordinate), so the term asks for variety within each cluster as the CGAN's does within each class."""
+        if not self.clusters:
+            return super().mode_seeking_pairs(latents, y)
+        return latents[:, : self.z_dim], self.G.cluster(latents)
+
     def _onehot(self, cluster: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return nn.functional.one_hot(cluster.long(), self.clusters).to(device=like.device, dtype=torch.float32)
 
