@@ -8,7 +8,9 @@ samples of each class vary as much as real ones. This script re-scores every kep
 run's own quality monitor (same feature space, latents and real images, so FD and diversity match the run's
 metrics.csv) and prints its class breakdown (``QualityMonitor.class_breakdown``): per class the share of the
 samples against real images and the within-class diversity ratio of the samples the classifier puts in it, and
-the separation of the class centroids against real's.
+the separation of the class centroids against real's, with each class's drift: how far its samples' centroid has
+moved from the real class's towards the other class (0.5: halfway), which says which class the lost separation
+belongs to.
 
     python benchmarks/class_coverage.py RUN [RUN ...] [--csv OUT.csv]
 """
@@ -56,6 +58,7 @@ def main() -> None:
                 row[f"share_{name}"] = round(share, 3)
                 row[f"real_share_{name}"] = round(float(mon.real_share[mon.class_names.index(name)]), 3)
                 row[f"within_ratio_{name}"] = round(parts["within"][name], 3)
+                row[f"drift_{name}"] = round(parts["drift"].get(name, float("nan")), 3)
             rows.append(row)
             print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
     if a.csv and rows:

@@ -224,7 +224,8 @@ def test_conditional_monitor_sees_samples_that_leave_their_class(phantom32):
 def test_unconditional_monitor_splits_pooled_diversity_into_its_parts(phantom32):
     """Samples whose classes sit closer together than real ones (each class shifted halfway towards the boundary,
     its own spread kept) lose pooled diversity although each class is as varied as real: the class separation
-    shows it, the within-class ratio does not. Real images score about 1 on both."""
+    shows it, the within-class ratio does not, and each class's drift says which class moved. Real images score about
+    1 on both."""
     data = TrainData(PreparedDataset.open(phantom32))
     real = to_model_range(torch.from_numpy(data.uint8(np.arange(len(data)))))
     cut = float(real.mean(dim=(1, 2, 3)).median())
@@ -248,3 +249,8 @@ def test_unconditional_monitor_splits_pooled_diversity_into_its_parts(phantom32)
     assert set(parts["share"]) == {"DARK", "BRIGHT"} and abs(sum(parts["share"].values()) - 1) < 1e-9
     one = mon.class_breakdown(space.embed(closer[bright]), space.classify(closer[bright]))
     assert one["separation"] == 0.0 and math.isnan(one["within"]["DARK"])
+    # drift names the class that moved: only the dark images shifted towards the cut
+    dark_only = torch.where(bright[:, None, None, None], pick, closer)
+    moved = mon.class_breakdown(space.embed(dark_only), space.classify(dark_only))["drift"]
+    kept = mon.class_breakdown(space.embed(pick), space.classify(pick))["drift"]
+    assert moved["DARK"] - kept["DARK"] > 0.15 and abs(moved["BRIGHT"] - kept["BRIGHT"]) < 0.02

@@ -156,15 +156,18 @@ class QualityMonitor:
         samples), where a sample is in a class when the space's classifier puts it there and, for a conditional
         monitor, it was also drawn for that class; ``share`` (unconditional: the class's share of the samples) or
         ``agreement`` (conditional: the share of the samples drawn for the class that the classifier puts in it);
-        and ``separation``, the mean distance between the class centroids over real's (0 when the samples fall in
-        fewer than two classes)."""
+        ``separation``, the mean distance between the class centroids over real's (0 when the samples fall in
+        fewer than two classes); and ``drift``, per class that holds samples, how far their centroid has moved from
+        the real class's towards the other real classes, as a share of the distance to them (0: none; 0.5: halfway),
+        which says which class the lost separation belongs to."""
         if not self._scored:
             raise ValueError("class_breakdown needs a monitor whose feature space classifies at least two of its classes")
-        fake_within, fake_sep = _class_layout(feats, predicted, self._scored, self._labels, self.group_max)
-        real_within, real_sep = self._real_layout
+        fake_within, fake_sep, fake_centroids = _class_layout(feats, predicted, self._scored, self._labels, self.group_max)
+        real_within, real_sep, real_centroids = self._real_layout
         names = self.class_names
         parts: dict[str, object] = {"within": {names[c]: fake_within[c] / real_within[c] for c in self._scored},
-                                    "separation": fake_sep / real_sep if math.isfinite(fake_sep) else 0.0}
+                                    "separation": fake_sep / real_sep if math.isfinite(fake_sep) else 0.0,
+                                    "drift": {names[c]: d for c, d in _drift(fake_centroids, real_centroids).items()}}
         if self._labels is None:
             shares = np.bincount(predicted, minlength=len(names)) / max(len(predicted), 1)
             parts["share"] = {names[c]: float(shares[c]) for c in self._scored}
@@ -246,21 +249,36 @@ def _space_labels(data: TrainData, rows: np.ndarray, space_names: list[str]) -> 
 
 
 def _class_layout(feats: np.ndarray, predicted: np.ndarray, classes: list[int], labels: np.ndarray | None = None,
-                  group_max: int = DIVERSITY_MAX) -> tuple[dict[int, float], float]:
+                  group_max: int = DIVERSITY_MAX) -> tuple[dict[int, float], float, dict[int, np.ndarray]]:
     """Per class, the mean pairwise distance of its first ``group_max`` rows predicted in it (and labelled with it,
-    given ``labels``; nan below two rows); and the mean distance between the centroids of the classes that hold rows
-    (nan when fewer than two do)."""
-    within, centroids = {}, []
+    given ``labels``; nan below two rows); the mean distance between the centroids of the classes that hold rows
+    (nan when fewer than two do); and those centroids by class."""
+    within, centroids = {}, {}
     for c in classes:
         member = predicted == c if labels is None else (predicted == c) & (labels == c)
         rows = np.asarray(feats)[member][:group_max]
         within[c] = mean_pairwise_distance(rows) if len(rows) >= 2 else float("nan")
         if len(rows):
-            centroids.append(rows.mean(axis=0))
+            centroids[c] = rows.mean(axis=0)
     if len(centroids) < 2:
-        return within, float("nan")
-    gaps = [float(np.linalg.norm(a - b)) for i, a in enumerate(centroids) for b in centroids[i + 1 :]]
-    return within, float(np.mean(gaps))
+        return within, float("nan"), centroids
+    held = list(centroids.values())
+    gaps = [float(np.linalg.norm(a - b)) for i, a in enumerate(held) for b in held[i + 1 :]]
+    return within, float(np.mean(gaps)), centroids
+
+
+def _drift(fake: dict[int, np.ndarray], real: dict[int, np.ndarray]) -> dict[int, float]:
+    """Per class held by both, how far the samples' centroid has moved from real's towards the other real classes:
+    its displacement projected on the line to each other class's real centroid, as a share of that distance,
+    averaged over those classes (0: where real images sit; 0.5: halfway to the other class; negative: away)."""
+    out = {}
+    for c, f in fake.items():
+        if c not in real:
+            continue
+        shares = [float((f - real[c]) @ (real[o] - real[c]) / max(float((real[o] - real[c]) @ (real[o] - real[c])), 1e-24))
+                  for o in real if o != c]
+        out[c] = float(np.mean(shares)) if shares else float("nan")
+    return out
 
 
 def class_shares(predicted: np.ndarray | None, space: FeatureSpace) -> np.ndarray | None:
