@@ -363,7 +363,7 @@ def test_self_conditioned_dcgan_draws_clusters_in_the_data_proportions(phantom32
     from cxrgan.train.data import TrainData
     from cxrgan.data import PreparedDataset
 
-    cfg = tiny_config(phantom32, "dcgan", "model.clusters=4", "loss.r1_gamma=0.1")
+    cfg = tiny_config(phantom32, "dcgan", "model.clusters=4", "loss.r1_gamma=0.1", "loss.mode_seeking=0.3")
     fam = build_family(cfg, 32, 3)
     data = TrainData(PreparedDataset.open(phantom32))
     fam.bind_data(data)
