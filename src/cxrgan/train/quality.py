@@ -275,8 +275,11 @@ def _drift(fake: dict[int, np.ndarray], real: dict[int, np.ndarray]) -> dict[int
     for c, f in fake.items():
         if c not in real:
             continue
-        shares = [float((f - real[c]) @ (real[o] - real[c]) / max(float((real[o] - real[c]) @ (real[o] - real[c])), 1e-24))
-                  for o in real if o != c]
+        shares = []
+        for o in real:
+            if o != c:
+                line = real[o] - real[c]
+                shares.append(float((f - real[c]) @ line / max(float(line @ line), 1e-24)))
         out[c] = float(np.mean(shares)) if shares else float("nan")
     return out
 
