@@ -4,6 +4,8 @@ An encoder E maps images to latents; D judges ``(x, z)`` pairs: ``(x, E(x))`` is
 is "fake". G and E are trained together in the G phase to fool D on both kinds of pair, which makes E
 approximately invert G. ``encode`` maps real images to latents. With ``model.unary`` D also scores the image
 and the latent of each pair on their own (BigBiGAN); every loss then averages over the three verdicts.
+``d_classes`` and ``class_entropy`` give D's image trunk a class head trained on the real images' labels and ask G
+for images it classifies with confidence (:mod:`.label_aware`); G stays unconditional.
 """
 
 from __future__ import annotations
@@ -13,20 +15,27 @@ import torch
 from . import losses
 from ..nets.blocks import ConvEncoder, ConvGenerator, JointDiscriminator
 from .base import Augment, Batch, Family
+from .label_aware import LabelAwareD
 from .registry import register
 
 
 @register("bigan")
-class BiGAN(Family):
+class BiGAN(LabelAwareD, Family):
     has_encoder = True
     phases = {"D": ("D",), "G": ("G", "E")}
     ema_modules = ("G", "E")
 
-    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, unary: bool = False, **kw) -> None:
+    def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, unary: bool = False,
+                 d_classes: float = 0.0, class_entropy: float = 0.0, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
+        self.init_label_terms(d_classes, class_entropy, num_classes)
         self.G = ConvGenerator(z_dim, image_size, g_channels)
         self.E = ConvEncoder(image_size, z_dim, d_channels)
-        self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd, unary=unary)
+        self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd, unary=unary,
+                                    classes=num_classes if d_classes else 0)
+
+    def bind_data(self, data) -> None:
+        self.bind_class_prior(data)
 
     def encode(self, x: torch.Tensor, E: torch.nn.Module | None = None) -> torch.Tensor:
         """Latents ``(N, z_dim)`` for images ``(N, 1, S, S)`` in [-1, 1]."""
@@ -43,6 +52,9 @@ class BiGAN(Family):
     def discriminate(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         return self.D(inputs[0], inputs[1])
 
+    def discriminate_features(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.D.score(inputs[0], inputs[1])
+
     @staticmethod
     def d_stats(loss: torch.Tensor, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         if real_logits.dim() == 2:  # D also scored x and z alone: its accuracy is that of its verdict on the pair
@@ -53,8 +65,9 @@ class BiGAN(Family):
         y = batch.y
         z = self.train_z(len(y), y.device)
         fake = self.G(z)
-        fake_logits = self.D(augment(fake), z)
+        fake_logits, h_fake = self.D.score(augment(fake), z)
         real_logits = self.D(augment(batch.x), self.E(batch.x))
         # G and E swap the labels: fakes should look real, real pairs should look fake.
         loss = losses.g_loss(self.loss_kind, fake_logits) + losses.g_loss(self.loss_kind, -real_logits)
-        return self.with_mode_seeking(loss, {"g_loss": loss.detach()}, fake, z, y)
+        term, stats = self.class_confidence_term(h_fake)
+        return self.with_mode_seeking(loss + term, {"g_loss": loss.detach(), **stats}, fake, z, y)

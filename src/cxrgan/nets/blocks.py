@@ -138,11 +138,15 @@ class ConvDiscriminator(nn.Module):
     head: 0 for Radford et al.'s head (one 4x4 convolution: the logit is linear in the trunk's last features);
     ``> 0`` for a hidden layer of that width between them (flatten, linear, leaky ReLU, linear), as in the BiGAN's
     joint discriminator, so the logit can tell real from fake differently in different regions of feature space.
+    classes: > 0 adds a :class:`ClassHead` of that many classes on the trunk's features (``self.classes``), for an
+    unconditional family whose D also learns the real images' labels (``model.d_classes``).
     """
 
     def __init__(self, size: int, base: int = 64, norm: str = "bn", sn: bool = False, num_classes: int = 0, cond: str = "none",
-                 mbstd: bool = False, mbstd_by_class: bool = False, pack: int = 1, head: int = 0) -> None:
+                 mbstd: bool = False, mbstd_by_class: bool = False, pack: int = 1, head: int = 0, classes: int = 0) -> None:
         super().__init__()
+        if classes and pack > 1:
+            raise ValueError("a class head needs one image per verdict; it cannot be combined with pack > 1")
         if head < 0:
             raise ValueError(f"the discriminator's head width must be 0 (one 4x4 convolution) or positive, got {head}")
         if pack < 1 or (pack > 1 and cond != "none"):
@@ -162,6 +166,7 @@ class ConvDiscriminator(nn.Module):
         if self.embed is not None:  # small like every other weight: the projection must not swamp the logit
             w = self.embed.parametrizations.weight.original if sn else self.embed.weight
             nn.init.normal_(w, 0.0, 0.02)
+        self.classes = ClassHead(self.trunk.out_channels * 16, classes) if classes else None
 
     def score(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(N,)`` and the trunk's features ``(N, C, 4, 4)`` (for auxiliary heads); ``N / pack`` of each
@@ -187,6 +192,20 @@ class ConvDiscriminator(nn.Module):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         return self.score(x, y)[0]
+
+
+class ClassHead(nn.Module):
+    """Class logits ``(N, K)`` from a discriminator trunk's features ``(N, C, 4, 4)`` (or flat ``(N, F)``): layer
+    norm, a hidden layer and a linear read-out. The layer norm comes first because a spectrally normalized trunk
+    emits small features that a plain linear head learns from slowly."""
+
+    def __init__(self, features: int, num_classes: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.LayerNorm(features), nn.Linear(features, hidden), nn.LeakyReLU(0.2, True),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h.float())
 
 
 class ConvEncoder(nn.Module):
@@ -238,10 +257,11 @@ class JointDiscriminator(nn.Module):
     mbstd: append the minibatch standard deviation channel to the image features (:func:`minibatch_stddev`).
     unary: also score x alone and z alone (BigBiGAN, Donahue & Simonyan 2019) and return ``(N, 3)``: the joint,
     image and latent logits, each a verdict of its own that the loss treats like the joint one. The image score
-    lets G learn images from D as a plain GAN would, instead of only through the pair."""
+    lets G learn images from D as a plain GAN would, instead of only through the pair. classes: > 0 adds a
+    :class:`ClassHead` of that many classes on the image trunk's features (``self.classes``)."""
 
     def __init__(self, size: int, z_dim: int, base: int = 64, norm: str = "none", sn: bool = False, hidden: int = 512,
-                 mbstd: bool = False, unary: bool = False) -> None:
+                 mbstd: bool = False, unary: bool = False, classes: int = 0) -> None:
         super().__init__()
         self.trunk = ConvTrunk(size, base, 1, norm, sn)
         self.mbstd = mbstd
@@ -252,13 +272,17 @@ class JointDiscriminator(nn.Module):
         )
         self.x_score = maybe_sn(nn.Linear(feat, 1), sn) if unary else None
         self.z_score = maybe_sn(nn.Linear(hidden, 1), sn) if unary else None
+        self.classes = ClassHead(self.trunk.out_channels * 16, classes) if classes else None
 
-    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        hx = self.trunk(x)
-        if self.mbstd:
-            hx = minibatch_stddev(hx)
+    def score(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The verdicts (as :meth:`forward`) and the image trunk's features ``(N, C, 4, 4)`` (for the class head)."""
+        h = self.trunk(x)
+        hx = minibatch_stddev(h) if self.mbstd else h
         hx, hz = hx.flatten(1), self.z_path(z)
         joint = self.joint(torch.cat([hx, hz], dim=1))
         if self.x_score is None:
-            return joint.flatten()
-        return torch.cat([joint, self.x_score(hx), self.z_score(hz)], dim=1)
+            return joint.flatten(), h
+        return torch.cat([joint, self.x_score(hx), self.z_score(hz)], dim=1), h
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.score(x, z)[0]
