@@ -189,7 +189,7 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
 
     results.mkdir(parents=True, exist_ok=True)
     plt = _plt()
-    fig, (ax_fd, ax_div, ax_within, ax_vendi) = plt.subplots(1, 4, figsize=(21, 3.8))
+    fig, (ax_fd, ax_div, ax_within, ax_vendi, ax_recall) = plt.subplots(1, 5, figsize=(26, 3.8))
     rows = []
     for i, fam in enumerate(names):
         run = work / fam
@@ -206,15 +206,17 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
         fd = np.array([float(r["fd"]) for r in evals])
         div = np.array([diversity_ratio(r) for r in evals])
         vendi = np.array([float(r["vendi_ratio"]) if r.get("vendi_ratio") else np.nan for r in evals])  # older runs: none
+        recall = np.array([float(r["recall"]) if r.get("recall") else np.nan for r in evals])  # runs before 2026-12-01: none
         style = {"marker": "o", "ms": 2.5, "color": f"C{i % 10}", "ls": "-" if i < 10 else "--", "label": fam}
         ax_fd.plot(step / steps_per_epoch, fd, **style)
         ax_div.plot(step / steps_per_epoch, div, **style)
         ax_vendi.plot(step / steps_per_epoch, vendi, **style)
+        ax_recall.plot(step / steps_per_epoch, recall, **style)
         within = np.array([float(r["class_within_ratio"]) if r.get("class_within_ratio") else np.nan for r in evals])
         ax_within.plot(step / steps_per_epoch, within, **style)  # older runs' logs: none (re-score them)
         best_file = run / "checkpoints" / "best.json"
         best = json.loads(best_file.read_text()) if best_file.is_file() else {}
-        late, late_vendi, late_within = div[step >= 1000], vendi[step >= 1000], within[step >= 1000]
+        late, late_vendi, late_within, late_recall = div[step >= 1000], vendi[step >= 1000], within[step >= 1000], recall[step >= 1000]
         agree = [float(r["label_agreement"]) for r, at in zip(evals, step) if at >= 1000 and r.get("label_agreement")]
         speeds = [float(r["img_per_s"]) for r in metrics if r.get("img_per_s")]
         rows.append({
@@ -228,6 +230,8 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
             "min label agreement from step 1000": min(agree) if agree else None,
             "final Vendi ratio": None if np.isnan(vendi[-1]) else float(vendi[-1]),
             "min Vendi ratio from step 1000": float(np.nanmin(late_vendi)) if np.isfinite(late_vendi).any() else None,
+            "recall at step 1000": float(recall[step >= 1000][0]) if np.isfinite(late_recall).any() else None,
+            "final recall": None if np.isnan(recall[-1]) else float(recall[-1]),
             "best step": best.get("step"), "best FD": best.get("fd"), "best diversity": best.get("diversity_ratio"),
             "img/s": float(np.median(speeds)) if speeds else None,
             "wall min": round(walls[fam] / 60, 1) if fam in walls else None,
@@ -242,7 +246,8 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
     ax_within.set_ylim(0.3, 1.4)  # the fully connected gan's noise reads up to 2.2 early; the target is what matters here
     ax_vendi.axhline(0.5, color="red", ls=":", lw=0.8, label="collapse threshold")
     ax_vendi.set_title("distinct samples (Vendi) / real (worst class)")
-    for ax in (ax_fd, ax_div, ax_within, ax_vendi):
+    ax_recall.set_title("recall (share of real images inside\nthe samples' neighbourhoods, k = 5)", fontsize=10)
+    for ax in (ax_fd, ax_div, ax_within, ax_vendi, ax_recall):
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
     fig.legend(*ax_div.get_legend_handles_labels(), loc="center right", fontsize=8)  # one legend: the runs and lines
@@ -254,7 +259,9 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
                f"{'each family at its defaults' if not a.variant else 'variants as named'}, {where}. Diversity: mean pairwise distance of "
                "samples in the validated classifier space over the same figure for real images, per class for "
                "conditional families (the worst class is shown). Vendi ratio: the samples' effective number of distinct images "
-               "over real images' in the same space (benchmarks/diversity_measures.py)." +
+               "over real images' in the same space (benchmarks/diversity_measures.py). Recall: Kynkaanniemi et al.'s, all "
+               "samples against the monitor's real images; it falls when samples leave part of the real images uncovered, "
+               "which the mean distance can miss." +
                (" Every checkpoint re-scored with today's monitor (--rescore)." if a.rescore else ""))
     md = write_table(rows, list(rows[0]) if rows else ["family"], results / "summary")
     print(caption + "\n\n" + md)

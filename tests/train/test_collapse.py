@@ -98,7 +98,8 @@ def test_end_of_run_line_tells_a_recovered_dip_from_a_collapse(tmp_path):
 def test_a_generator_repeating_a_few_images_is_flagged_though_its_mean_distance_passes(phantom32):
     """Few-mode collapse: 128 samples made of 4 real images keep most of the mean pairwise distance of real
     images (above the 0.5 threshold, so the distance alone would call them healthy), but their effective number
-    of distinct samples is far below real's, so the checkpoint is not eligible as best; distinct real images are."""
+    of distinct samples is far below real's, so the checkpoint is not eligible as best; distinct real images are.
+    The monitor's recall tells them apart as well; its precision does not (both are real images)."""
     import numpy as np
 
     from cxrgan.data import PreparedDataset
@@ -118,5 +119,8 @@ def test_a_generator_repeating_a_few_images_is_flagged_though_its_mean_distance_
     assert varied["diversity_ratio"] > 0.8 and varied["vendi_ratio"] > 0.8 and eligible(varied, 0.5)
     assert few["diversity_ratio"] > 0.5, few  # the mean distance alone misses it
     assert few["vendi_ratio"] < 0.3 and not eligible(few, 0.5)
+    # precision and recall: real images are inside real neighbourhoods either way, but only varied ones cover them
+    assert varied["precision"] > 0.8 and varied["recall"] > 0.8, varied
+    assert few["precision"] > 0.8 and few["recall"] < 0.05, few
     value, what = health(few)
     assert value == few["vendi_ratio"] and "distinct samples" in what

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 from ..utils.io import write_text_atomic
 
 COLUMNS = ["step", "epoch", "kimg", "g_loss", "d_loss", "d_acc_real", "d_acc_fake", "g_grad_norm", "d_grad_norm",
-           "img_per_s", "fd", "diversity", "diversity_real", "diversity_ratio", "vendi_ratio", "class_coverage",
+           "img_per_s", "fd", "diversity", "diversity_real", "diversity_ratio", "vendi_ratio", "precision", "recall", "class_coverage",
            "class_within_ratio", "class_separation", "label_agreement", "collapse"]
 
 
