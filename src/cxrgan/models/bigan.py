@@ -4,8 +4,8 @@ An encoder E maps images to latents; D judges ``(x, z)`` pairs: ``(x, E(x))`` is
 is "fake". G and E are trained together in the G phase to fool D on both kinds of pair, which makes E
 approximately invert G. ``encode`` maps real images to latents. With ``model.unary`` D also scores the image
 and the latent of each pair on their own (BigBiGAN); every loss then averages over the three verdicts.
-``d_classes`` and ``class_entropy`` give D's image trunk a class head trained on the real images' labels and ask G
-for images it classifies with confidence (:mod:`.label_aware`); G stays unconditional.
+``d_classes`` gives D's image trunk a class head trained on the real images' labels (:mod:`.label_aware`); G stays
+unconditional.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ class BiGAN(LabelAwareD, Family):
     ema_modules = ("G", "E")
 
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, unary: bool = False,
-                 d_classes: float = 0.0, class_entropy: float = 0.0, **kw) -> None:
+                 d_classes: float = 0.0, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
-        self.init_label_terms(d_classes, class_entropy, num_classes)
+        self.init_label_head(d_classes, num_classes)
         self.G = ConvGenerator(z_dim, image_size, g_channels)
         self.E = ConvEncoder(image_size, z_dim, d_channels)
         self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd, unary=unary,
@@ -65,9 +65,8 @@ class BiGAN(LabelAwareD, Family):
         y = batch.y
         z = self.train_z(len(y), y.device)
         fake = self.G(z)
-        fake_logits, h_fake = self.D.score(augment(fake), z)
+        fake_logits = self.D(augment(fake), z)
         real_logits = self.D(augment(batch.x), self.E(batch.x))
         # G and E swap the labels: fakes should look real, real pairs should look fake.
         loss = losses.g_loss(self.loss_kind, fake_logits) + losses.g_loss(self.loss_kind, -real_logits)
-        term, stats = self.class_confidence_term(h_fake)
-        return self.with_mode_seeking(loss + term, {"g_loss": loss.detach(), **stats}, fake, z, y)
+        return self.with_mode_seeking(loss, {"g_loss": loss.detach()}, fake, z, y)

@@ -6,8 +6,7 @@ D judges an image together with its cluster (projection), and G draws clusters i
 model stays unconditional: the cluster is part of the latent (its last column), drawn by :meth:`sample_z`, and
 no class label is used.
 
-``d_classes`` and ``class_entropy`` give D a class head trained on the real images' labels and ask G for images it
-classifies with confidence (:mod:`.label_aware`); G stays unconditional.
+``d_classes`` gives D a class head trained on the real images' labels (:mod:`.label_aware`); G stays unconditional.
 """
 
 from __future__ import annotations
@@ -15,9 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import losses
 from ..nets.blocks import ConvDiscriminator, ConvGenerator
-from .base import Augment, Batch, Family
+from .base import Batch, Family
 from .label_aware import LabelAwareD
 from .cgan import ConditionalGenerator
 from .registry import register
@@ -45,11 +43,11 @@ class ClusterGenerator(nn.Module):
 class DCGAN(LabelAwareD, Family):
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False,
                  mbstd: bool = False, pack: int = 1, clusters: int = 0, embed_dim: int = 32, d_head: int = 0, d_classes: float = 0.0,
-                 class_entropy: float = 0.0, **kw) -> None:
+                 **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         if clusters < 0 or clusters == 1:
             raise ValueError(f"clusters must be 0 (off) or at least 2, got {clusters}")
-        self.init_label_terms(d_classes, class_entropy, num_classes)
+        self.init_label_head(d_classes, num_classes)
         if d_classes and clusters:
             raise ValueError("d_classes and clusters cannot be combined (the clusters stand in for labels)")
         if clusters and pack > 1:
@@ -126,13 +124,3 @@ class DCGAN(LabelAwareD, Family):
     def discriminate_features(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.D.score(inputs[0])
 
-    def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if not (self.class_entropy and self.label_terms_on):
-            return super().g_phase(batch, augment)
-        y = batch.y
-        z = self.train_z(len(y), y.device)
-        fake = self.generate(z, y)
-        logits, h = self.D.score(augment(fake))
-        adversarial = losses.g_loss(self.loss_kind, logits)
-        term, stats = self.class_confidence_term(h)
-        return self.with_mode_seeking(adversarial + term, {"g_loss": adversarial.detach(), **stats}, fake, z, y)

@@ -88,16 +88,3 @@ def r1_penalty(critic: Callable[..., torch.Tensor], real: Sequence[torch.Tensor]
         grads = torch.autograd.grad(out.sum(), inputs, create_graph=True)
         return 0.5 * sum(g.flatten(1).pow(2).sum(1) for g in grads).mean()
 
-
-def class_confidence(logits: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
-    """G's term for an unconditional generator judged by a class head (CatGAN, Springenberg 2016, with the class
-    shares fixed to the data's): the mean entropy of each sample's predicted class distribution (low when every
-    sample looks clearly like one class, not like a mix of two) plus ``KL(prior || batch mean prediction)`` (low when
-    the batch draws the classes in the data's shares, so the first part cannot be met by drawing one class only).
-    ``logits`` ``(N, K)``; ``prior`` ``(K,)`` class shares summing to 1. Both parts are >= 0; so is the sum."""
-    logp = F.log_softmax(logits.float(), dim=1)
-    entropy = -(logp.exp() * logp).sum(1).mean()
-    mean_p = logp.exp().mean(0).clamp_min(1e-8)
-    prior = prior.to(mean_p)
-    kl = (prior * (prior.clamp_min(1e-8).log() - mean_p.log())).sum()
-    return entropy + kl
