@@ -170,8 +170,8 @@ def test_dcgan_packed_discriminator_judges_packs_of_images(phantom32, tmp_path):
     """With model.pack=2 D reads two images stacked as channels and gives one logit per pack (a pack judged alone
     gets the same verdict as inside the batch; swapping its two images changes it), and a batch that does not divide
     by the pack size is refused with a message."""
-    cfg = tiny_config(phantom32, "dcgan", "model.pack=2")
-    D = build_family(tiny_config(phantom32, "dcgan", "model.pack=2", "model.mbstd=false"), 32, 3).D.eval()
+    cfg = tiny_config(phantom32, "dcgan", "model.pack=2", "model.d_classes=0")
+    D = build_family(tiny_config(phantom32, "dcgan", "model.pack=2", "model.mbstd=false", "model.d_classes=0"), 32, 3).D.eval()
     assert D.trunk.net[0].in_channels == 2
     g = torch.Generator().manual_seed(0)
     x = torch.randn(8, 1, 32, 32, generator=g)
@@ -184,7 +184,7 @@ def test_dcgan_packed_discriminator_judges_packs_of_images(phantom32, tmp_path):
     with pytest.raises(ValueError, match="divisible by 2"):
         D(x[:3])
     with pytest.raises(CxrganError, match="model.pack"):
-        tiny_config(phantom32, "dcgan", "model.pack=3").validate()
+        tiny_config(phantom32, "dcgan", "model.pack=3", "model.d_classes=0").validate()
     res = train(cfg, tmp_path / "r", progress=False)
     assert res.step == 6 and math.isfinite(res.last_eval["fd"])
 
@@ -391,7 +391,7 @@ def test_self_conditioned_dcgan_draws_clusters_in_the_data_proportions(phantom32
     out = sample([tmp_path / "r"], tmp_path / "s", n=12, checkpoint="last", device="cpu", png=False)
     assert len(out) == 12
     with pytest.raises(CxrganError, match="clusters and pack"):
-        build_family(tiny_config(phantom32, "dcgan", "model.clusters=4", "model.pack=2"), 32, 3)
+        build_family(tiny_config(phantom32, "dcgan", "model.clusters=4", "model.pack=2", "model.d_classes=0"), 32, 3)
     with pytest.raises(CxrganError, match="at least 2"):
         build_family(tiny_config(phantom32, "dcgan", "model.clusters=1"), 32, 3)
 
@@ -401,12 +401,12 @@ def test_self_conditioned_dcgan_draws_clusters_in_the_data_proportions(phantom32
 def test_unconditional_discriminator_that_learns_the_labels(phantom32, tmp_path, family):
     """model.d_classes=w: D's trunk gets a class head trained on the real images' labels (D's loss gains w times its
     cross-entropy, and only then has the head's weights). G stays unconditional, the term is logged, the head stays
-    untrained for a subset of one class, and settings that cannot work are refused with a message (exact resume:
-    test_resume)."""
+    untrained for a subset of one class and is not built for a dataset of one class (the option is the DCGAN's
+    default), and settings that cannot work are refused with a message (exact resume: test_resume)."""
     from cxrgan.data import PreparedDataset
     from cxrgan.train.data import TrainData
 
-    plain = build_family(tiny_config(phantom32, family), 32, 3)
+    plain = build_family(tiny_config(phantom32, family, "model.d_classes=0"), 32, 3)
     assert plain.D.classes is None and not any("classes" in k for k in plain.D.state_dict())
     fam = build_family(tiny_config(phantom32, family, "model.d_classes=0.5"), 32, 3)
     ds = PreparedDataset.open(phantom32)
@@ -430,10 +430,11 @@ def test_unconditional_discriminator_that_learns_the_labels(phantom32, tmp_path,
     assert rows and all(math.isfinite(float(r["d_class_ce"])) for r in rows)
     with pytest.raises(CxrganError, match="weight >= 0"):
         build_family(tiny_config(phantom32, family, "model.d_classes=-1"), 32, 3)
-    with pytest.raises(CxrganError, match="at least two classes"):
-        build_family(tiny_config(phantom32, family, "model.d_classes=1"), 32, 1)
-    if family == "dcgan":
-        with pytest.raises(CxrganError, match="clusters cannot be combined"):
-            build_family(tiny_config(phantom32, family, "model.d_classes=1", "model.clusters=4"), 32, 3)
-        with pytest.raises(CxrganError, match="pack > 1"):
+    single = build_family(tiny_config(phantom32, family, "model.d_classes=1"), 32, 1)
+    assert single.D.classes is None and not single.label_head_on and single.metric_columns == ()
+    if family == "dcgan":  # self-conditioned on clusters, D also learns the labels; packs of images cannot
+        clustered = build_family(tiny_config(phantom32, family, "model.d_classes=1", "model.clusters=4"), 32, 3)
+        clustered.bind_data(data)
+        assert "d_class_ce" in clustered.d_phase(batch, same)[1]
+        with pytest.raises(CxrganError, match="model.d_classes=0"):
             build_family(tiny_config(phantom32, family, "model.d_classes=1", "model.pack=2"), 32, 3)

@@ -28,11 +28,11 @@ class BiGAN(LabelAwareD, Family):
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, unary: bool = False,
                  d_classes: float = 0.0, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
-        self.init_label_head(d_classes, num_classes)
+        head = self.init_label_head(d_classes, num_classes)
         self.G = ConvGenerator(z_dim, image_size, g_channels)
         self.E = ConvEncoder(image_size, z_dim, d_channels)
         self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd, unary=unary,
-                                    classes=num_classes if d_classes else 0)
+                                    classes=head)
 
     def bind_data(self, data) -> None:
         self.bind_class_prior(data)

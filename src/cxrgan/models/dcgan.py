@@ -47,9 +47,10 @@ class DCGAN(LabelAwareD, Family):
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         if clusters < 0 or clusters == 1:
             raise ValueError(f"clusters must be 0 (off) or at least 2, got {clusters}")
-        self.init_label_head(d_classes, num_classes)
-        if d_classes and clusters:
-            raise ValueError("d_classes and clusters cannot be combined (the clusters stand in for labels)")
+        head = self.init_label_head(d_classes, num_classes)
+        if head and pack > 1:
+            raise ValueError("pack > 1 judges packs of images, and D's class head one image at a time: "
+                             "add --set model.d_classes=0")
         if clusters and pack > 1:
             raise ValueError("clusters and pack > 1 cannot be combined (D judges one image with its cluster)")
         self.clusters = clusters
@@ -57,11 +58,11 @@ class DCGAN(LabelAwareD, Family):
         if clusters:
             self.G = ClusterGenerator(z_dim, clusters, image_size, g_channels, embed_dim)
             self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm, clusters, "projection", mbstd,
-                                       head=d_head)
+                                       head=d_head, classes=head)
         else:
             self.G = ConvGenerator(z_dim, image_size, g_channels)
             self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm, mbstd=mbstd, pack=pack,
-                                       head=d_head, classes=num_classes if d_classes else 0)
+                                       head=d_head, classes=head)
 
     # -- self-conditioning on clusters ------------------------------------------------------------------
     def bind_data(self, data) -> None:
@@ -122,5 +123,5 @@ class DCGAN(LabelAwareD, Family):
         return self.D(inputs[0], inputs[1]) if self.clusters else self.D(inputs[0])
 
     def discriminate_features(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.D.score(inputs[0])
+        return self.D.score(inputs[0], inputs[1]) if self.clusters else self.D.score(inputs[0])
 

@@ -12,8 +12,11 @@ shows G sooner where its images differ from either class (``docs/results/long_ru
 was measured and left out: asking G for images the head classifies with confidence, in the data's class shares
 (CatGAN's), raised the pooled diversity at step 1,000 (0.79 against 0.75) while recall fell (0.63 against 0.76).
 
-A family that uses this mixin says how D scores an input together with its trunk's features
-(:meth:`discriminate_features`) and keeps the head as ``D.classes``.
+The head trains only where there are labels to learn: a training subset of two classes or more, one class per image.
+On one class (a per-class run, ``--classes NORMAL``), a dataset of one class or a multi-label dataset it stays
+untrained and D's loss is the adversarial one alone, so the option can be a family's default. A family that uses
+this mixin says how D scores an input together with its trunk's features (:meth:`discriminate_features`) and keeps
+the head as ``D.classes`` (``None`` when the dataset has fewer than two classes).
 """
 
 from __future__ import annotations
@@ -30,30 +33,28 @@ class LabelAwareD:
     d_classes: float = 0.0
     _prior: torch.Tensor | None = None  # class shares of the bound training subset
 
-    def init_label_head(self, d_classes: float, num_classes: int) -> None:
-        """Check and keep the weight; raises ``ValueError`` for settings that cannot work."""
+    def init_label_head(self, d_classes: float, num_classes: int) -> int:
+        """Check and keep the weight; returns the number of classes D's head should have (0: no head). Raises
+        ``ValueError`` for a negative weight."""
         if d_classes < 0:
             raise ValueError(f"d_classes is a weight >= 0, got {d_classes}")
-        if d_classes and num_classes < 2:
-            raise ValueError(f"d_classes needs a dataset with at least two classes, got {num_classes}")
         self.d_classes = d_classes
+        return num_classes if d_classes and num_classes >= 2 else 0
 
     def bind_class_prior(self, data) -> None:
-        """Keep the class shares of the training subset (:class:`~cxrgan.train.data.TrainData`). A subset of one
-        class (a per-class run, ``--classes NORMAL``) has nothing for the head to tell apart: the head then stays
-        untrained for the run (it is kept, so the checkpoint's layout does not depend on the data)."""
-        from ..errors import CxrganError
-
-        if self.d_classes and data.dataset.multilabel:
-            raise CxrganError(f"{data.dataset.root}: model.d_classes needs one class per image; this dataset is "
-                              "multi-label. Set model.d_classes=0")
+        """Keep the class shares of the training subset (:class:`~cxrgan.train.data.TrainData`); none for a
+        multi-label dataset, whose images have no single class to learn."""
         labels = torch.as_tensor(data.labels, dtype=torch.long)
-        self._prior = torch.bincount(labels, minlength=self.num_classes).float() / max(len(labels), 1)
+        self._prior = None if data.dataset.multilabel else \
+            torch.bincount(labels, minlength=self.num_classes).float() / max(len(labels), 1)
 
     @property
     def label_head_on(self) -> bool:
-        """Whether D's class head trains: ``d_classes`` > 0 and the bound training subset holds two classes or more."""
-        return bool(self.d_classes) and self._prior is not None and int((self._prior > 0).sum()) >= 2
+        """Whether D's class head trains: it exists (``d_classes`` > 0 on two classes or more) and the bound
+        training subset is single-label and holds two classes or more. A subset of one class (a per-class run) has
+        nothing for the head to tell apart; the head is kept untrained, so the checkpoint's layout does not depend
+        on the subset."""
+        return getattr(self.D, "classes", None) is not None and self._prior is not None and int((self._prior > 0).sum()) >= 2
 
     def discriminate_features(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """D's logits for ``inputs`` and its trunk's features of the image (what ``D.classes`` reads)."""
@@ -61,7 +62,7 @@ class LabelAwareD:
 
     @property
     def metric_columns(self) -> tuple[str, ...]:
-        return ("d_class_ce",) if self.d_classes else ()
+        return ("d_class_ce",) if getattr(self.D, "classes", None) is not None else ()
 
     def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.label_head_on:
