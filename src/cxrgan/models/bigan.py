@@ -35,7 +35,7 @@ class BiGAN(LabelAwareD, Family):
                                     classes=head)
 
     def bind_data(self, data) -> None:
-        self.bind_class_prior(data)
+        self.bind_labels(data)
 
     def encode(self, x: torch.Tensor, E: torch.nn.Module | None = None) -> torch.Tensor:
         """Latents ``(N, z_dim)`` for images ``(N, 1, S, S)`` in [-1, 1]."""

@@ -48,9 +48,6 @@ class DCGAN(LabelAwareD, Family):
         if clusters < 0 or clusters == 1:
             raise ValueError(f"clusters must be 0 (off) or at least 2, got {clusters}")
         head = self.init_label_head(d_classes, num_classes)
-        if head and pack > 1:
-            raise ValueError("pack > 1 judges packs of images, and D's class head one image at a time: "
-                             "add --set model.d_classes=0")
         if clusters and pack > 1:
             raise ValueError("clusters and pack > 1 cannot be combined (D judges one image with its cluster)")
         self.clusters = clusters
@@ -66,9 +63,9 @@ class DCGAN(LabelAwareD, Family):
 
     # -- self-conditioning on clusters ------------------------------------------------------------------
     def bind_data(self, data) -> None:
-        """Keep the class shares of the training subset (:class:`~cxrgan.train.data.TrainData`); with clusters,
-        cluster it and keep the clusters' shares."""
-        self.bind_class_prior(data)
+        """Note whether the training subset (:class:`~cxrgan.train.data.TrainData`) has labels for D's class head;
+        with clusters, cluster it and keep the clusters' shares."""
+        self.bind_labels(data)
         if not self.clusters:
             return
         from ..errors import CxrganError
@@ -124,4 +121,3 @@ class DCGAN(LabelAwareD, Family):
 
     def discriminate_features(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.D.score(inputs[0], inputs[1]) if self.clusters else self.D.score(inputs[0])
-

@@ -21,6 +21,7 @@ the head as ``D.classes`` (``None`` when the dataset has fewer than two classes)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,7 +32,7 @@ class LabelAwareD:
     """Mixin for an unconditional :class:`~cxrgan.models.base.Family` (listed before it in the bases)."""
 
     d_classes: float = 0.0
-    _prior: torch.Tensor | None = None  # class shares of the bound training subset
+    _labels_to_learn: bool = False  # the bound training subset is single-label and holds two classes or more
 
     def init_label_head(self, d_classes: float, num_classes: int) -> int:
         """Check and keep the weight; returns the number of classes D's head should have (0: no head). Raises
@@ -41,12 +42,10 @@ class LabelAwareD:
         self.d_classes = d_classes
         return num_classes if d_classes and num_classes >= 2 else 0
 
-    def bind_class_prior(self, data) -> None:
-        """Keep the class shares of the training subset (:class:`~cxrgan.train.data.TrainData`); none for a
-        multi-label dataset, whose images have no single class to learn."""
-        labels = torch.as_tensor(data.labels, dtype=torch.long)
-        self._prior = None if data.dataset.multilabel else \
-            torch.bincount(labels, minlength=self.num_classes).float() / max(len(labels), 1)
+    def bind_labels(self, data) -> None:
+        """Note whether the training subset (:class:`~cxrgan.train.data.TrainData`) has labels for the head to learn:
+        one class per image (not multi-label) and two classes or more."""
+        self._labels_to_learn = not data.dataset.multilabel and len(np.unique(data.labels)) >= 2
 
     @property
     def label_head_on(self) -> bool:
@@ -54,7 +53,7 @@ class LabelAwareD:
         training subset is single-label and holds two classes or more. A subset of one class (a per-class run) has
         nothing for the head to tell apart; the head is kept untrained, so the checkpoint's layout does not depend
         on the subset."""
-        return getattr(self.D, "classes", None) is not None and self._prior is not None and int((self._prior > 0).sum()) >= 2
+        return self.D.classes is not None and self._labels_to_learn
 
     def discriminate_features(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """D's logits for ``inputs`` and its trunk's features of the image (what ``D.classes`` reads)."""
@@ -62,7 +61,7 @@ class LabelAwareD:
 
     @property
     def metric_columns(self) -> tuple[str, ...]:
-        return ("d_class_ce",) if getattr(self.D, "classes", None) is not None else ()
+        return ("d_class_ce",) if self.D.classes is not None else ()
 
     def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.label_head_on:

@@ -87,4 +87,3 @@ def r1_penalty(critic: Callable[..., torch.Tensor], real: Sequence[torch.Tensor]
         out = critic(*inputs)
         grads = torch.autograd.grad(out.sum(), inputs, create_graph=True)
         return 0.5 * sum(g.flatten(1).pow(2).sum(1) for g in grads).mean()
-

@@ -146,7 +146,8 @@ class ConvDiscriminator(nn.Module):
                  mbstd: bool = False, mbstd_by_class: bool = False, pack: int = 1, head: int = 0, classes: int = 0) -> None:
         super().__init__()
         if classes and pack > 1:
-            raise ValueError("a class head needs one image per verdict; it cannot be combined with pack > 1")
+            raise ValueError("pack > 1 judges packs of images, and the class head (model.d_classes) one image at a "
+                             "time: add --set model.d_classes=0")
         if head < 0:
             raise ValueError(f"the discriminator's head width must be 0 (one 4x4 convolution) or positive, got {head}")
         if pack < 1 or (pack > 1 and cond != "none"):

@@ -22,9 +22,9 @@ conditional families ``label_agreement`` is how often the classifier puts a samp
 (against real images), and ``class_within_ratio`` counts only those that it does: the CGAN's seed 1 at step
 1,000 read 0.88 per class with 24 % of its NORMAL samples called PNEUMONIA, and 0.80 on the agreeing ones.
 Beside them the monitor logs ``precision`` and ``recall`` (Kynkäänniemi et al. 2019): a mean distance rises when
-samples move to the far sides of their classes, which recall does not reward. On real radiographs a DCGAN whose G was
-asked for confident class verdicts of its D (a term tried and left out, see ``models.label_aware``) read 0.79 pooled at step 1,000 against 0.75 without,
-at recall 0.63 against 0.76 (``docs/results/long_runs/label_aware``). The
+samples move to the far sides of their classes, which recall does not reward. On real radiographs a DCGAN whose G
+was asked for confident class verdicts of its D (a term tried and left out, see ``models.label_aware``) read 0.79
+pooled at step 1,000 against 0.75 without, at recall 0.63 against 0.76 (``docs/results/long_runs/label_aware``). The
 feature space is the dataset's trained classifier space when one has been
 trained and has passed the distortion check (``cxrgan features train`` then ``cxrgan evaluate
 --check-features``; see :mod:`cxrgan.evaluate.validation`), otherwise the fixed ``randconv-v1``.
