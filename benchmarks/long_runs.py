@@ -178,6 +178,14 @@ def rescore(run: Path, out: Path) -> None:
           f"{max(gaps, default=float('nan')):.2%}", flush=True)
 
 
+def holds_from(steps: np.ndarray, ratios: np.ndarray, target: float = TARGET) -> int | None:
+    """The first evaluated step from which every later ratio is at least ``target`` (None: the last one is below)."""
+    below = np.flatnonzero(ratios < target)
+    if not len(below):
+        return int(steps[0])
+    return int(steps[below[-1] + 1]) if below[-1] + 1 < len(steps) else None
+
+
 def _report(names: list[str], work: Path, results: Path, walls: dict[str, float], a: argparse.Namespace) -> None:
     import json
 
@@ -225,6 +233,7 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
             "final class coverage": float(evals[-1]["class_coverage"]) if evals[-1].get("class_coverage") else None,
             "min diversity from step 1000": float(late.min()) if len(late) else None,
             "held >= 0.8": bool(len(late) and late.min() >= TARGET),
+            "holds 0.8 from step": holds_from(step, div),
             "min within-class diversity from step 1000": float(np.nanmin(late_within)) if np.isfinite(late_within).any() else None,
             "final class separation": float(evals[-1]["class_separation"]) if evals[-1].get("class_separation") else None,
             "min label agreement from step 1000": min(agree) if agree else None,
