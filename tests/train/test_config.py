@@ -61,7 +61,7 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     assert cgan.loss.kind == "hinge" and cgan.model.spectral_norm and cgan.model.mbstd and cgan.optim.lr_d == 0.0004
     assert cgan.augment.policy == "translation" and cgan.loss.mode_seeking == 0.3
     dcgan = load_config(None, ["model.family=dcgan"])
-    assert dcgan.loss.kind == "hinge" and dcgan.model.spectral_norm and (dcgan.optim.lr_g, dcgan.optim.lr_d) == (0.0008, 0.0016)
+    assert dcgan.loss.kind == "hinge" and dcgan.model.spectral_norm and (dcgan.optim.lr_g, dcgan.optim.lr_d) == (0.0016, 0.0016)
     assert dcgan.model.mbstd and dcgan.ema_decay == 0.999  # its own measured preset (configs/dcgan.yaml)
     assert dcgan.loss.mode_seeking == 0.3 and dcgan.augment.policy == ""  # the CGAN's recipe without its augmentation
     assert dcgan.model.d_classes == 1.0  # and D's trunk also learns the labels (models/label_aware.py)
@@ -73,7 +73,7 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     mine = load_config(f, ["loss.kind=bce"])
     assert mine.optim.lr_d == 0.0001 and mine.loss.kind == "bce" and mine.model.mbstd  # file and --set win; rest is preset
     flagged = load_config(f, ["model.family=dcgan"])  # the flag's family picks the preset; the file's own field still wins
-    assert flagged.optim.lr_g == 0.0008 and flagged.model.g_cond == "concat" and flagged.optim.lr_d == 0.0001
+    assert flagged.optim.lr_g == 0.0016 and flagged.model.g_cond == "concat" and flagged.optim.lr_d == 0.0001
     save_config(cgan, tmp_path / "saved.yaml")
     assert load_config(tmp_path / "saved.yaml") == cgan
 
