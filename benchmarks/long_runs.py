@@ -6,7 +6,7 @@ with the family's defaults (``cxrgan/configs/FAMILY.yaml`` where one exists), th
 - ``curves.png``: FD, diversity ratio, within-class diversity ratio and Vendi ratio (worst class for conditional
   families) of every family against epochs, with the 0.8 target and the run's collapse threshold;
 - ``summary.md`` / ``summary.csv``: final and best (the run's own selection rule) FD and diversity ratio, the
-  lowest diversity ratio from step 1,000 on, the final and lowest Vendi ratio (distinct samples over real's), the parts of the diversity figure that the monitor logs in a classifier
+  lowest diversity ratio from step 1,000 on and the first step from which it stays at 0.8 or more, the final and lowest Vendi ratio (distinct samples over real's), the parts of the diversity figure that the monitor logs in a classifier
   space (``cxrgan.train.quality``): the lowest within-class diversity from step 1,000 (the worst class among the
   samples the space's classifier puts in it, and for conditional runs also drawn for it) and the final class
   separation, with the final class coverage of unconditional runs (``benchmarks/class_coverage.py``) and the lowest
