@@ -1,7 +1,7 @@
 import pytest
 
 from cxrgan.errors import CxrganError
-from cxrgan.train.config import TrainConfig, load_config, save_config
+from cxrgan.train.config import OptimConfig, TrainConfig, load_config, save_config
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -39,6 +39,14 @@ def test_validation_messages():
         load_config(None, ["augment.policy=rotate"]).validate()
     with pytest.raises(CxrganError, match="unknown model"):
         load_config(None, ["model.family=vae"]).validate()
+    with pytest.raises(CxrganError, match="optim.lr_e at least 0"):
+        load_config(None, ["optim.lr_e=-0.001"]).validate()
+    with pytest.raises(CxrganError, match="optim.lr_g and optim.lr_d must be above 0"):
+        load_config(None, ["optim.lr_d=0"]).validate()
+    with pytest.raises(CxrganError, match="ema_warmup must be above 1"):
+        load_config(None, ["ema_warmup=1"]).validate()
+    assert OptimConfig(lr_g=0.1, lr_d=0.2, lr_e=0.05).rate("G", "E") == 0.05
+    assert OptimConfig(lr_g=0.1, lr_d=0.2).rate("G", "E") == 0.1 and OptimConfig(lr_g=0.1, lr_d=0.2, lr_e=0.05).rate("D", "D") == 0.2
     assert isinstance(TrainConfig().validate(), TrainConfig)
 
 

@@ -89,3 +89,26 @@ def test_ema_generator_gets_batch_norm_statistics_of_its_own_weights(phantom32, 
                            lambda G, b: family.generate(b[1], torch.from_numpy(data.labels[b[0]]), G=G))
     for k, v in ema.items():
         assert torch.allclose(holder.shadow["G"].state_dict()[k[2:]], v, atol=1e-5), k
+
+
+
+def test_ema_warmup_sets_the_early_decay():
+    """Step t averages with decay min(decay, (1 + t) / (warmup + t)): a smaller warm-up constant keeps more of the
+    past, so the average of a steadily growing weight lags further behind it (about t / (warmup - 1) steps)."""
+    from cxrgan.train.ema import EMA
+
+    lags = {}
+    for warmup in (10.0, 4.0):
+        net = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.zeros_(net.weight)
+        ema = EMA({"G": net}, 0.999, warmup)
+        expected = 0.0
+        for t in range(60):
+            with torch.no_grad():
+                net.weight.fill_(float(t + 1))
+            ema.update({"G": net}, t)
+            d = min(0.999, (1 + t) / (warmup + t))
+            expected = d * expected + (1 - d) * (t + 1)
+            assert ema.shadow["G"].weight.item() == pytest.approx(expected, rel=1e-6)
+        lags[warmup] = 60 - ema.shadow["G"].weight.item()
+    assert 4 < lags[10.0] < 9 and 13 < lags[4.0] < 23, lags

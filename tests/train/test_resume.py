@@ -27,6 +27,7 @@ def _weights(run):
     ("dcgan", ["augment.policy=translation,cutout,color", "loss.r1_gamma=0.1", "ema_decay=0.999"]),
     ("dcgan", ["model.clusters=3", "loss.r1_gamma=0.1"]),  # self-conditioned on label-free clusters
     ("bigan", []),
+    ("bigan", ["optim.lr_e=0.0001"]),  # the encoder in an Adam group of its own
     ("cgan", []),  # its measured defaults: hinge, spectral norm, projection, minibatch stddev, translation
     ("cgan", ["model.g_cond=cbn", "model.mbstd_by_class=true"]),  # the options measured in docs/results/long_runs/gpu_sweep
     ("semicond", ["model.code_correlation=0.3"]),
@@ -46,6 +47,27 @@ def test_resume_equals_uninterrupted(phantom32, tmp_path, family, extra):
     rows_a = [r["step"] for r in read_metrics(tmp_path / "a" / "metrics.csv")]
     rows_b = [r["step"] for r in read_metrics(tmp_path / "b" / "metrics.csv")]
     assert rows_a == rows_b
+
+
+@pytest.mark.parametrize("lr_e", [0.0, 0.0001])
+def test_encoder_rate_is_a_group_of_its_own(phantom32, tmp_path, lr_e):
+    cfg = tiny_config(phantom32, "bigan", "steps=2", "ckpt_every=2", "optim.lr_g=0.0003", f"optim.lr_e={lr_e}")
+    train(cfg, tmp_path / "r", progress=False)
+    state = torch.load(tmp_path / "r" / "checkpoints" / ckpt.ckpt_name(2) / "state.pt", weights_only=True)
+    groups = state["optim"]["G"]["param_groups"]
+    n_g = sum(1 for _ in _param_keys(tmp_path / "r", "G"))
+    if lr_e:  # G's parameters first at lr_g, then E's at lr_e
+        assert [g["lr"] for g in groups] == [pytest.approx(0.0003), pytest.approx(0.0001)]
+        assert len(groups[0]["params"]) == n_g
+    else:  # one group, as checkpoints written before lr_e existed hold
+        assert [g["lr"] for g in groups] == [pytest.approx(0.0003)]
+        assert len(groups[0]["params"]) > n_g
+    assert state["optim"]["D"]["param_groups"][0]["lr"] == pytest.approx(cfg.optim.lr_d)
+
+
+def _param_keys(run, module):
+    """The parameter tensors of ``module`` in the run's last checkpoint."""
+    return [k for k in _weights(run) if k.startswith(f"{module}.") and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
 
 
 def test_sigterm_writes_checkpoint_then_resume_finishes(phantom32, tmp_path):

@@ -78,13 +78,22 @@ class LossConfig:
 
 @dataclass
 class OptimConfig:
-    """Adam for each phase (Radford et al.'s defaults); ``d_steps`` D updates per G update."""
+    """Adam for each phase (Radford et al.'s defaults); ``d_steps`` D updates per G update.
+
+    ``lr_e``: the learning rate of an encoder that the G phase trains beside G (the BiGAN's E); 0 = ``lr_g``."""
 
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
     d_steps: int = 1
+    lr_e: float = 0.0
+
+    def rate(self, phase: str, module: str) -> float:
+        """The learning rate of ``module`` in ``phase`` (``D`` or ``G``)."""
+        if phase == "D":
+            return self.lr_d
+        return self.lr_e if module == "E" and self.lr_e > 0 else self.lr_g
 
 
 @dataclass
@@ -117,7 +126,8 @@ class TrainConfig:
 
     precision: ``auto`` (bf16 autocast where it is native: CUDA, or a CPU with AVX-512 BF16 or AMX; fp32
     elsewhere), ``fp32`` or ``bf16``.
-    ema_decay: 0 disables the generator EMA. ckpt_every: steps between checkpoints and quality evaluations.
+    ema_decay: 0 disables the generator EMA. ema_warmup: early on the decay is ``(1 + step) / (ema_warmup + step)``
+    (above 1; the average then spans about ``step / (ema_warmup - 1)`` steps) until that reaches ``ema_decay``. ckpt_every: steps between checkpoints and quality evaluations.
     grid_every: steps between sample grids (0 = once per epoch, at most about 100 per run). collapse_ratio: warn of mode collapse when
     sample diversity falls below this fraction of real-image diversity, from step ``collapse_warmup`` on (an
     untrained generator has little diversity too); a checkpoint below the ratio is never chosen as best, at any step.
@@ -144,6 +154,7 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     ema_decay: float = 0.999
+    ema_warmup: float = 10.0
     log_every: int = 25
     ckpt_every: int = 500
     grid_every: int = 0
@@ -168,10 +179,14 @@ class TrainConfig:
             (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
             (self.steps >= 1 or self.epochs >= 1, "give a positive steps or epochs budget"),
             (self.optim.d_steps >= 1, "optim.d_steps must be at least 1"),
+            (min(self.optim.lr_g, self.optim.lr_d) > 0 and self.optim.lr_e >= 0,
+             f"optim.lr_g and optim.lr_d must be above 0 and optim.lr_e at least 0 (0: lr_g), got {self.optim.lr_g}, "
+             f"{self.optim.lr_d} and {self.optim.lr_e}"),
             (self.model.pack >= 1 and self.batch_size % self.model.pack == 0,
              f"model.pack must be at least 1 and divide batch_size ({self.batch_size}), got {self.model.pack}"),
             (self.loss.mode_seeking >= 0, f"loss.mode_seeking must be at least 0, got {self.loss.mode_seeking}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
+            (self.ema_warmup > 1.0, f"ema_warmup must be above 1, got {self.ema_warmup}"),
             (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be at least 1"),
             (self.eval_samples >= 16, "eval_samples must be at least 16"),
             (self.on_collapse in ("continue", "stop", "rollback"), f"on_collapse must be continue, stop or rollback, got {self.on_collapse!r}"),

@@ -19,15 +19,17 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 class EMA:
     """Shadow copies of ``modules``; ``update`` after each G step. Early on the decay is warmed up
-    (``min(decay, (1 + step) / (10 + step))``) so the average is not dominated by the random init."""
+    (``min(decay, (1 + step) / (warmup + step))``) so the average is not dominated by the random init; it then
+    spans about ``step / (warmup - 1)`` steps."""
 
-    def __init__(self, modules: dict[str, nn.Module], decay: float) -> None:
+    def __init__(self, modules: dict[str, nn.Module], decay: float, warmup: float = 10.0) -> None:
         self.decay = decay
+        self.warmup = warmup
         self.shadow = {name: copy.deepcopy(m).eval().requires_grad_(False) for name, m in modules.items()}
 
     @torch.no_grad()
     def update(self, modules: dict[str, nn.Module], step: int) -> None:
-        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        d = min(self.decay, (1.0 + step) / (self.warmup + step))
         for name, m in modules.items():
             s = self.shadow[name]
             for p_s, p in zip(s.parameters(), m.parameters()):
