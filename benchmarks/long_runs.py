@@ -24,6 +24,10 @@ builds it today (same feature space, latents, real images and seed; ``WORK/NAME.
 score again) and reports those
 figures: finished runs re-measured after the monitor's estimator changes, without training them again. FD does
 not depend on the estimator, so the largest FD difference from the run's own log is printed as a check.
+``--report-only --spread K`` scores each run's first checkpoint from step 1,000 with K monitors built with other
+seeds (other real images and latents, same size and feature space; ``WORK/NAME.spread.json``, kept) and reports the
+mean and standard deviation of their diversity ratios beside the run's own figure: how far one monitor draw can
+carry a ratio near the 0.8 target.
 
     python benchmarks/long_runs.py --work /tmp/long --results docs/results/long_runs [--epochs 50] [--parallel 2]
 """
@@ -63,6 +67,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu (one thread per run) or cuda")
     ap.add_argument("--report-only", action="store_true", help="write the figure and table from the runs as they are")
     ap.add_argument("--rescore", action="store_true", help="with --report-only: score the runs' checkpoints with today's monitor")
+    ap.add_argument("--spread", type=int, default=0, metavar="K",
+                    help="with --report-only: score each run's checkpoint at step 1,000 with K monitors of other seeds")
     a = ap.parse_args()
 
     from cxrgan.data import PreparedDataset, Preprocess, prepare
@@ -90,6 +96,10 @@ def main() -> None:
         for name in runs:
             if (work / name / "metrics.csv").is_file() and not (work / f"{name}.rescored.csv").is_file():
                 rescore(work / name, work / f"{name}.rescored.csv")
+    if a.spread:
+        for name in runs:
+            if (work / name / "metrics.csv").is_file() and not (work / f"{name}.spread.json").is_file():
+                spread(work / name, work / f"{name}.spread.json", a.spread)
     _report(list(runs), work, Path(a.results), {**_saved_walls(work), **walls}, a)
 
 
@@ -178,12 +188,49 @@ def rescore(run: Path, out: Path) -> None:
           f"{max(gaps, default=float('nan')):.2%}", flush=True)
 
 
+@torch.no_grad()
+def spread(run: Path, out: Path, draws: int, at: int = 1000) -> None:
+    """Score ``run``'s first kept checkpoint from step ``at`` with ``draws`` quality monitors built as the run's own
+    but with other seeds (the run's seed + 1000 k: other real images and latents, same number and feature space)
+    and write their diversity ratios to ``out`` (JSON: step, own seed's ratio, the others')."""
+    from cxrgan.sample import load_run
+    from cxrgan.train import checkpoint as ckpt
+    from cxrgan.train.quality import QualityMonitor, diversity_ratio, run_monitor
+
+    kept = [s for s in ckpt.list_checkpoints(run) if s >= at]
+    if not kept:
+        return
+    loaded = load_run(run, kept[0])
+    data, own = run_monitor(loaded)
+    generate = lambda z, y: loaded.family.generate(z, y).float()  # noqa: E731
+    ratios = []
+    for k in range(1, draws + 1):
+        mon = QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z, loaded.cfg.seed + 1000 * k, own.device,
+                             own.space, loaded.family.conditional)
+        ratios.append(diversity_ratio(mon.evaluate(generate)))
+    own_ratio = diversity_ratio(own.evaluate(generate))
+    write_json_atomic(out, {"step": kept[0], "own": own_ratio, "others": ratios})
+    print(f"{run.name}: diversity at step {kept[0]}: {own_ratio:.3f} with the run's monitor, "
+          f"{np.mean(ratios):.3f} +- {np.std(ratios, ddof=1) if draws > 1 else 0:.3f} over {draws} others", flush=True)
+
+
 def holds_from(steps: np.ndarray, ratios: np.ndarray, target: float = TARGET) -> int | None:
     """The first evaluated step from which every later ratio is at least ``target`` (None: the last one is below)."""
     below = np.flatnonzero(ratios < target)
     if not len(below):
         return int(steps[0])
     return int(steps[below[-1] + 1]) if below[-1] + 1 < len(steps) else None
+
+
+def _spread_columns(path: Path) -> dict[str, float]:
+    """The ``--spread`` columns of one run (none where it was not measured)."""
+    import json
+
+    keys = ("diversity at step 1000, other monitor draws", "their sd")
+    if not path.is_file():
+        return dict.fromkeys(keys)
+    others = np.array(json.loads(path.read_text())["others"])
+    return dict(zip(keys, (float(others.mean()), float(others.std(ddof=1)) if len(others) > 1 else None)))
 
 
 def _report(names: list[str], work: Path, results: Path, walls: dict[str, float], a: argparse.Namespace) -> None:
@@ -241,6 +288,7 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
             "min Vendi ratio from step 1000": float(np.nanmin(late_vendi)) if np.isfinite(late_vendi).any() else None,
             "recall at step 1000": float(recall[step >= 1000][0]) if np.isfinite(late_recall).any() else None,
             "final recall": None if np.isnan(recall[-1]) else float(recall[-1]),
+            **_spread_columns(work / f"{fam}.spread.json"),
             "best step": best.get("step"), "best FD": best.get("fd"), "best diversity": best.get("diversity_ratio"),
             "img/s": float(np.median(speeds)) if speeds else None,
             "wall min": round(walls[fam] / 60, 1) if fam in walls else None,
