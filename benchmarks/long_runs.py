@@ -222,7 +222,7 @@ def holds_from(steps: np.ndarray, ratios: np.ndarray, target: float = TARGET) ->
     return int(steps[below[-1] + 1]) if below[-1] + 1 < len(steps) else None
 
 
-def _spread_columns(path: Path) -> dict[str, float]:
+def _spread_columns(path: Path) -> dict[str, float | None]:
     """The ``--spread`` columns of one run (none where it was not measured)."""
     import json
 

@@ -91,7 +91,6 @@ def test_ema_generator_gets_batch_norm_statistics_of_its_own_weights(phantom32, 
         assert torch.allclose(holder.shadow["G"].state_dict()[k[2:]], v, atol=1e-5), k
 
 
-
 def test_ema_warmup_sets_the_early_decay():
     """Step t averages with decay min(decay, (1 + t) / (warmup + t)): a smaller warm-up constant keeps more of the
     past, so the average of a steadily growing weight lags further behind it (about t / (warmup - 1) steps)."""

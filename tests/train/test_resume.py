@@ -55,7 +55,7 @@ def test_encoder_rate_is_a_group_of_its_own(phantom32, tmp_path, lr_e):
     train(cfg, tmp_path / "r", progress=False)
     state = torch.load(tmp_path / "r" / "checkpoints" / ckpt.ckpt_name(2) / "state.pt", weights_only=True)
     groups = state["optim"]["G"]["param_groups"]
-    n_g = sum(1 for _ in _param_keys(tmp_path / "r", "G"))
+    n_g = len(_param_keys(tmp_path / "r", "G"))
     if lr_e:  # G's parameters first at lr_g, then E's at lr_e
         assert [g["lr"] for g in groups] == [pytest.approx(0.0003), pytest.approx(0.0001)]
         assert len(groups[0]["params"]) == n_g
@@ -66,7 +66,7 @@ def test_encoder_rate_is_a_group_of_its_own(phantom32, tmp_path, lr_e):
 
 
 def _param_keys(run, module):
-    """The parameter tensors of ``module`` in the run's last checkpoint."""
+    """The names of ``module``'s parameters (not its batch-norm buffers) in the run's last checkpoint."""
     return [k for k in _weights(run) if k.startswith(f"{module}.") and not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
 
 

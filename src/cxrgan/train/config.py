@@ -127,7 +127,8 @@ class TrainConfig:
     precision: ``auto`` (bf16 autocast where it is native: CUDA, or a CPU with AVX-512 BF16 or AMX; fp32
     elsewhere), ``fp32`` or ``bf16``.
     ema_decay: 0 disables the generator EMA. ema_warmup: early on the decay is ``(1 + step) / (ema_warmup + step)``
-    (above 1; the average then spans about ``step / (ema_warmup - 1)`` steps) until that reaches ``ema_decay``. ckpt_every: steps between checkpoints and quality evaluations.
+    (above 1; the average then spans about ``step / (ema_warmup - 1)`` steps) until that reaches ``ema_decay``.
+    ckpt_every: steps between checkpoints and quality evaluations.
     grid_every: steps between sample grids (0 = once per epoch, at most about 100 per run). collapse_ratio: warn of mode collapse when
     sample diversity falls below this fraction of real-image diversity, from step ``collapse_warmup`` on (an
     untrained generator has little diversity too); a checkpoint below the ratio is never chosen as best, at any step.
