@@ -13,8 +13,9 @@ benchmark shows what moves each of them, on real images whose truth is known:
    per class) and scored the same way, with the samples' sharpness (mean squared Laplacian) over real images'.
 3. With ``--spread`` (instead of 1): how far the training loop's own figures stray when the generator is perfect. A
    ``QualityMonitor`` (as a run builds it: 1,024 real training images, seed ``d``) scores another 1,024 real
-   training images with the same class sequence, once per seed, per class (conditional) and pooled; with each
-   group capped at 128 images (the monitor until 2026-12-01) and at ``DIVERSITY_MAX`` (today).
+   training images with the same class sequence, once per seed, per class (conditional) and pooled: with each
+   group capped at 128 images and its own real rows as the reference (the monitor until 2026-12-01), at
+   ``DIVERSITY_MAX`` (until the ninth stop of 2026-12-01), and at ``DIVERSITY_MAX`` against every training image (today).
 
     python benchmarks/diversity_measures.py --data PREPARED_DIR [--runs RUN ...] [--spread] [--out docs/results/.../table.md]
 
@@ -125,13 +126,15 @@ def spread(ds, space, draws: int) -> list[str]:
     from cxrgan.train.data import TrainData
 
     data = TrainData(ds, "train")
-    rows = ["| monitor groups | images per group (at most) | diversity ratio: mean, sd, 5th percentile, lowest | "
-            "Vendi ratio: mean, sd, 5th percentile, lowest |", "|---|---|---|---|"]
+    rows = ["| monitor groups | images per group (at most) | real reference | diversity ratio: mean, sd, 5th percentile, lowest | "
+            "Vendi ratio: mean, sd, 5th percentile, lowest |", "|---|---|---|---|---|"]
+    setups = ((128, 0), (quality.DIVERSITY_MAX, 0), (quality.DIVERSITY_MAX, quality.REFERENCE_MAX))  # until 12-01, 12-02, today
     for conditional in (True, False):
-        for cap in (128, quality.DIVERSITY_MAX):
+        for cap, reference in setups:
             got = []
             for seed in range(draws):
-                mon = quality.QualityMonitor(data, 1024, 8, seed, torch.device("cpu"), space, conditional, group_max=cap)
+                mon = quality.QualityMonitor(data, 1024, 8, seed, torch.device("cpu"), space, conditional, group_max=cap,
+                                             reference_max=reference)
                 taken = np.zeros(len(data), bool)
                 taken[mon.rows] = True
                 rng = np.random.default_rng([seed, 5])
@@ -145,7 +148,8 @@ def spread(ds, space, draws: int) -> list[str]:
             g = np.array(got)
             cells = " | ".join(f"{g[:, i].mean():.3f}, {g[:, i].std():.3f}, {np.percentile(g[:, i], 5):.3f}, {g[:, i].min():.3f}"
                                for i in (0, 1))
-            rows.append(f"| {'per class (worst)' if conditional else 'pooled'} | {cap} | {cells} |")
+            ref = "the monitor's rows" if not reference else f"every training image (at most {reference:,})"
+            rows.append(f"| {'per class (worst)' if conditional else 'pooled'} | {cap} | {ref} | {cells} |")
     return rows
 
 

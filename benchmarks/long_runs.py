@@ -25,9 +25,10 @@ score again) and reports those
 figures: finished runs re-measured after the monitor's estimator changes, without training them again. FD does
 not depend on the estimator, so the largest FD difference from the run's own log is printed as a check.
 ``--report-only --spread K`` scores each run's first checkpoint from step 1,000 with K monitors built with other
-seeds (other real images and latents, same size and feature space; ``WORK/NAME.spread.json``, kept) and reports the
+seeds (other latents and monitor rows, same size and feature space; ``WORK/NAME.spread.json``, kept) and reports the
 mean and standard deviation of their diversity ratios beside the run's own figure: how far one monitor draw can
-carry a ratio near the 0.8 target.
+carry a ratio near the 0.8 target. The JSON also holds each draw against its own monitor rows as the real reference
+(the monitor before the ninth stop of 2026-12-01).
 
     python benchmarks/long_runs.py --work /tmp/long --results docs/results/long_runs [--epochs 50] [--parallel 2]
 """
@@ -191,8 +192,10 @@ def rescore(run: Path, out: Path) -> None:
 @torch.no_grad()
 def spread(run: Path, out: Path, draws: int, at: int = 1000) -> None:
     """Score ``run``'s first kept checkpoint from step ``at`` with ``draws`` quality monitors built as the run's own
-    but with other seeds (the run's seed + 1000 k: other real images and latents, same number and feature space)
-    and write their diversity ratios to ``out`` (JSON: step, own seed's ratio, the others')."""
+    but with other seeds (the run's seed + 1000 k: other latents and other monitor rows, same number and feature
+    space) and write their diversity ratios to ``out`` (JSON: step, own seed's ratio, the others'). Each draw is
+    scored twice: against today's real reference (every training image) and against its own monitor rows (the
+    reference before the ninth stop of 2026-12-01), so the share of the spread that the reference caused shows."""
     from cxrgan.sample import load_run
     from cxrgan.train import checkpoint as ckpt
     from cxrgan.train.quality import QualityMonitor, diversity_ratio, run_monitor
@@ -203,15 +206,21 @@ def spread(run: Path, out: Path, draws: int, at: int = 1000) -> None:
     loaded = load_run(run, kept[0])
     data, own = run_monitor(loaded)
     generate = lambda z, y: loaded.family.generate(z, y).float()  # noqa: E731
-    ratios = []
+    ratios, own_rows = [], []
     for k in range(1, draws + 1):
-        mon = QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z, loaded.cfg.seed + 1000 * k, own.device,
-                             own.space, loaded.family.conditional)
-        ratios.append(diversity_ratio(mon.evaluate(generate)))
+        build = lambda **kw: QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z,  # noqa: E731
+                                            loaded.cfg.seed + 1000 * k, own.device, own.space, loaded.family.conditional, **kw)
+        mon, old = build(), build(reference_max=0)
+        with torch.no_grad():
+            fakes = torch.cat([generate(mon.z[i : i + 64], mon.y[i : i + 64]).cpu() for i in range(0, len(mon.z), 64)])
+        ratios.append(diversity_ratio(mon.score(fakes)))
+        own_rows.append(diversity_ratio(old.score(fakes)))
     own_ratio = diversity_ratio(own.evaluate(generate))
-    write_json_atomic(out, {"step": kept[0], "own": own_ratio, "others": ratios})
-    print(f"{run.name}: diversity at step {kept[0]}: {own_ratio:.3f} with the run's monitor, "
-          f"{np.mean(ratios):.3f} +- {np.std(ratios, ddof=1) if draws > 1 else 0:.3f} over {draws} others", flush=True)
+    write_json_atomic(out, {"step": kept[0], "own": own_ratio, "others": ratios, "others_own_rows": own_rows})
+    sd = lambda v: np.std(v, ddof=1) if draws > 1 else 0.0  # noqa: E731
+    print(f"{run.name}: diversity at step {kept[0]}: {own_ratio:.3f} with the run's monitor, {np.mean(ratios):.3f} +- "
+          f"{sd(ratios):.3f} over {draws} others ({np.mean(own_rows):.3f} +- {sd(own_rows):.3f} against each one's own "
+          "monitor rows)", flush=True)
 
 
 def holds_from(steps: np.ndarray, ratios: np.ndarray, target: float = TARGET) -> int | None:

@@ -163,6 +163,28 @@ class _BrightnessClassifier(nn.Module):
         return torch.stack([-m, m], dim=1)
 
 
+def test_diversity_reference_is_every_training_image_whatever_the_seed(phantom32):
+    """The real side of the mean distance is every training image (up to ``reference_max``), so monitors with
+    other seeds and sizes share it exactly, where their own rows' figures differ; with ``reference_max=0`` it is the
+    monitor's rows, as before. Real images read about 1 against either. A cap below the training set draws that many
+    rows by the seed."""
+    from cxrgan.evaluate.distribution import mean_pairwise_distance
+
+    data = TrainData(PreparedDataset.open(phantom32))
+    a, b = (QualityMonitor(data, n, 8, seed, torch.device("cpu")) for n, seed in ((128, 0), (256, 1)))
+    assert np.array_equal(a.reference_rows, np.arange(len(data))) and np.array_equal(b.reference_rows, a.reference_rows)
+    every = a.space.embed(to_model_range(torch.from_numpy(data.uint8(np.arange(len(data))))))
+    assert a.diversity_real == b.diversity_real == pytest.approx(mean_pairwise_distance(every), rel=1e-6)
+    old_a, old_b = (QualityMonitor(data, n, 8, seed, torch.device("cpu"), reference_max=0) for n, seed in ((128, 0), (256, 1)))
+    assert np.array_equal(old_a.reference_rows, old_a.rows) and old_a.diversity_real != old_b.diversity_real
+    assert old_a.diversity_real == pytest.approx(mean_pairwise_distance(old_a.real_feats), rel=1e-9)
+    others = to_model_range(torch.from_numpy(data.uint8(np.setdiff1d(np.arange(len(data)), a.rows)[:128])))
+    assert 0.85 < a.score(others)["diversity_ratio"] < 1.15 and 0.85 < old_a.score(others)["diversity_ratio"] < 1.15
+    capped = [QualityMonitor(data, 64, 8, seed, torch.device("cpu"), reference_max=200).reference_rows for seed in (0, 0, 1)]
+    assert len(capped[0]) == 200 and np.array_equal(capped[0], capped[1]) and not np.array_equal(capped[0], capped[2])
+    assert np.all(np.diff(capped[0]) > 0)
+
+
 def test_unconditional_monitor_reports_the_class_its_samples_under_draw(phantom32):
     """An unconditional generator that draws only one kind of image has class coverage near 0 for the other kind,
     named in the figures and in the log's note; real images drawn in proportion cover every class."""

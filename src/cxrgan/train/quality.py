@@ -2,9 +2,10 @@
 
 At every checkpoint the generator's samples for a fixed set of latents are embedded in a feature space and
 scored: Fréchet distance to real training images, and diversity (mean pairwise feature distance of the samples,
-within each class for conditional families) next to the same figure on the monitor's real images; the diversity
-ratio is the worst class's. The Vendi ratio is the same comparison for the effective number of distinct samples
-(:func:`~cxrgan.evaluate.distribution.vendi_score`), which catches what the mean distance misses: a generator
+within each class for conditional families) next to the same figure on the training images (every one, up to
+``REFERENCE_MAX``); the diversity ratio is the worst class's. The Vendi ratio compares the effective number of
+distinct samples (:func:`~cxrgan.evaluate.distribution.vendi_score`) with that of as many real images (the
+monitor's own rows: the count grows with the set), and catches what the mean distance misses: a generator
 that draws a few images over and over (8 real radiographs repeated 16 times each keep 0.78-0.99 of real's mean
 distance, and 0.44 of its Vendi score, among 128; ``benchmarks/diversity_measures.py``). A checkpoint is *healthy* when both are at least ``collapse_ratio``;
 the lower of the two is its health figure. For an unconditional family on labelled data, the pooled diversity in a classifier
@@ -61,7 +62,15 @@ log = logging.getLogger("cxrgan.train")
 # if generated read 0.98 +- 0.022 of real (worst class) and 0.99 +- 0.027 pooled on 128 per group (the size until
 # 2026-12-01), where the real reference drawn by the run's seed shifts every checkpoint of a run alike; on every
 # sample of the 1,024, 0.99 +- 0.012 and 1.00 +- 0.014 (benchmarks/diversity_measures.py --spread, 12 seeds).
+# The reference is now every training image (below), the same for every run on the data whatever its seed.
 DIVERSITY_MAX = 1024
+# The real side of the diversity and class figures is every training image, up to this many (a seeded random subset
+# beyond), not the monitor's own 1,024 rows. On cxr_real_64 (3,632 training images) a DCGAN checkpoint (step 1,000)
+# read 0.777 +- 0.011 over five monitor draws when each draw's own rows were its reference and 0.778 +- 0.006 against
+# every training image (benchmarks/long_runs.py --spread); real images scored as if generated, 0.986 +- 0.015 and
+# 0.986 +- 0.011 (worst class, 12 seeds; benchmarks/diversity_measures.py --spread). The mean distance is unbiased at
+# any size, so the ratio keeps its scale; what goes is the offset a run's seed put on all of its figures.
+REFERENCE_MAX = 8192
 MIN_SHARE = 0.1  # a class below this share of real images is not scored for coverage
 COVERAGE_NOTE_BELOW = 0.8
 
@@ -106,10 +115,16 @@ class QualityMonitor:
 
     Diversity is measured within groups: per class for a conditional family (between-class distances would
     hide a generator that draws one image per class), else over all images. Each group holds every monitor row of its
-    class, up to ``group_max`` of them in random order (not the first rows: prepared data are often sorted by class)."""
+    class, up to ``group_max`` of them in random order (not the first rows: prepared data are often sorted by class).
+
+    The samples are compared with the monitor's ``n`` real rows for FD, precision and recall and the Vendi ratio
+    (figures that depend on how many images each side has), and with a larger *reference* for the mean distance and
+    the class figures (which do not): every training image, or ``reference_max`` of them drawn by the seed where
+    there are more; ``reference_max=0`` makes the monitor's rows the reference, as before the ninth stop of 2026-12-01."""
 
     def __init__(self, data: TrainData, n: int, latents: int | Callable[..., torch.Tensor], seed: int, device: torch.device,
-                 space: FeatureSpace | None = None, conditional: bool = False, group_max: int = DIVERSITY_MAX) -> None:
+                 space: FeatureSpace | None = None, conditional: bool = False, group_max: int = DIVERSITY_MAX,
+                 reference_max: int = REFERENCE_MAX) -> None:
         """``latents``: the latent width (N(0, I) latents) or the family's ``sample_z(n, generator=...)``."""
         g = np.random.default_rng([seed, 99])
         rows = np.sort(g.choice(len(data), size=min(n, len(data)), replace=False))
@@ -128,24 +143,36 @@ class QualityMonitor:
             self.groups = {c: idx for c, idx in groups.items() if len(idx) >= 2} or {-1: order[:group_max]}
         else:
             self.groups = {-1: order[:group_max]}
-        self.group_real = {c: mean_pairwise_distance(self.real_feats[idx]) for c, idx in self.groups.items()}
         self.group_real_vendi = {c: vendi_score(self.real_feats[idx]) for c, idx in self.groups.items()}
-        self.diversity_real = float(np.mean(list(self.group_real.values())))
         real_pred = self.space.classify(real)
-        self.real_share = None if conditional else class_shares(real_pred, self.space)
+        if reference_max <= 0 or len(rows) == len(data):
+            self.reference_rows, ref_feats, ref_pred, ref_cap = rows, self.real_feats, real_pred, group_max
+        else:
+            self.reference_rows = (np.arange(len(data)) if len(data) <= reference_max else
+                                   np.sort(np.random.default_rng([seed, 98]).choice(len(data), size=reference_max, replace=False)))
+            ref_feats, ref_pred = _embed_rows(data, self.reference_rows, self.space)
+            ref_cap = reference_max
+        if self.reference_rows is rows:  # each group's own real rows, as the samples are grouped
+            self.group_real = {c: mean_pairwise_distance(self.real_feats[idx]) for c, idx in self.groups.items()}
+        else:
+            ref_y = data.labels[self.reference_rows]
+            self.group_real = {c: mean_pairwise_distance(ref_feats if c == -1 else ref_feats[ref_y == c]) for c in self.groups}
+        self.diversity_real = float(np.mean(list(self.group_real.values())))
+        self.real_share = None if conditional else class_shares(ref_pred, self.space)
         self.group_max = group_max
         # conditional: each monitor row's label as the space's class index (-1: a class the space does not know)
         self._labels = _space_labels(data, rows, self.class_names) if conditional and real_pred is not None else None
+        ref_labels = _space_labels(data, self.reference_rows, self.class_names) if self._labels is not None else None
         self._scored: list[int] = []
         if self.real_share is not None:
             self._scored = [int(c) for c in np.flatnonzero(self.real_share >= MIN_SHARE)]
-        elif self._labels is not None:
-            agree = [c for c in np.unique(self._labels) if c >= 0 and int(((self._labels == c) & (real_pred == c)).sum()) >= 2]
+        elif ref_labels is not None:
+            agree = [c for c in np.unique(ref_labels) if c >= 0 and int(((ref_labels == c) & (ref_pred == c)).sum()) >= 2]
             self._scored = [int(c) for c in agree] if len(agree) >= 2 else []
         if self._scored:
-            self._real_layout = _class_layout(self.real_feats, real_pred, self._scored, self._labels, group_max)
-            if self._labels is not None:
-                self._real_agreement = {c: float((real_pred[self._labels == c] == c).mean()) for c in self._scored}
+            self._real_layout = _class_layout(ref_feats, ref_pred, self._scored, ref_labels, ref_cap)
+            if ref_labels is not None:
+                self._real_agreement = {c: float((ref_pred[ref_labels == c] == c).mean()) for c in self._scored}
 
     @property
     def classes_scored(self) -> list[int]:
@@ -244,6 +271,17 @@ def run_monitor(loaded: LoadedRun, device: torch.device | str = "cpu") -> tuple[
     space = quality_space(loaded.cfg.quality_features, ds, loaded.info.get("quality_space"))
     return data, QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z, loaded.cfg.seed, torch.device(device),
                                 space, loaded.family.conditional)
+
+
+def _embed_rows(data: TrainData, rows: np.ndarray, space: FeatureSpace, chunk: int = 512) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features and the space's predicted classes (``None`` without a class head) of ``data``'s ``rows``, a chunk of
+    images at a time (the reference can be thousands)."""
+    feats, preds = [], []
+    for i in range(0, len(rows), chunk):
+        x = to_model_range(torch.from_numpy(data.uint8(rows[i : i + chunk])))
+        feats.append(np.asarray(space.embed(x)))
+        preds.append(space.classify(x))
+    return np.concatenate(feats), None if preds[0] is None else np.concatenate(preds)
 
 
 def _space_labels(data: TrainData, rows: np.ndarray, space_names: list[str]) -> np.ndarray | None:
