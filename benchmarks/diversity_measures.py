@@ -128,7 +128,8 @@ def spread(ds, space, draws: int) -> list[str]:
     data = TrainData(ds, "train")
     rows = ["| monitor groups | images per group (at most) | real reference | diversity ratio: mean, sd, 5th percentile, lowest | "
             "Vendi ratio: mean, sd, 5th percentile, lowest |", "|---|---|---|---|---|"]
-    setups = ((128, 0), (quality.DIVERSITY_MAX, 0), (quality.DIVERSITY_MAX, quality.REFERENCE_MAX))  # until 12-01, 12-02, today
+    # (group cap, reference_max): 128 against the monitor's rows, then 1,024, then 1,024 against every training image
+    setups = ((128, 0), (quality.DIVERSITY_MAX, 0), (quality.DIVERSITY_MAX, quality.REFERENCE_MAX))
     for conditional in (True, False):
         for cap, reference in setups:
             got = []

@@ -210,9 +210,8 @@ def spread(run: Path, out: Path, draws: int, at: int = 1000) -> None:
     for k in range(1, draws + 1):
         build = lambda **kw: QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z,  # noqa: E731
                                             loaded.cfg.seed + 1000 * k, own.device, own.space, loaded.family.conditional, **kw)
-        mon, old = build(), build(reference_max=0)
-        with torch.no_grad():
-            fakes = torch.cat([generate(mon.z[i : i + 64], mon.y[i : i + 64]).cpu() for i in range(0, len(mon.z), 64)])
+        mon, old = build(), build(reference_max=0)  # the same latents and rows; only the real reference differs
+        fakes = mon.samples(generate)
         ratios.append(diversity_ratio(mon.score(fakes)))
         own_rows.append(diversity_ratio(old.score(fakes)))
     own_ratio = diversity_ratio(own.evaluate(generate))

@@ -131,8 +131,18 @@ class QualityMonitor:
         self.rows = rows  # the real images' rows in ``data``
         self.device = device
         self.space = (space or randconv_space()).to(device)
-        real = to_model_range(torch.from_numpy(data.uint8(rows)))
-        self.real_feats = self.space.embed(real)
+        if reference_max <= 0 or len(rows) == len(data):
+            self.reference_rows = rows
+        elif len(data) <= reference_max:
+            self.reference_rows = np.arange(len(data))
+        else:
+            self.reference_rows = np.sort(np.random.default_rng([seed, 98]).choice(len(data), size=reference_max, replace=False))
+        ref_feats, ref_pred = _embed_rows(data, self.reference_rows, self.space)
+        at = np.minimum(np.searchsorted(self.reference_rows, rows), len(self.reference_rows) - 1)
+        if np.array_equal(self.reference_rows[at], rows):  # the monitor's rows are in the reference: embedded once
+            self.real_feats, real_pred = ref_feats[at], None if ref_pred is None else ref_pred[at]
+        else:
+            self.real_feats, real_pred = _embed_rows(data, rows, self.space)
         gen = torch.Generator().manual_seed(seed * 1000 + 17)
         self.z = torch.randn(len(rows), latents, generator=gen) if isinstance(latents, int) else latents(len(rows), generator=gen)
         self.y = torch.from_numpy(data.labels[rows])
@@ -144,14 +154,6 @@ class QualityMonitor:
         else:
             self.groups = {-1: order[:group_max]}
         self.group_real_vendi = {c: vendi_score(self.real_feats[idx]) for c, idx in self.groups.items()}
-        real_pred = self.space.classify(real)
-        if reference_max <= 0 or len(rows) == len(data):
-            self.reference_rows, ref_feats, ref_pred, ref_cap = rows, self.real_feats, real_pred, group_max
-        else:
-            self.reference_rows = (np.arange(len(data)) if len(data) <= reference_max else
-                                   np.sort(np.random.default_rng([seed, 98]).choice(len(data), size=reference_max, replace=False)))
-            ref_feats, ref_pred = _embed_rows(data, self.reference_rows, self.space)
-            ref_cap = reference_max
         if self.reference_rows is rows:  # each group's own real rows, as the samples are grouped
             self.group_real = {c: mean_pairwise_distance(self.real_feats[idx]) for c, idx in self.groups.items()}
         else:
@@ -170,7 +172,8 @@ class QualityMonitor:
             agree = [c for c in np.unique(ref_labels) if c >= 0 and int(((ref_labels == c) & (ref_pred == c)).sum()) >= 2]
             self._scored = [int(c) for c in agree] if len(agree) >= 2 else []
         if self._scored:
-            self._real_layout = _class_layout(ref_feats, ref_pred, self._scored, ref_labels, ref_cap)
+            cap = group_max if self.reference_rows is rows else len(self.reference_rows)  # as the samples' groups, or all
+            self._real_layout = _class_layout(ref_feats, ref_pred, self._scored, ref_labels, cap)
             if ref_labels is not None:
                 self._real_agreement = {c: float((ref_pred[ref_labels == c] == c).mean()) for c in self._scored}
 
@@ -256,11 +259,14 @@ class QualityMonitor:
         return out, parts
 
     @torch.no_grad()
+    def samples(self, generate) -> torch.Tensor:
+        """``generate(z, y) -> images`` in [-1, 1], called on this monitor's latents; the images, on the CPU."""
+        return torch.cat([generate(self.z[i : i + 64].to(self.device), self.y[i : i + 64].to(self.device)).float().cpu()
+                          for i in range(0, len(self.z), 64)])  # small chunks: the peak memory of a run is set here
+
     def evaluate(self, generate) -> dict[str, float]:
-        """``generate(z, y) -> images`` in [-1, 1]; returns the figures of :meth:`score`."""
-        fakes = torch.cat([generate(self.z[i : i + 64].to(self.device), self.y[i : i + 64].to(self.device)).float().cpu()
-                           for i in range(0, len(self.z), 64)])  # small chunks: the peak memory of a run is set here
-        return self.score(fakes)
+        """``generate(z, y) -> images`` in [-1, 1]; returns the figures of :meth:`score` for :meth:`samples`."""
+        return self.score(self.samples(generate))
 
 
 def run_monitor(loaded: LoadedRun, device: torch.device | str = "cpu") -> tuple[TrainData, QualityMonitor]:
