@@ -128,7 +128,7 @@ def test_bigan_joint_discriminator_takes_the_minibatch_stddev(phantom32, tmp_pat
     repeated gets a different verdict on that image than the same image inside a varied batch."""
     cfg = tiny_config(phantom32, "bigan", "model.mbstd=true")
     D = build_family(cfg, 32, 3).D.eval()
-    plain = build_family(tiny_config(phantom32, "bigan"), 32, 3).D
+    plain = build_family(tiny_config(phantom32, "bigan", "model.mbstd=false"), 32, 3).D
     assert D.mbstd and not plain.mbstd
     assert D.joint[0].in_features == plain.joint[0].in_features + 16  # one 4x4 channel more
     g = torch.Generator().manual_seed(0)
