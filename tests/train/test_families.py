@@ -438,3 +438,56 @@ def test_unconditional_discriminator_that_learns_the_labels(phantom32, tmp_path,
         assert "d_class_ce" in clustered.d_phase(batch, same)[1]
         with pytest.raises(CxrganError, match="model.d_classes=0"):
             build_family(tiny_config(phantom32, family, "model.d_classes=1", "model.pack=2"), 32, 3)
+
+
+@pytest.mark.parametrize("family", ["dcgan", "bigan"])
+def test_discriminator_judges_against_the_class_its_head_infers(phantom32, family):
+    """model.d_class_projection: D's logit gains <embed^T p, pooled trunk features>, p the class head's verdict held
+    fixed (the head learns from the labels alone, the embedding from the adversarial loss). It is off where the head
+    has nothing to learn (a per-class run) and refused without a head (exact resume: test_resume)."""
+    from cxrgan.data import PreparedDataset
+    from cxrgan.train.data import TrainData
+
+    fam = build_family(tiny_config(phantom32, family, "model.d_classes=1", "model.d_class_projection=true"), 32, 3)
+    plain = build_family(tiny_config(phantom32, family, "model.d_classes=1"), 32, 3)
+    assert plain.D.classes.embed is None and not any("embed" in k for k in plain.D.state_dict())
+    ds = PreparedDataset.open(phantom32)
+    data = TrainData(ds)
+    fam.bind_data(data)
+    head = fam.D.classes
+    assert head.project_on
+    fam.D.eval()
+    batch = data.batch(np.arange(8), torch.device("cpu"), False)
+    inputs = fam.fake_inputs(fam.train_z(8, torch.device("cpu")), batch.y)
+    inputs = tuple(t.detach() for t in inputs)
+    with torch.no_grad():
+        torch.nn.init.normal_(head.embed.parametrizations.weight.original, 0.0, 1.0)  # a term large enough to see
+
+    def logits() -> torch.Tensor:
+        out = fam.discriminate(inputs, batch.y)
+        return out[:, 0] if out.dim() == 2 else out
+
+    with torch.no_grad():
+        with_term = logits()
+        head.project_on = False
+        without = logits()
+        head.project_on = True
+        _, h = fam.discriminate_features(inputs, batch.y)
+        assert torch.allclose(with_term - without, head.projection(h), atol=1e-5)
+        assert (with_term - without).abs().max() > 1e-3
+        head.net[-1].bias += torch.tensor([5.0, -5.0, 0.0])  # the head now calls every image class 0
+        leaning = logits()
+        assert not torch.allclose(leaning, with_term, atol=1e-4)  # the verdict moves the logit, through the term alone
+        head.project_on = False
+        assert torch.allclose(logits(), without, atol=1e-6)
+        head.project_on = True
+    fam.D.zero_grad()
+    logits().sum().backward()
+    assert all(p.grad is None or not p.grad.any() for p in head.net.parameters())  # p is held fixed
+    assert head.embed.parametrizations.weight.original.grad.abs().sum() > 0
+    fam.bind_data(TrainData(ds, classes=[ds.class_names[0]]))  # a per-class run: an untrained head infers nothing
+    assert not head.project_on
+    with pytest.raises(CxrganError, match="model.d_classes > 0"):
+        build_family(tiny_config(phantom32, family, "model.d_classes=0", "model.d_class_projection=true"), 32, 3)
+    single = build_family(tiny_config(phantom32, family, "model.d_classes=1", "model.d_class_projection=true"), 32, 1)
+    assert single.D.classes is None  # one class in the dataset: no head, no term

@@ -28,6 +28,7 @@ def _weights(run):
     ("dcgan", ["model.clusters=3", "loss.r1_gamma=0.1"]),  # self-conditioned on label-free clusters
     ("bigan", []),
     ("bigan", ["optim.lr_e=0.0001"]),  # the encoder in an Adam group of its own
+    ("bigan", ["model.d_classes=1", "model.d_class_projection=true"]),  # D judges against the class its head infers
     ("cgan", []),  # its measured defaults: hinge, spectral norm, projection, minibatch stddev, translation
     ("cgan", ["model.g_cond=cbn", "model.mbstd_by_class=true"]),  # the options measured in docs/results/long_runs/gpu_sweep
     ("semicond", ["model.code_correlation=0.3"]),

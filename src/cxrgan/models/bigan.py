@@ -4,8 +4,8 @@ An encoder E maps images to latents; D judges ``(x, z)`` pairs: ``(x, E(x))`` is
 is "fake". G and E are trained together in the G phase to fool D on both kinds of pair, which makes E
 approximately invert G. ``encode`` maps real images to latents. With ``model.unary`` D also scores the image
 and the latent of each pair on their own (BigBiGAN); every loss then averages over the three verdicts.
-``d_classes`` gives D's image trunk a class head trained on the real images' labels (:mod:`.label_aware`); G stays
-unconditional.
+``d_classes`` gives D's image trunk a class head trained on the real images' labels, and ``d_class_projection`` makes D
+judge each pair against the class that head infers for its image (:mod:`.label_aware`); G stays unconditional.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ class BiGAN(LabelAwareD, Family):
     ema_modules = ("G", "E")
 
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, unary: bool = False,
-                 d_classes: float = 0.0, **kw) -> None:
+                 d_classes: float = 0.0, d_class_projection: bool = False, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
-        head = self.init_label_head(d_classes, num_classes)
+        head = self.init_label_head(d_classes, num_classes, d_class_projection)
         self.G = ConvGenerator(z_dim, image_size, g_channels)
         self.E = ConvEncoder(image_size, z_dim, d_channels)
         self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd, unary=unary,
-                                    classes=head)
+                                    classes=head, class_projection=d_class_projection)
 
     def bind_data(self, data) -> None:
         self.bind_labels(data)

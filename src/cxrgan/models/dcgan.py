@@ -6,7 +6,8 @@ D judges an image together with its cluster (projection), and G draws clusters i
 model stays unconditional: the cluster is part of the latent (its last column), drawn by :meth:`sample_z`, and
 no class label is used.
 
-``d_classes`` gives D a class head trained on the real images' labels (:mod:`.label_aware`); G stays unconditional.
+``d_classes`` gives D a class head trained on the real images' labels, and ``d_class_projection`` makes D judge each
+image against the class that head infers (:mod:`.label_aware`); G stays unconditional.
 """
 
 from __future__ import annotations
@@ -43,11 +44,11 @@ class ClusterGenerator(nn.Module):
 class DCGAN(LabelAwareD, Family):
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False,
                  mbstd: bool = False, pack: int = 1, clusters: int = 0, embed_dim: int = 32, d_head: int = 0, d_classes: float = 0.0,
-                 **kw) -> None:
+                 d_class_projection: bool = False, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         if clusters < 0 or clusters == 1:
             raise ValueError(f"clusters must be 0 (off) or at least 2, got {clusters}")
-        head = self.init_label_head(d_classes, num_classes)
+        head = self.init_label_head(d_classes, num_classes, d_class_projection)
         if clusters and pack > 1:
             raise ValueError("clusters and pack > 1 cannot be combined (D judges one image with its cluster)")
         self.clusters = clusters
@@ -55,11 +56,11 @@ class DCGAN(LabelAwareD, Family):
         if clusters:
             self.G = ClusterGenerator(z_dim, clusters, image_size, g_channels, embed_dim)
             self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm, clusters, "projection", mbstd,
-                                       head=d_head, classes=head)
+                                       head=d_head, classes=head, class_projection=d_class_projection)
         else:
             self.G = ConvGenerator(z_dim, image_size, g_channels)
             self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm, mbstd=mbstd, pack=pack,
-                                       head=d_head, classes=head)
+                                       head=d_head, classes=head, class_projection=d_class_projection)
 
     # -- self-conditioning on clusters ------------------------------------------------------------------
     def bind_data(self, data) -> None:

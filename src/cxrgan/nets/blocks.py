@@ -139,11 +139,13 @@ class ConvDiscriminator(nn.Module):
     ``> 0`` for a hidden layer of that width between them (flatten, linear, leaky ReLU, linear), as in the BiGAN's
     joint discriminator, so the logit can tell real from fake differently in different regions of feature space.
     classes: > 0 adds a :class:`ClassHead` of that many classes on the trunk's features (``self.classes``), for an
-    unconditional family whose D also learns the real images' labels (``model.d_classes``).
+    unconditional family whose D also learns the real images' labels (``model.d_classes``); with
+    ``class_projection`` the logit gains a projection on the head's verdict (:meth:`ClassHead.projection`).
     """
 
     def __init__(self, size: int, base: int = 64, norm: str = "bn", sn: bool = False, num_classes: int = 0, cond: str = "none",
-                 mbstd: bool = False, mbstd_by_class: bool = False, pack: int = 1, head: int = 0, classes: int = 0) -> None:
+                 mbstd: bool = False, mbstd_by_class: bool = False, pack: int = 1, head: int = 0, classes: int = 0,
+                 class_projection: bool = False) -> None:
         super().__init__()
         if classes and pack > 1:
             raise ValueError("pack > 1 judges packs of images, and the class head (model.d_classes) one image at a "
@@ -167,7 +169,8 @@ class ConvDiscriminator(nn.Module):
         if self.embed is not None:  # small like every other weight: the projection must not swamp the logit
             w = self.embed.parametrizations.weight.original if sn else self.embed.weight
             nn.init.normal_(w, 0.0, 0.02)
-        self.classes = ClassHead(self.trunk.out_channels * 16, classes) if classes else None
+        self.classes = (ClassHead(self.trunk.out_channels * 16, classes, project=self.trunk.out_channels if class_projection else 0,
+                                  sn=sn) if classes else None)
 
     def score(self, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``(N,)`` and the trunk's features ``(N, C, 4, 4)`` (for auxiliary heads); ``N / pack`` of each
@@ -189,6 +192,9 @@ class ConvDiscriminator(nn.Module):
             # y: class indices (N,), or class weights (N, K) such as one-hot rows that a gradient penalty can vary
             e = y.to(self.embed.weight.dtype) @ self.embed.weight if y.is_floating_point() else self.embed(y)
             logit = logit + (e * h.sum(dim=(2, 3))).sum(dim=1)
+        inferred = self.classes.projection(h) if self.classes is not None else None
+        if inferred is not None:
+            logit = logit + inferred
         return logit, h
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -198,15 +204,34 @@ class ConvDiscriminator(nn.Module):
 class ClassHead(nn.Module):
     """Class logits ``(N, K)`` from a discriminator trunk's features ``(N, C, 4, 4)`` (or flat ``(N, F)``): layer
     norm, a hidden layer and a linear read-out. The layer norm comes first because a spectrally normalized trunk
-    emits small features that a plain linear head learns from slowly."""
+    emits small features that a plain linear head learns from slowly.
 
-    def __init__(self, features: int, num_classes: int, hidden: int = 256) -> None:
+    project: > 0 (the trunk's channels ``C``) adds a projection on the head's own verdict (:meth:`projection`), a
+    term of D's logit: Miyato & Koyama's projection discriminator with the class that the head infers in place of a
+    given label (``model.d_class_projection``). ``project_on`` switches the term off (the family does so where the
+    head has no labels to learn); its weights stay, so a checkpoint's layout does not depend on the data."""
+
+    def __init__(self, features: int, num_classes: int, hidden: int = 256, project: int = 0, sn: bool = False) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.LayerNorm(features), nn.Linear(features, hidden), nn.LeakyReLU(0.2, True),
                                  nn.Linear(hidden, num_classes))
+        self.embed = maybe_sn(nn.Embedding(num_classes, project), sn) if project else None
+        if self.embed is not None:  # small like every other weight, as the conditional projection's
+            w = self.embed.parametrizations.weight.original if sn else self.embed.weight
+            nn.init.normal_(w, 0.0, 0.02)
+        self.project_on = self.embed is not None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h.float())
+
+    def projection(self, h: torch.Tensor) -> torch.Tensor | None:
+        """``(N,)`` ``<embed^T p, pooled h>``, where ``p`` is the head's class verdict on ``h`` ``(N, C, 4, 4)``, held
+        fixed (no gradient: the head learns from the labels alone); ``None`` without the projection or while it is
+        switched off. D so judges each image against what real images of the class it looks like look like."""
+        if self.embed is None or not self.project_on:
+            return None
+        p = torch.softmax(self(h), dim=1).detach().to(self.embed.weight.dtype)
+        return ((p @ self.embed.weight) * h.sum(dim=(2, 3))).sum(dim=1)
 
 
 class ConvEncoder(nn.Module):
@@ -259,10 +284,12 @@ class JointDiscriminator(nn.Module):
     unary: also score x alone and z alone (BigBiGAN, Donahue & Simonyan 2019) and return ``(N, 3)``: the joint,
     image and latent logits, each a verdict of its own that the loss treats like the joint one. The image score
     lets G learn images from D as a plain GAN would, instead of only through the pair. classes: > 0 adds a
-    :class:`ClassHead` of that many classes on the image trunk's features (``self.classes``)."""
+    :class:`ClassHead` of that many classes on the image trunk's features (``self.classes``); with
+    ``class_projection`` the verdict on the pair gains a projection on the head's verdict
+    (:meth:`ClassHead.projection`)."""
 
     def __init__(self, size: int, z_dim: int, base: int = 64, norm: str = "none", sn: bool = False, hidden: int = 512,
-                 mbstd: bool = False, unary: bool = False, classes: int = 0) -> None:
+                 mbstd: bool = False, unary: bool = False, classes: int = 0, class_projection: bool = False) -> None:
         super().__init__()
         self.trunk = ConvTrunk(size, base, 1, norm, sn)
         self.mbstd = mbstd
@@ -273,7 +300,8 @@ class JointDiscriminator(nn.Module):
         )
         self.x_score = maybe_sn(nn.Linear(feat, 1), sn) if unary else None
         self.z_score = maybe_sn(nn.Linear(hidden, 1), sn) if unary else None
-        self.classes = ClassHead(self.trunk.out_channels * 16, classes) if classes else None
+        self.classes = (ClassHead(self.trunk.out_channels * 16, classes, project=self.trunk.out_channels if class_projection else 0,
+                                  sn=sn) if classes else None)
 
     def score(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The verdicts (as :meth:`forward`) and the image trunk's features ``(N, C, 4, 4)`` (for the class head)."""
@@ -281,6 +309,9 @@ class JointDiscriminator(nn.Module):
         hx = minibatch_stddev(h) if self.mbstd else h
         hx, hz = hx.flatten(1), self.z_path(z)
         joint = self.joint(torch.cat([hx, hz], dim=1))
+        inferred = self.classes.projection(h) if self.classes is not None else None
+        if inferred is not None:  # a term of the verdict on the pair
+            joint = joint + inferred[:, None]
         if self.x_score is None:
             return joint.flatten(), h
         return torch.cat([joint, self.x_score(hx), self.z_score(hz)], dim=1), h
