@@ -28,7 +28,7 @@ class BiGAN(LabelAwareD, Family):
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, unary: bool = False,
                  d_classes: float = 0.0, d_class_projection: bool = False, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
-        head = self.init_label_head(d_classes, num_classes, d_class_projection)
+        head = self.init_label_head(d_classes, num_classes)
         self.G = ConvGenerator(z_dim, image_size, g_channels)
         self.E = ConvEncoder(image_size, z_dim, d_channels)
         self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd, unary=unary,

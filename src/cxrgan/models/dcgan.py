@@ -48,7 +48,7 @@ class DCGAN(LabelAwareD, Family):
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         if clusters < 0 or clusters == 1:
             raise ValueError(f"clusters must be 0 (off) or at least 2, got {clusters}")
-        head = self.init_label_head(d_classes, num_classes, d_class_projection)
+        head = self.init_label_head(d_classes, num_classes)
         if clusters and pack > 1:
             raise ValueError("clusters and pack > 1 cannot be combined (D judges one image with its cluster)")
         self.clusters = clusters

@@ -43,15 +43,12 @@ class LabelAwareD:
     d_classes: float = 0.0
     _labels_to_learn: bool = False  # the bound training subset is single-label and holds two classes or more
 
-    def init_label_head(self, d_classes: float, num_classes: int, projection: bool = False) -> int:
-        """Check and keep the weight; returns the number of classes D's head should have (0: no head). Raises
-        ``ValueError`` for a negative weight, or for a projection on the head's verdict without a head to give it."""
+    def init_label_head(self, d_classes: float, num_classes: int) -> int:
+        """Check and keep the weight; returns the number of classes D's head should have (0: no head, and then no
+        projection on its verdict either, so ``model.d_classes=0`` switches the whole label-aware D off). Raises
+        ``ValueError`` for a negative weight."""
         if d_classes < 0:
             raise ValueError(f"d_classes is a weight >= 0, got {d_classes}")
-        if projection and not d_classes:
-            raise ValueError("model.d_class_projection judges each image against the class that D's class head infers, "
-                             "and model.d_classes=0 leaves D without that head: set model.d_classes > 0 (1 is the "
-                             "default) or model.d_class_projection=false")
         self.d_classes = d_classes
         return num_classes if d_classes and num_classes >= 2 else 0
 
