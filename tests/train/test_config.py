@@ -78,6 +78,7 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     assert bigan.loss.kind == "hinge" and bigan.model.spectral_norm and (bigan.optim.lr_g, bigan.optim.lr_d, bigan.optim.beta1) == (0.0008, 0.0016, 0.0)
     assert bigan.model.mbstd and bigan.loss.mode_seeking == 0.3  # without them it collapsed at the default width
     assert not bigan.model.unary and bigan.augment.policy == "" and bigan.ema_decay == 0.999
+    assert bigan.model.d_classes == 1.0 and bigan.model.d_class_projection  # the label-aware D, with its projection
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  family: cgan\noptim:\n  lr_d: 0.0001\n")
     mine = load_config(f, ["loss.kind=bce"])
