@@ -19,7 +19,8 @@ real images of the class look like, and an image between the classes is judged a
 leans to, so G is asked for a realistic member of one class or the other. The CatGAN term above asked for
 confident verdicts outright and overshot; here the pull is D's, learned from real images of the class, and ends
 where G's images of a class look like real ones. On ``cxr_real_64`` (``docs/results/long_runs/class_projection``)
-the DCGAN's classes separate sooner and its diversity and FD at step 1,000 improve on both seeds.
+the classes of the DCGAN's and the BiGAN's samples separate sooner and their diversity at step 1,000 rises on both
+seeds (DCGAN: 0.86 against 0.76 of real, FD halved); both families have it on by default.
 
 The head trains only where there are labels to learn: a training subset of two classes or more, one class per image.
 On one class (a per-class run, ``--classes NORMAL``), a dataset of one class or a multi-label dataset it stays
