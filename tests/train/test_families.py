@@ -149,13 +149,15 @@ def test_bigan_unary_scores_judge_the_image_and_the_latent_alone(phantom32, tmp_
 
     cfg = tiny_config(phantom32, "bigan", "model.unary=true", "loss.kind=hinge")
     D = build_family(cfg, 32, 3).D.eval()
+    # The default projection on the class head's verdict reads x alone (test_discriminator_judges_against_the_class_its_
+    # head_infers); untrained, it can be so large that the joint layers' z term is lost in fp32 rounding. Off here.
+    D.classes.project_on = False
     g = torch.Generator().manual_seed(0)
     x, z = torch.randn(4, 1, 32, 32, generator=g), torch.randn(4, 16, generator=g)
     with torch.no_grad():
         out, other_z, other_x = D(x, z), D(x, torch.randn(4, 16, generator=g)), D(x.flip(-1), z)
     assert out.shape == (4, 3)
-    # the joint verdict moves with z (absolutely: the projection on the class head's verdict, a default, is large here)
-    assert torch.equal(out[:, 1], other_z[:, 1]) and not torch.allclose(out[:, 0], other_z[:, 0], rtol=0.0, atol=1e-4)
+    assert torch.equal(out[:, 1], other_z[:, 1]) and not torch.allclose(out[:, 0], other_z[:, 0])
     assert torch.equal(out[:, 2], other_x[:, 2]) and not torch.allclose(out[:, 1], other_x[:, 1])
     real, fake = torch.tensor([[1.0, -1.0, -1.0]] * 2), torch.tensor([[-1.0, 1.0, 1.0]] * 2)
     stats = BiGAN.d_stats(torch.tensor(0.0), real, fake)
