@@ -45,6 +45,22 @@ def maybe_sn(layer: nn.Module, enabled: bool) -> nn.Module:
     return spectral_norm(layer) if enabled else layer
 
 
+def projection_embedding(num_classes: int, channels: int, sn: bool) -> nn.Module:
+    """A class embedding ``(K, C)`` for Miyato & Koyama's projection term (:func:`project`), spectrally normalized
+    with ``sn``, its weights drawn small like every other weight (N(0, 0.02)) so the term does not swamp the logit."""
+    embed = maybe_sn(nn.Embedding(num_classes, channels), sn)
+    nn.init.normal_(embed.parametrizations.weight.original if sn else embed.weight, 0.0, 0.02)
+    return embed
+
+
+def project(embed: nn.Module, y: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """The projection term ``(N,)``: ``<embed(y), h summed over positions>`` for features ``h`` ``(N, C, H, W)`` and
+    ``y`` class indices ``(N,)`` or class weights ``(N, K)`` (one-hot rows that a gradient penalty can vary, or a
+    classifier's verdict)."""
+    e = y.to(embed.weight.dtype) @ embed.weight if y.is_floating_point() else embed(y)
+    return (e * h.sum(dim=(2, 3))).sum(dim=1)
+
+
 class ConvGenerator(nn.Module):
     """DCGAN generator: ``(N, in_dim)`` -> ``(N, out_ch, size, size)`` in [-1, 1]."""
 
@@ -165,10 +181,7 @@ class ConvDiscriminator(nn.Module):
         else:
             self.head = maybe_sn(nn.Conv2d(head_ch, 1, 4, 1, 0), sn)
             dcgan_init(self.head)
-        self.embed = maybe_sn(nn.Embedding(num_classes, self.trunk.out_channels), sn) if cond == "projection" else None
-        if self.embed is not None:  # small like every other weight: the projection must not swamp the logit
-            w = self.embed.parametrizations.weight.original if sn else self.embed.weight
-            nn.init.normal_(w, 0.0, 0.02)
+        self.embed = projection_embedding(num_classes, self.trunk.out_channels, sn) if cond == "projection" else None
         self.classes = (ClassHead(self.trunk.out_channels * 16, classes, project=self.trunk.out_channels if class_projection else 0,
                                   sn=sn) if classes else None)
 
@@ -189,9 +202,7 @@ class ConvDiscriminator(nn.Module):
             head_in = classwise_stddev(h, y, self.num_classes) if self.mbstd_by_class else minibatch_stddev(h)
         logit = self.head(head_in).flatten()
         if self.embed is not None:
-            # y: class indices (N,), or class weights (N, K) such as one-hot rows that a gradient penalty can vary
-            e = y.to(self.embed.weight.dtype) @ self.embed.weight if y.is_floating_point() else self.embed(y)
-            logit = logit + (e * h.sum(dim=(2, 3))).sum(dim=1)
+            logit = logit + project(self.embed, y, h)
         inferred = self.classes.projection(h) if self.classes is not None else None
         if inferred is not None:
             logit = logit + inferred
@@ -215,10 +226,7 @@ class ClassHead(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Flatten(), nn.LayerNorm(features), nn.Linear(features, hidden), nn.LeakyReLU(0.2, True),
                                  nn.Linear(hidden, num_classes))
-        self.embed = maybe_sn(nn.Embedding(num_classes, project), sn) if project else None
-        if self.embed is not None:  # small like every other weight, as the conditional projection's
-            w = self.embed.parametrizations.weight.original if sn else self.embed.weight
-            nn.init.normal_(w, 0.0, 0.02)
+        self.embed = projection_embedding(num_classes, project, sn) if project else None
         self.project_on = self.embed is not None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -230,8 +238,7 @@ class ClassHead(nn.Module):
         switched off. D so judges each image against what real images of the class it looks like look like."""
         if self.embed is None or not self.project_on:
             return None
-        p = torch.softmax(self(h), dim=1).detach().to(self.embed.weight.dtype)
-        return ((p @ self.embed.weight) * h.sum(dim=(2, 3))).sum(dim=1)
+        return project(self.embed, torch.softmax(self(h), dim=1).detach(), h)
 
 
 class ConvEncoder(nn.Module):
