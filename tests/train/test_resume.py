@@ -23,12 +23,11 @@ def _weights(run):
 
 
 @pytest.mark.parametrize("family, extra", [
-    ("dcgan", []),  # its defaults (configs/dcgan.yaml), D's class head included
+    ("dcgan", []),  # its defaults (configs/dcgan.yaml), D's class head and the projection on its verdict included
     ("dcgan", ["augment.policy=translation,cutout,color", "loss.r1_gamma=0.1", "ema_decay=0.999"]),
     ("dcgan", ["model.clusters=3", "loss.r1_gamma=0.1"]),  # self-conditioned on label-free clusters
-    ("bigan", []),
+    ("bigan", []),  # its defaults (configs/bigan.yaml), D's class head and the projection on its verdict included
     ("bigan", ["optim.lr_e=0.0001"]),  # the encoder in an Adam group of its own
-    ("bigan", ["model.d_classes=1", "model.d_class_projection=true"]),  # D judges against the class its head infers
     ("cgan", []),  # its measured defaults: hinge, spectral norm, projection, minibatch stddev, translation
     ("cgan", ["model.g_cond=cbn", "model.mbstd_by_class=true"]),  # the options measured in docs/results/long_runs/gpu_sweep
     ("semicond", ["model.code_correlation=0.3"]),
