@@ -142,6 +142,29 @@ def test_bigan_joint_discriminator_takes_the_minibatch_stddev(phantom32, tmp_pat
     assert res.step == 6 and math.isfinite(res.last_eval["fd"])
 
 
+@pytest.mark.parametrize("family", ["dcgan", "cgan", "bigan"])
+def test_spectral_norm_is_estimated_for_the_initialized_weights(family):
+    """Every spectrally normalized layer of a new D divides by an estimate of its own weights' largest singular value
+    (torch estimates it when the norm is registered, before the DCGAN init draws the weights again), so an untrained
+    D in eval mode gives verdicts of ordinary size, not ones 10^5 times too large."""
+    from torch.nn.utils.parametrizations import _SpectralNorm
+
+    torch.manual_seed(0)
+    D = build_family(tiny_config("unused", family, "model.spectral_norm=true"), 32, 3).D.eval()
+    ratios = []
+    for m in D.modules():
+        for plist in getattr(m, "parametrizations", {}).values():
+            sn = [p for p in plist if isinstance(p, _SpectralNorm)]
+            if sn and plist.original.ndim > 1:
+                w = sn[0]._reshape_weight_to_matrix(plist.original.detach())
+                ratios.append(float(sn[0]._u @ w @ sn[0]._v) / float(torch.linalg.matrix_norm(w, 2)))
+    assert len(ratios) >= 4 and min(ratios) > 0.8 and max(ratios) < 1.0 + 1e-4
+    x, z, y = torch.randn(8, 1, 32, 32), torch.randn(8, 16), torch.arange(8) % 3
+    with torch.no_grad():
+        out = D(x, z) if family == "bigan" else D(x, y) if family == "cgan" else D(x)
+    assert out.abs().max() < 10
+
+
 def test_bigan_unary_scores_judge_the_image_and_the_latent_alone(phantom32, tmp_path):
     """With model.unary D returns three verdicts per pair: the joint one, one on the image alone (it ignores z) and
     one on the latent alone (it ignores x); the losses read all three, the logged D accuracy the joint one."""
@@ -149,9 +172,6 @@ def test_bigan_unary_scores_judge_the_image_and_the_latent_alone(phantom32, tmp_
 
     cfg = tiny_config(phantom32, "bigan", "model.unary=true", "loss.kind=hinge")
     D = build_family(cfg, 32, 3).D.eval()
-    # The default projection on the class head's verdict reads x alone (test_discriminator_judges_against_the_class_its_
-    # head_infers); untrained, it can be so large that the joint layers' z term is lost in fp32 rounding. Off here.
-    D.classes.project_on = False
     g = torch.Generator().manual_seed(0)
     x, z = torch.randn(4, 1, 32, 32, generator=g), torch.randn(4, 16, generator=g)
     with torch.no_grad():

@@ -11,7 +11,7 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
 
 
 def n_stages(size: int) -> int:
@@ -36,9 +36,21 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.normal_(w, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+            refresh_spectral_norm(m)
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+
+
+def refresh_spectral_norm(module: nn.Module) -> None:
+    """Estimate the singular vectors of ``module``'s own spectrally normalized weights again (15 power iterations,
+    as torch does when the norm is registered). Call after re-drawing those weights: the vectors torch estimated
+    belong to the weights it was given, and a module evaluated before any training-mode forward (which iterates
+    once) would divide its new weights by a near-zero ``u^T W v`` and give outputs thousands of times too large."""
+    for plist in getattr(module, "parametrizations", {}).values():
+        for param in plist:
+            if isinstance(param, _SpectralNorm) and plist.original.ndim > 1:
+                param._power_method(param._reshape_weight_to_matrix(plist.original.detach()), 15)
 
 
 def maybe_sn(layer: nn.Module, enabled: bool) -> nn.Module:
@@ -50,6 +62,7 @@ def projection_embedding(num_classes: int, channels: int, sn: bool) -> nn.Module
     with ``sn``, its weights drawn small like every other weight (N(0, 0.02)) so the term does not swamp the logit."""
     embed = maybe_sn(nn.Embedding(num_classes, channels), sn)
     nn.init.normal_(embed.parametrizations.weight.original if sn else embed.weight, 0.0, 0.02)
+    refresh_spectral_norm(embed)
     return embed
 
 
