@@ -75,7 +75,7 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     assert dcgan.model.d_classes == 1.0  # and D's trunk also learns the labels (models/label_aware.py)
     assert dcgan.model.d_class_projection  # and judges each image against the class its head infers
     bigan = load_config(None, ["model.family=bigan"])  # configs/bigan.yaml: the CGAN's D recipe, not its G or augmentation
-    assert bigan.loss.kind == "hinge" and bigan.model.spectral_norm and (bigan.optim.lr_g, bigan.optim.lr_d, bigan.optim.beta1) == (0.0008, 0.0016, 0.0)
+    assert bigan.loss.kind == "hinge" and bigan.model.spectral_norm and (bigan.optim.lr_g, bigan.optim.lr_d, bigan.optim.beta1) == (0.0016, 0.0016, 0.0)
     assert bigan.model.mbstd and bigan.loss.mode_seeking == 0.3  # without them it collapsed at the default width
     assert not bigan.model.unary and bigan.augment.policy == "" and bigan.ema_decay == 0.999
     assert bigan.model.d_classes == 1.0 and bigan.model.d_class_projection  # the label-aware D, with its projection
