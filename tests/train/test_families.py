@@ -514,3 +514,48 @@ def test_discriminator_judges_against_the_class_its_head_infers(phantom32, famil
     assert headless.D.classes is None  # model.d_classes=0 switches the head off, and its projection with it
     single = build_family(tiny_config(phantom32, family, "model.d_classes=1", "model.d_class_projection=true"), 32, 1)
     assert single.D.classes is None  # one class in the dataset: no head, no term
+
+
+@pytest.mark.parametrize("family", ["dcgan", "bigan"])
+def test_generator_asked_for_the_data_class_shares(phantom32, tmp_path, family):
+    """model.g_class_share=w: G's loss gains w times KL(the training subset's class shares || the batch mean of D's
+    head's class probabilities on G's images). The term is zero when the batch's shares are the data's, whatever each
+    image's verdict, reaches G through the head, is logged, and is off where the head has no labels to learn (exact
+    resume: test_resume)."""
+    from cxrgan.data import PreparedDataset
+    from cxrgan.train.data import TrainData
+
+    fam = build_family(tiny_config(phantom32, family, "model.d_classes=1", "model.g_class_share=2",
+                                   "loss.mode_seeking=0"), 32, 3)
+    ds = PreparedDataset.open(phantom32)
+    data = TrainData(ds)
+    fam.bind_data(data)
+    assert "g_class_kl" in fam.metric_columns
+    shares = np.bincount(data.labels, minlength=3) / len(data.labels)
+    head = fam.D.classes.net[-1]
+    h = torch.randn(16, *fam.D.classes.net[1].normalized_shape)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.from_numpy(np.log(shares)))  # every image gets the data's shares: a balanced batch
+        assert float(fam.class_share_divergence(h)) < 1e-6
+        head.bias.copy_(torch.tensor([4.0, 0.0, 0.0]))  # every image called class 0
+        p = np.exp([4.0, 0.0, 0.0]) / np.exp([4.0, 0.0, 0.0]).sum()
+        assert float(fam.class_share_divergence(h)) == pytest.approx(float((shares * np.log(shares / p)).sum()), rel=1e-4)
+        head.weight.normal_(0.0, 1.0)  # verdicts that vary by image, and so a batch mean that G can move
+    batch = data.batch(np.arange(8), torch.device("cpu"), False)
+    same = lambda x: x  # noqa: E731
+    loss, stats = fam.g_phase(batch, same)
+    assert float(stats["g_class_kl"]) > 0
+    assert torch.allclose(loss, stats["g_loss"] + 2 * stats["g_class_kl"], atol=1e-5)
+    fam.zero_grad()
+    fake = fam.fake_inputs(fam.train_z(8, torch.device("cpu")), batch.y)
+    fam.class_share_divergence(fam.discriminate_features(fake, batch.y)[1]).backward()  # the term alone reaches G
+    assert all(p.grad is not None for p in fam.G.parameters()) and any(p.grad.abs().sum() > 0 for p in fam.G.parameters())
+    one_class = TrainData(ds, classes=[ds.class_names[0]])
+    fam.bind_data(one_class)  # a per-class run: no shares to ask for
+    assert "g_class_kl" not in fam.g_phase(one_class.batch(np.arange(8), torch.device("cpu"), False), same)[1]
+    with pytest.raises(CxrganError, match="weight >= 0"):
+        build_family(tiny_config(phantom32, family, "model.d_classes=1", "model.g_class_share=-1"), 32, 3)
+    train(tiny_config(phantom32, family, "model.d_classes=1", "model.g_class_share=1"), tmp_path / "r", progress=False)
+    rows = [r for r in read_metrics(tmp_path / "r" / "metrics.csv") if r["g_loss"]]
+    assert rows and all(math.isfinite(float(r["g_class_kl"])) for r in rows)

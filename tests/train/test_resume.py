@@ -26,6 +26,7 @@ def _weights(run):
     ("dcgan", []),  # its defaults (configs/dcgan.yaml), D's class head and the projection on its verdict included
     ("dcgan", ["augment.policy=translation,cutout,color", "loss.r1_gamma=0.1", "ema_decay=0.999"]),
     ("dcgan", ["model.clusters=3", "loss.r1_gamma=0.1"]),  # self-conditioned on label-free clusters
+    ("dcgan", ["model.g_class_share=1"]),  # G asked, through D's class head, for the data's class shares
     ("bigan", []),  # its defaults (configs/bigan.yaml), D's class head and the projection on its verdict included
     ("bigan", ["optim.lr_e=0.0001"]),  # the encoder in an Adam group of its own
     ("cgan", []),  # its measured defaults: hinge, spectral norm, projection, minibatch stddev, translation

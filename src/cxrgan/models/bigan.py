@@ -5,7 +5,8 @@ is "fake". G and E are trained together in the G phase to fool D on both kinds o
 approximately invert G. ``encode`` maps real images to latents. With ``model.unary`` D also scores the image
 and the latent of each pair on their own (BigBiGAN); every loss then averages over the three verdicts.
 ``d_classes`` gives D's image trunk a class head trained on the real images' labels, and ``d_class_projection`` makes D
-judge each pair against the class that head infers for its image (:mod:`.label_aware`); G stays unconditional.
+judge each pair against the class that head infers for its image (:mod:`.label_aware`); G stays unconditional, and
+``g_class_share`` asks it, through that head, to draw the classes in the data's proportions.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ class BiGAN(LabelAwareD, Family):
     ema_modules = ("G", "E")
 
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False, mbstd: bool = False, unary: bool = False,
-                 d_classes: float = 0.0, d_class_projection: bool = False, **kw) -> None:
+                 d_classes: float = 0.0, d_class_projection: bool = False, g_class_share: float = 0.0, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
-        head = self.init_label_head(d_classes, num_classes)
+        head = self.init_label_head(d_classes, num_classes, g_class_share)
         self.G = ConvGenerator(z_dim, image_size, g_channels)
         self.E = ConvEncoder(image_size, z_dim, d_channels)
         self.D = JointDiscriminator(image_size, z_dim, d_channels, "none", spectral_norm, mbstd=mbstd, unary=unary,
@@ -65,8 +66,9 @@ class BiGAN(LabelAwareD, Family):
         y = batch.y
         z = self.train_z(len(y), y.device)
         fake = self.G(z)
-        fake_logits = self.D(augment(fake), z)
+        fake_logits, h = self.D.score(augment(fake), z)
         real_logits = self.D(augment(batch.x), self.E(batch.x))
         # G and E swap the labels: fakes should look real, real pairs should look fake.
         loss = losses.g_loss(self.loss_kind, fake_logits) + losses.g_loss(self.loss_kind, -real_logits)
-        return self.with_mode_seeking(loss, {"g_loss": loss.detach()}, fake, z, y)
+        loss, stats = self.with_class_share(loss, {"g_loss": loss.detach()}, h)
+        return self.with_mode_seeking(loss, stats, fake, z, y)

@@ -44,11 +44,11 @@ class ClusterGenerator(nn.Module):
 class DCGAN(LabelAwareD, Family):
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64, spectral_norm: bool = False,
                  mbstd: bool = False, pack: int = 1, clusters: int = 0, embed_dim: int = 32, d_head: int = 0, d_classes: float = 0.0,
-                 d_class_projection: bool = False, **kw) -> None:
+                 d_class_projection: bool = False, g_class_share: float = 0.0, **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         if clusters < 0 or clusters == 1:
             raise ValueError(f"clusters must be 0 (off) or at least 2, got {clusters}")
-        head = self.init_label_head(d_classes, num_classes)
+        head = self.init_label_head(d_classes, num_classes, g_class_share)
         if clusters and pack > 1:
             raise ValueError("clusters and pack > 1 cannot be combined (D judges one image with its cluster)")
         self.clusters = clusters

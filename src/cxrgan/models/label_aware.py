@@ -27,6 +27,17 @@ On one class (a per-class run, ``--classes NORMAL``), a dataset of one class or 
 untrained and D's loss is the adversarial one alone, so the option can be a family's default. A family that uses
 this mixin says how D scores an input together with its trunk's features (:meth:`discriminate_features`) and keeps
 the head as ``D.classes`` (``None`` when the dataset has fewer than two classes).
+
+With ``g_class_share=w`` > 0 G's loss gains ``w`` times a term on the classes' proportions among its samples, not on
+any one sample: the Kullback-Leibler divergence from the training subset's class shares to the batch mean of the
+head's class probabilities on G's images (CatGAN's marginal term, with the data's shares in place of uniform ones, and
+without its per-sample confidence term, which cost recall above). It is zero when G draws each class as often as the
+data holds it, whatever an image looks like, so it asks for nothing but balance: a G that has learned the images and
+draws one class too seldom (the BiGAN's NORMAL radiographs at half their share at step 1,000) is pulled, through the
+head, toward more images of it. On ``cxr_real_64`` (``docs/results/long_runs/class_share``) weight 1 raised the
+BiGAN's least-drawn class at step 1,000 from 0.56 and 0.69 of its real share to 0.87 and 0.82, its diversity there
+from 0.79 and 0.81 of real to 0.86 and 0.85, and lowered its final FD (0.66 and 1.04 against 1.34 and 1.57); it is
+the BiGAN's default. The DCGAN holds its diversity without it and keeps it off.
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..train.distributed import gather_rows
+from . import losses
 from .base import Augment, Batch
 
 
@@ -42,15 +55,18 @@ class LabelAwareD:
     """Mixin for an unconditional :class:`~cxrgan.models.base.Family` (listed before it in the bases)."""
 
     d_classes: float = 0.0
+    g_class_share: float = 0.0
+    _class_shares: torch.Tensor | None = None  # (K,) the bound training subset's class shares
     _labels_to_learn: bool = False  # the bound training subset is single-label and holds two classes or more
 
-    def init_label_head(self, d_classes: float, num_classes: int) -> int:
-        """Check and keep the weight; returns the number of classes D's head should have (0: no head, and then no
-        projection on its verdict either, so ``model.d_classes=0`` switches the whole label-aware D off). Raises
-        ``ValueError`` for a negative weight."""
-        if d_classes < 0:
-            raise ValueError(f"d_classes is a weight >= 0, got {d_classes}")
-        self.d_classes = d_classes
+    def init_label_head(self, d_classes: float, num_classes: int, g_class_share: float = 0.0) -> int:
+        """Check and keep the weights; returns the number of classes D's head should have (0: no head, and then no
+        projection on its verdict and no class-share term either, so ``model.d_classes=0`` switches the whole
+        label-aware D off). Raises ``ValueError`` for a negative weight."""
+        for name, weight in (("d_classes", d_classes), ("g_class_share", g_class_share)):
+            if weight < 0:
+                raise ValueError(f"{name} is a weight >= 0, got {weight}")
+        self.d_classes, self.g_class_share = d_classes, g_class_share
         return num_classes if d_classes and num_classes >= 2 else 0
 
     def bind_labels(self, data) -> None:
@@ -58,6 +74,9 @@ class LabelAwareD:
         one class per image (not multi-label) and two classes or more. Where it has none, the projection on the
         head's verdict is switched off too (an untrained head infers nothing)."""
         self._labels_to_learn = not data.dataset.multilabel and len(np.unique(data.labels)) >= 2
+        if self._labels_to_learn:
+            counts = np.bincount(data.labels, minlength=self.num_classes).astype(np.float64)
+            self._class_shares = torch.from_numpy(counts / counts.sum()).float()
         if self.D.classes is not None:
             self.D.classes.project_on = self.D.classes.embed is not None and self._labels_to_learn
 
@@ -75,7 +94,37 @@ class LabelAwareD:
 
     @property
     def metric_columns(self) -> tuple[str, ...]:
-        return ("d_class_ce",) if self.D.classes is not None else ()
+        if self.D.classes is None:
+            return ()
+        return ("d_class_ce",) + (("g_class_kl",) if self.g_class_share else ())
+
+    def class_share_divergence(self, h: torch.Tensor) -> torch.Tensor:
+        """``KL(real shares || batch shares)``: the divergence from the bound training subset's class shares to the
+        mean of the head's class probabilities over the (global) batch of G's images whose trunk features are ``h``.
+        Differentiable in ``h``; zero when the batch's shares equal the data's."""
+        probs = gather_rows(torch.softmax(self.D.classes(h), dim=1)).mean(0)
+        target = self._class_shares.to(probs.device)
+        return (torch.xlogy(target, target) - target * probs.clamp_min(1e-8).log()).sum()
+
+    def with_class_share(self, loss: torch.Tensor, stats: dict[str, torch.Tensor],
+                         h: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G's ``loss`` plus the weighted class-share term on its images' features ``h`` (logged as ``g_class_kl``);
+        unchanged when the weight is 0 or the head has no labels to learn."""
+        if not (self.g_class_share and self.label_head_on):
+            return loss, stats
+        term = self.class_share_divergence(h)
+        return loss + self.g_class_share * term, {**stats, "g_class_kl": term.detach()}
+
+    def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if not (self.g_class_share and self.label_head_on):
+            return super().g_phase(batch, augment)
+        y = batch.y
+        z = self.train_z(len(y), y.device)
+        fake = self.fake_inputs(z, y)
+        logits, h = self.discriminate_features(self.augmented(fake, augment), y)
+        loss = losses.g_loss(self.loss_kind, logits)
+        loss, stats = self.with_class_share(loss, {"g_loss": loss.detach()}, h)
+        return self.with_mode_seeking(loss, stats, fake[0], z, y)
 
     def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.label_head_on:
