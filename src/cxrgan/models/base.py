@@ -103,6 +103,11 @@ class Family(nn.Module):
     def discriminate(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> torch.Tensor:
         return self.D(inputs[0], y) if self.conditional else self.D(inputs[0])
 
+    def discriminate_features(self, inputs: tuple[torch.Tensor, ...], y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """D's logits for ``inputs`` and the features of D's trunk that :meth:`generator_terms` read (``None`` here:
+        a family whose G terms read D's features returns them from the same forward pass)."""
+        return self.discriminate(inputs, y), None
+
     # -- phase losses ---------------------------------------------------------------------------
     def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """D loss on one real batch and as many fakes; stats are detached scalars."""
@@ -144,9 +149,16 @@ class Family(nn.Module):
         y = batch.y
         z = self.train_z(len(y), y.device)
         fake = self.fake_inputs(z, y)
-        logits = self.discriminate((augment(fake[0]),) + fake[1:], y)
+        logits, features = self.discriminate_features(self.augmented(fake, augment), y)
         loss = losses.g_loss(self.loss_kind, logits)
-        return self.with_mode_seeking(loss, {"g_loss": loss.detach()}, fake[0], z, y)
+        loss, stats = self.generator_terms(loss, {"g_loss": loss.detach()}, features)
+        return self.with_mode_seeking(loss, stats, fake[0], z, y)
+
+    def generator_terms(self, loss: torch.Tensor, stats: dict[str, torch.Tensor],
+                        features: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G's adversarial ``loss`` plus the family's own terms on D's ``features`` of G's images (from
+        :meth:`discriminate_features`), with their stats; none here."""
+        return loss, stats
 
     def with_mode_seeking(self, loss: torch.Tensor, stats: dict[str, torch.Tensor], images: torch.Tensor,
                           latents: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

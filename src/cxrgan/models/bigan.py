@@ -70,5 +70,5 @@ class BiGAN(LabelAwareD, Family):
         real_logits = self.D(augment(batch.x), self.E(batch.x))
         # G and E swap the labels: fakes should look real, real pairs should look fake.
         loss = losses.g_loss(self.loss_kind, fake_logits) + losses.g_loss(self.loss_kind, -real_logits)
-        loss, stats = self.with_class_share(loss, {"g_loss": loss.detach()}, h)
+        loss, stats = self.generator_terms(loss, {"g_loss": loss.detach()}, h)
         return self.with_mode_seeking(loss, stats, fake, z, y)

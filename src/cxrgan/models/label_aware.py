@@ -47,7 +47,6 @@ import torch
 import torch.nn.functional as F
 
 from ..train.distributed import gather_rows
-from . import losses
 from .base import Augment, Batch
 
 
@@ -106,25 +105,14 @@ class LabelAwareD:
         target = self._class_shares.to(probs.device)
         return (torch.xlogy(target, target) - target * probs.clamp_min(1e-8).log()).sum()
 
-    def with_class_share(self, loss: torch.Tensor, stats: dict[str, torch.Tensor],
-                         h: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """G's ``loss`` plus the weighted class-share term on its images' features ``h`` (logged as ``g_class_kl``);
-        unchanged when the weight is 0 or the head has no labels to learn."""
+    def generator_terms(self, loss: torch.Tensor, stats: dict[str, torch.Tensor],
+                        features: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """G's ``loss`` plus the weighted class-share term on D's trunk ``features`` of G's images (logged as
+        ``g_class_kl``); unchanged when the weight is 0 or the head has no labels to learn."""
         if not (self.g_class_share and self.label_head_on):
             return loss, stats
-        term = self.class_share_divergence(h)
+        term = self.class_share_divergence(features)
         return loss + self.g_class_share * term, {**stats, "g_class_kl": term.detach()}
-
-    def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        if not (self.g_class_share and self.label_head_on):
-            return super().g_phase(batch, augment)
-        y = batch.y
-        z = self.train_z(len(y), y.device)
-        fake = self.fake_inputs(z, y)
-        logits, h = self.discriminate_features(self.augmented(fake, augment), y)
-        loss = losses.g_loss(self.loss_kind, logits)
-        loss, stats = self.with_class_share(loss, {"g_loss": loss.detach()}, h)
-        return self.with_mode_seeking(loss, stats, fake[0], z, y)
 
     def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not self.label_head_on:
