@@ -373,18 +373,32 @@ def _add_anomaly(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score-shift", type=int, default=None, metavar="PX",
                    help="residual maps as the consensus of the input shifted by up to PX pixels (0: one pass of G; "
                    "default: the run's model.score_shift, 1 unless set)")
+    _shift_args(p)
     p.set_defaults(func=_cmd_anomaly)
 
 
 def _cmd_anomaly(a: argparse.Namespace) -> int:
     from .decompose import anomaly
 
-    anomaly(a.run, a.data, a.out, a.normal_class, a.checkpoint, a.score, a.baseline_epochs, a.seed, a.device, a.score_shift)
+    anomaly(a.run, a.data, a.out, a.normal_class, a.checkpoint, a.score, a.baseline_epochs, a.seed, a.device, a.score_shift,
+            a.shifts, a.test_data)
     print((Path(a.out) / "report.md").read_text())
     return 0
 
 
 # --------------------------------------------------------------------------------------- evaluation
+def _shift_args(p: argparse.ArgumentParser) -> None:
+    from .data.acquisition import KINDS
+
+    p.add_argument("--shifts", default="standard", metavar="SPEC",
+                   help="test sets beside the test split: the test split under acquisition shifts. 'standard' = each of "
+                   f"{', '.join(KINDS)} at mild and strong (about one and two standard deviations of real radiographs' own "
+                   "spread; directed shifts move each image either way), 'none', or a list such as exposure:strong,zoom")
+    p.add_argument("--test-data", nargs="+", default=[], metavar="DATASET",
+                   help="other prepared datasets with the same class names, each an external test set (its test split, "
+                   "or every image when it has none)")
+
+
 def _classifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2", help="classifier seeds (mean and std over them), default 0,1,2")
     p.add_argument("--arch", choices=("small", "resnet18"), default="small", help="classifier network")
@@ -464,6 +478,7 @@ def _add_tstr(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real", required=True, help="prepared real dataset (val picks epoch and threshold; test is reported)")
     p.add_argument("--out", required=True)
     _classifier_args(p)
+    _shift_args(p)
     p.set_defaults(func=_cmd_tstr)
 
 
@@ -471,7 +486,7 @@ def _cmd_tstr(a: argparse.Namespace) -> int:
     from .evaluate.studies import tstr
 
     cfg, seeds = _classifier_cfg(a)
-    tstr(a.synthetic, a.real, a.out, cfg, seeds, a.allow_leaky, progress=not a.quiet)
+    tstr(a.synthetic, a.real, a.out, cfg, seeds, a.allow_leaky, progress=not a.quiet, shifts=a.shifts, test_data=a.test_data)
     return 0
 
 
@@ -485,6 +500,7 @@ def _add_augment_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--write-imbalanced", metavar="DIR", help="only write the real dataset with the minority cut applied "
                    "(train the generators for BG/GS on it), then exit")
     _classifier_args(p)
+    _shift_args(p)
     p.set_defaults(func=_cmd_augment_study)
 
 
@@ -502,7 +518,38 @@ def _cmd_augment_study(a: argparse.Namespace) -> int:
         ratios = [float(r) for r in _csv_list(a.synthetic_ratio) or []]
     except ValueError:
         raise CxrganError(f"--synthetic-ratio {a.synthetic_ratio!r}: expected numbers like 0.25,0.5,1,2") from None
-    augment_study(a.real, a.synthetic, a.out, a.minority_fraction, ratios, cfg, seeds, a.allow_leaky, progress=not a.quiet)
+    augment_study(a.real, a.synthetic, a.out, a.minority_fraction, ratios, cfg, seeds, a.allow_leaky, progress=not a.quiet,
+                  shifts=a.shifts, test_data=a.test_data)
+    return 0
+
+
+def _add_cluster_split(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cluster-split", help="hold one acquisition cluster out: a dataset whose test split is images "
+                       "acquired unlike every training image",
+                       description="Clusters the images by acquisition properties (intensity statistics, sharpness, noise, "
+                       "field of view, collimation; each class's mean removed, so every cluster holds every class), drops one "
+                       "cluster's training and validation images and keeps only its test images as the test split. Train "
+                       "generators, classifiers and the dgm on the result as usual. Writes the dataset with "
+                       "cluster_split.json and clusters.png inside.")
+    p.add_argument("--data", required=True, help="prepared dataset")
+    p.add_argument("--out", required=True, help="the new prepared dataset")
+    p.add_argument("--clusters", type=int, default=4)
+    p.add_argument("--hold-out", type=int, default=None, metavar="K",
+                   help="the cluster to hold out (default: the most atypical one with 20 test images of every class)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_cluster_split)
+
+
+def _cmd_cluster_split(a: argparse.Namespace) -> int:
+    from .data import PreparedDataset
+    from .data.summary import info_text
+    from .evaluate.shift import cluster_split
+
+    s = cluster_split(a.data, a.out, a.clusters, a.hold_out, a.seed, overwrite=a.overwrite)
+    print(info_text(PreparedDataset.open(a.out)))
+    print(f"held out cluster {s['held_out']} of {s['clusters']} ({s['chosen_by']}); profiles in {a.out}/cluster_split.json, "
+          f"examples in {a.out}/clusters.png")
     return 0
 
 
@@ -539,7 +586,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_traverse, _add_decompose, _add_anomaly, _add_compare, _add_report, _add_bench, _add_features, _add_evaluate, _add_tstr,
-    _add_augment_study, _add_demo]
+    _add_augment_study, _add_cluster_split, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -227,13 +227,25 @@ def _split(ds: PreparedDataset, split: str, normal: int) -> tuple[np.ndarray, np
     return rows, labels, abnormal
 
 
+def _method_row(name: str, val_abnormal: np.ndarray, val_scores: np.ndarray, abnormal: np.ndarray, scores: np.ndarray) -> dict:
+    """ROC AUC, AP and the validation threshold's sensitivity and specificity of one method on one test set."""
+    op = am.operating_point(val_abnormal, val_scores, abnormal, scores)
+    return {"method": name, "val_roc_auc": am.roc_auc(val_abnormal, val_scores), "roc_auc": am.roc_auc(abnormal, scores),
+            "average_precision": am.average_precision(abnormal, scores), "threshold": op.threshold,
+            "sensitivity": op.sensitivity, "specificity": op.specificity,
+            "balanced_accuracy": (op.sensitivity + op.specificity) / 2}
+
+
 def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: str = "NORMAL", checkpoint: str | int = "best",
             score: str = "auto", baseline_epochs: int = 10, seed: int = 0, device: str = "auto",
-            score_shift: int | None = None) -> dict:
+            score_shift: int | None = None, shifts: str | None = "standard", test_data: Sequence[str | Path] = ()) -> dict:
     """Score ``data``'s test split with a dgm run and the two baselines; write the report under ``out``.
 
     ``score``: one of :data:`cxrgan.models.dgm.SCORES` or ``auto`` (the one with the highest validation ROC AUC).
-    The threshold is chosen on validation (Youden's J); test figures are measured once. Returns the summary."""
+    The threshold is chosen on validation (Youden's J); test figures are measured once. ``shifts`` and
+    ``test_data``: the shift protocol's further test sets (:func:`cxrgan.evaluate.shift.protocol_conditions`), each
+    scored by every method with the same thresholds (``shift.md``, ``shift.csv``). Returns the summary."""
+    from .evaluate.shift import summarize_conditions, protocol_conditions
     from .models.dgm import SCORES
 
     if score != "auto" and score not in SCORES:
@@ -247,7 +259,11 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     train_normal = ds.indices("train", [ds.class_names[normal]])
     if len(train_normal) < 2:
         raise CxrganError(f"{data}: the train split has {len(train_normal)} {ds.class_names[normal]} image(s); the baselines need some")
-    val_u8, test_u8 = np.asarray(ds.images[val_rows]), np.asarray(ds.images[test_rows])
+    conditions = protocol_conditions(ds, shifts, test_data, seed=seed)
+    for c in conditions[1:]:
+        if (c.labels != normal).all() or (c.labels == normal).all():
+            raise CxrganError(f"{c.note}: needs both {ds.class_names[normal]} and abnormal images to measure detection")
+    val_u8, test_u8 = np.asarray(ds.images[val_rows]), conditions[0].images
     train_u8 = np.asarray(ds.images[train_normal])
 
     val_scores, _, _ = score_images(loaded, val_u8)
@@ -257,8 +273,9 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     dgm_maps = am.smooth_maps(np.clip(test_residuals, 0, None))  # the input denser than its normal image
 
     val_normal_u8 = val_u8[~val_ab]
-    (ae_val, _), (ae_test, ae_maps) = am.autoencoder_scores(train_u8, val_normal_u8, [val_u8, test_u8], ds.size,
-                                                            baseline_epochs, seed, device)
+    ae = am.autoencoder_scores(train_u8, val_normal_u8, [val_u8, *(c.images for c in conditions)], ds.size, baseline_epochs,
+                               seed, device)
+    (ae_val, _), (ae_test, ae_maps) = ae[0], ae[1]
     mean_val, _ = am.mean_image_scores(train_u8, val_u8)
     mean_test, mean_maps = am.mean_image_scores(train_u8, test_u8)
 
@@ -270,10 +287,7 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     masks = None if ds.masks is None else np.asarray(ds.masks[test_rows])
     table = []
     for name, (v, t, maps) in methods.items():
-        op = am.operating_point(val_ab, v, test_ab, t)
-        row = {"method": name, "val_roc_auc": am.roc_auc(val_ab, v), "roc_auc": am.roc_auc(test_ab, t),
-               "average_precision": am.average_precision(test_ab, t), "threshold": op.threshold,
-               "sensitivity": op.sensitivity, "specificity": op.specificity}
+        row = _method_row(name, val_ab, v, test_ab, t)
         if masks is not None and masks.any():
             row.update(am.localization(maps, masks))
         table.append(row)
@@ -285,6 +299,11 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
         "n_val": int(len(val_rows)), "n_test": int(len(test_rows)), "n_test_abnormal": int(test_ab.sum()),
         "methods": table,
     }
+    if len(conditions) > 1:
+        summary["shift"] = _shift_figures(out, loaded, conditions, ae[1:], train_u8, normal, val_ab,
+                                          {name: v for name, (v, _, _) in methods.items()}, table, chosen)
+        summary["shift"]["summary"] = {m: summarize_conditions({r["condition"]: r[f"{m} roc_auc"] for r in summary["shift"]["rows"]})
+                                       for m in methods}
     write_json_atomic(out / "anomaly.json", summary)
     _write_scores_csv(out / "scores.csv", test_rows, test_labels, ds.class_names, test_scores, ae_test, mean_test,
                       test_scores[chosen] >= table[0]["threshold"])
@@ -292,6 +311,35 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
              table[0]["threshold"], chosen)
     write_text_atomic(out / "report.md", _markdown(summary))
     return summary
+
+
+def _shift_figures(out: Path, loaded: LoadedRun, conditions, ae_sets, train_u8: np.ndarray, normal: int, val_ab: np.ndarray,
+                   val_scores: dict[str, np.ndarray], table: list[dict], chosen: str) -> dict:
+    """Every method on every test condition (the test split's figures are ``table``'s): ``shift.csv``/``shift.md``,
+    ``shift_roc_auc.png``; returns ``{"conditions", "rows"}``."""
+    from .report.evalplots import condition_chart
+    from .report.tables import write_table
+
+    names = [r["method"] for r in table]
+    rows = []
+    for c, (ae_scores, _) in zip(conditions, ae_sets):
+        ab = c.labels != normal
+        if c is conditions[0]:
+            per = {r["method"]: r for r in table}
+        else:
+            dgm = score_images(loaded, c.images)[0][chosen]
+            mean = am.mean_image_scores(train_u8, c.images)[0]
+            per = {m: _method_row(m, val_ab, val_scores[m], ab, t) for m, t in zip(names, (dgm, ae_scores, mean))}
+        row: dict = {"condition": c.name, "kind": c.kind, "images": int(len(ab)), "abnormal": int(ab.sum())}
+        for m in names:
+            for k in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy"):
+                row[f"{m} {k}"] = per[m][k]
+        rows.append(row)
+    cols = ["condition", "kind", "images", "abnormal"] + [f"{m} {k}" for m in names for k in ("roc_auc", "sensitivity", "specificity")]
+    write_table(rows, cols, out / "shift")
+    condition_chart({m: {r["condition"]: r[f"{m} roc_auc"] for r in rows} for m in names}, {}, "ROC AUC", out / "shift_roc_auc.png",
+                    "Anomaly detection: ROC AUC per test condition (thresholds and score chosen on validation)")
+    return {"conditions": [c.describe() for c in conditions], "rows": rows}
 
 
 def _write_scores_csv(path: Path, rows, labels, class_names, scores, ae, mean, called) -> None:
@@ -364,6 +412,20 @@ def _markdown(s: dict) -> str:
     lines += ["", "Every DGM score (ROC AUC):", "", "| score | validation | test |", "|---|---|---|"]
     for k, v in s["val_roc_auc_by_score"].items():
         lines.append(f"| {k} | {f(v)} | {f(s['test_roc_auc_by_score'][k])} |")
+    sh = s.get("shift")
+    if sh:
+        names = [r["method"] for r in s["methods"]]
+        lines += ["", "Under the shift protocol (the same score and thresholds; ROC AUC, and sensitivity / specificity at the "
+                  "validation threshold):", "", "| condition | images | " + " | ".join(names) + " |",
+                  "|---|---|" + "---|" * len(names)]
+        for r in sh["rows"]:
+            lines.append(f"| {r['condition']} | {r['images']} | " + " | ".join(
+                f"{f(r[f'{m} roc_auc'])} ({f(r[f'{m} sensitivity'])} / {f(r[f'{m} specificity'])})" for m in names) + " |")
+        lines += ["", "| method | test split | mean over acquisition shifts | worst shift |", "|---|---|---|---|"]
+        for m, v in sh["summary"].items():
+            if "acquisition_mean" in v:
+                lines.append(f"| {m} | {f(v['in_distribution'])} | {f(v['acquisition_mean'])} | "
+                             f"{f(v['acquisition_worst'])} ({v['acquisition_worst_shift']}) |")
     lines += ["", "Figures: roc.png, box.png, normal_judged_normal.png, abnormal_judged_normal.png, "
               "normal_judged_abnormal.png, abnormal_judged_abnormal.png.", ""]
     return "\n".join(lines)

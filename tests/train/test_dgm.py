@@ -148,8 +148,18 @@ def test_decompose_end_to_end_with_bad_inputs(dgm_run, phantom32, tmp_path, caps
 
 def test_anomaly_end_to_end_reports_baselines_and_localization(dgm_run, phantom32, tmp_path, capsys):
     out = tmp_path / "an"
-    assert main(["anomaly", str(dgm_run), "--data", str(phantom32), "--out", str(out), "--baseline-epochs", "1"]) == 0
+    assert main(["anomaly", str(dgm_run), "--data", str(phantom32), "--out", str(out), "--baseline-epochs", "1",
+                 "--shifts", "exposure:strong,noise:0.5"]) == 0
     s = json.loads((out / "anomaly.json").read_text())
+    # every method under every test condition, with the thresholds chosen on validation
+    rows = {r["condition"]: r for r in s["shift"]["rows"]}
+    assert list(rows) == ["test split", "exposure:strong", "noise:0.5"]
+    for m in s["methods"]:
+        assert rows["test split"][f"{m['method']} roc_auc"] == m["roc_auc"]
+        assert s["shift"]["summary"][m["method"]]["acquisition_worst_shift"] in ("exposure:strong", "noise:0.5")
+    assert rows["noise:0.5"]["mean normal image roc_auc"] != rows["test split"]["mean normal image roc_auc"]
+    assert (out / "shift.csv").is_file() and (out / "shift_roc_auc.png").is_file()
+    assert "Under the shift protocol" in (out / "report.md").read_text()
     assert [m["method"] for m in s["methods"]][1:] == ["autoencoder", "mean normal image"]
     assert s["score"] == max(s["val_roc_auc_by_score"], key=s["val_roc_auc_by_score"].get)
     for m in s["methods"]:
@@ -174,6 +184,14 @@ def test_bad_inputs_get_one_clear_message(dgm_run, phantom32, tmp_path, capsys):
         anomaly(dgm_run, phantom32, tmp_path / "a", score="psnr")
     assert main(["anomaly", str(dgm_run), "--data", str(phantom32), "--out", str(tmp_path / "a"), "--score-shift", "7"]) == 2
     assert "--score-shift must be from 0 (one pass) to 4 pixels" in capsys.readouterr().err
+    assert main(["anomaly", str(dgm_run), "--data", str(phantom32), "--out", str(tmp_path / "a"), "--shifts", "glare"]) == 2
+    assert "unknown shift 'glare'" in capsys.readouterr().err
+    from cxrgan.data.dataset import write_subset
+
+    ds = PreparedDataset.open(phantom32)
+    normals = write_subset(ds, ds.indices("test", ["NORMAL"]), tmp_path / "normals", {"kind": "normal only"})
+    with pytest.raises(CxrganError, match="needs both NORMAL and abnormal images"):
+        anomaly(dgm_run, phantom32, tmp_path / "a", shifts="none", test_data=[normals.root])
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CxrganError, match="none of the inputs could be read"):

@@ -33,6 +33,7 @@ def _weights(run):
     ("cgan", ["model.g_cond=cbn", "model.mbstd_by_class=true"]),  # the options measured in docs/results/long_runs/gpu_sweep
     ("semicond", ["model.code_correlation=0.3"]),
     ("dgm", []),  # inputs drawn from the bound training images with the loop's own generators
+    ("dgm", ["augment.acquisition=1"]),  # random acquisition shifts of the inputs, from the global RNG
 ])
 def test_resume_equals_uninterrupted(phantom32, tmp_path, family, extra):
     straight = tiny_config(phantom32, family, "steps=8", "ckpt_every=4", *extra)

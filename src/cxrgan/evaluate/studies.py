@@ -2,6 +2,9 @@
 
 Both train the reusable classifier (:mod:`.classifier`) for several seeds, choose the epoch and the decision
 threshold on the *real* validation split and report the *real* test split, with mean and standard deviation.
+Each trained classifier is also tested under the shift protocol (:mod:`.shift`): the test split under acquisition
+shifts and any external test sets, with the validation threshold kept; ``shift.md``/``shift.csv`` put every arm
+side by side per condition.
 
 Augmentation study arms (Salehinejad et al.): IR, the imbalanced real training split (optionally with its
 smallest class cut to ``minority_fraction`` of its images); BR, IR under-sampled to balance; RS, IR plus one
@@ -22,12 +25,13 @@ import torch
 from ..data.dataset import PreparedDataset
 from ..data.splits import leaky_groups
 from ..errors import CxrganError
-from ..report.evalplots import bar_chart, confusion_figure
+from ..report.evalplots import bar_chart, condition_chart, confusion_figure
 from ..report.tables import write_table
 from ..utils.images import to_uint8
 from ..utils.io import write_json_atomic
 from ..utils.tensors import to_model_range
 from .classifier import ClassifierConfig, evaluate_classifier, random_affine, summarize_seeds, train_classifier
+from .shift import IN_DISTRIBUTION, Condition, summarize_conditions, protocol_conditions
 from .suite import load_synthetic, match_classes
 
 log = logging.getLogger("cxrgan.studies")
@@ -63,17 +67,85 @@ def synthetic_by_real_class(target: str | Path, ds: PreparedDataset) -> tuple[np
     return synth.images, np.array([mapping[c] for c in synth.classes], np.int64)
 
 
+CONDITION_KEYS = ("roc_auc", "balanced_accuracy", "accuracy")
+
+
 def run_arm(name: str, x: np.ndarray, y: np.ndarray, val: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
             class_names: Sequence[str], cfg: ClassifierConfig, seeds: Sequence[int],
-            say: Callable[[str], None] = lambda s: None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Train and test one arm for every seed: ``(summary row, per-seed metrics)``."""
+            say: Callable[[str], None] = lambda s: None,
+            conditions: Sequence[Condition] = ()) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train and test one arm for every seed: ``(summary row, per-seed metrics)``. Each seed's classifier is also
+    tested on every one of ``conditions`` (same threshold): per seed under ``conditions``, and in the row as
+    ``conditions: {name: {roc_auc_mean, roc_auc_std, ...}}``."""
     per_seed = []
     for s in seeds:
         clf = train_classifier(x, y, val[0], val[1], class_names, cfg, seed=s)
         m = evaluate_classifier(clf, *test)
-        per_seed.append({**m, "seed": s, "threshold": clf.threshold})
-        say(f"  {name} seed {s}: ROC AUC {m['roc_auc']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}")
-    return {"name": name, "train_images": len(y), **summarize_seeds(per_seed)}, per_seed
+        shifted = {c.name: {k: evaluate_classifier(clf, c.images, c.labels)[k] for k in CONDITION_KEYS} for c in conditions}
+        per_seed.append({**m, "seed": s, "threshold": clf.threshold, **({"conditions": shifted} if conditions else {})})
+        say(f"  {name} seed {s}: ROC AUC {m['roc_auc']:.4f}, balanced accuracy {m['balanced_accuracy']:.4f}"
+            + (f"; under {len(conditions)} shifted test sets ROC AUC {np.mean([v['roc_auc'] for v in shifted.values()]):.4f} on average"
+               if conditions else ""))
+    row = {"name": name, "train_images": len(y), **summarize_seeds(per_seed)}
+    if conditions:
+        row["conditions"] = {c.name: {f"{k}_{stat}": float(f(np.asarray([p["conditions"][c.name][k] for p in per_seed], float)))
+                                      for k in CONDITION_KEYS for stat, f in (("mean", np.nanmean), ("std", np.nanstd))}
+                             for c in conditions}
+    return row, per_seed
+
+
+SHIFT_COLUMNS = ["condition", "kind", "images"]
+
+
+def shift_rows(rows: Sequence[dict[str, Any]], conditions: Sequence[Condition]) -> list[dict[str, Any]]:
+    """One row per test condition (the test split first) with every arm's ROC AUC and balanced accuracy, mean and
+    standard deviation over seeds (``ARM roc_auc`` ...)."""
+    out = []
+    for c in conditions:
+        r: dict[str, Any] = {"condition": c.name, "kind": c.kind, "images": int(len(c.labels))}
+        for arm in rows:
+            fig = arm if c.name == IN_DISTRIBUTION else arm.get("conditions", {}).get(c.name, {})
+            for k in ("roc_auc", "balanced_accuracy"):
+                r[f"{arm['name']} {k}"] = fig.get(f"{k}_mean")
+                r[f"{arm['name']} {k} std"] = fig.get(f"{k}_std")
+        out.append(r)
+    return out
+
+
+def _arm_figures(rows: Sequence[dict[str, Any]], arm: str, key: str) -> dict[str, float]:
+    return {r["condition"]: r[f"{arm} {key}"] for r in rows if r.get(f"{arm} {key}") is not None}
+
+
+def _write_shift(out: Path, rows: Sequence[dict[str, Any]], conditions: Sequence[Condition], title: str) -> list[dict[str, Any]]:
+    """``shift.csv``/``shift.md`` and ``shift_roc_auc.png``/``shift_balanced_accuracy.png``; returns the rows."""
+    table = shift_rows(rows, conditions)
+    cols = SHIFT_COLUMNS + [f"{a['name']} {k}{sd}" for k in ("roc_auc", "balanced_accuracy") for a in rows for sd in ("", " std")]
+    write_table(table, cols, out / "shift")
+    for k in ("roc_auc", "balanced_accuracy"):
+        condition_chart({a["name"]: _arm_figures(table, a["name"], k) for a in rows},
+                        {a["name"]: _arm_figures(table, a["name"], f"{k} std") for a in rows}, k.replace("_", " "),
+                        out / f"shift_{k}.png", f"{title}: {k.replace('_', ' ')} per test condition (mean +- std over seeds)")
+    return table
+
+
+def _shift_summary(table: Sequence[dict[str, Any]], arm: str, reference: str) -> dict[str, Any]:
+    """``arm`` against ``reference`` under the acquisition shifts: each one's summary of ROC AUC and balanced
+    accuracy, the ratios of the means and the worst ratio, and the seed-spread ratio (mean std of ``arm`` over the
+    mean std of ``reference``, acquisition conditions and the test split)."""
+    out: dict[str, Any] = {}
+    for k in ("roc_auc", "balanced_accuracy"):
+        a, r = _arm_figures(table, arm, k), _arm_figures(table, reference, k)
+        out[f"{arm} {k}"], out[f"{reference} {k}"] = summarize_conditions(a), summarize_conditions(r)
+        ratios = {c: a[c] / r[c] for c in a if c in r and ":" in c and not c.startswith("external ") and r[c]}
+        if ratios:
+            out[f"{k}_ratio_mean"] = float(np.mean(list(ratios.values())))
+            worst = min(ratios, key=lambda c: ratios[c])
+            out[f"{k}_ratio_worst"], out[f"{k}_ratio_worst_shift"] = ratios[worst], worst
+    sa = [v for c, v in _arm_figures(table, arm, "roc_auc std").items() if not c.startswith("external ")]
+    sr = [v for c, v in _arm_figures(table, reference, "roc_auc std").items() if not c.startswith("external ")]
+    if sa and sr and np.mean(sr) > 0:
+        out["roc_auc_seed_spread_ratio"] = float(np.mean(sa) / np.mean(sr))
+    return out
 
 
 def _write_study(out: Path, rows: list[dict[str, Any]], per_seed: dict[str, list], class_names: Sequence[str], stem: str, title: str,
@@ -94,27 +166,41 @@ def combined_synthetic(synthetic: Sequence[str | Path], ds: PreparedDataset) -> 
 
 
 def tstr(synthetic: str | Path | Sequence[str | Path], real: str | Path, out: str | Path, cfg: ClassifierConfig | None = None,
-         seeds: Sequence[int] = (0, 1, 2), allow_leaky: bool = False, progress: bool = True) -> dict[str, Any]:
+         seeds: Sequence[int] = (0, 1, 2), allow_leaky: bool = False, progress: bool = True, shifts: str | None = "standard",
+         test_data: Sequence[str | Path] = ()) -> dict[str, Any]:
     """Train on synthetic (one set or several, combined), test on real; beside TRTR (the same classifier trained
-    on the real training split)."""
+    on the real training split). ``shifts`` and ``test_data``: the shift protocol's test conditions
+    (:func:`cxrgan.evaluate.shift.protocol_conditions`; ``none`` for the test split alone)."""
     cfg = cfg or ClassifierConfig()
     ds = PreparedDataset.open(real)
     check_leaks(ds, allow_leaky)
     synthetic = [synthetic] if isinstance(synthetic, (str, Path)) else list(synthetic)
     xs, ys = combined_synthetic(synthetic, ds)
     say = print if progress else (lambda s: None)
-    val, test = _real(ds, "val"), _real(ds, "test")
+    conditions = protocol_conditions(ds, shifts, test_data)
+    val, test = _real(ds, "val"), (conditions[0].images, conditions[0].labels)
     rows, per_seed = [], {}
     for name, (x, y) in (("TRTR", _real(ds, "train")), ("TSTR", (xs, ys))):
-        row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say)
+        row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say, conditions[1:])
         rows.append(row)
         per_seed[name] = ps
     ratios = {f"{k}_ratio": rows[1][f"{k}_mean"] / rows[0][f"{k}_mean"] for k in ("roc_auc", "balanced_accuracy")}
-    md = _write_study(Path(out), rows, per_seed, ds.class_names, "tstr", "TSTR vs TRTR",
-                      {"synthetic": [str(s) for s in synthetic], "real": str(ds.root), "classifier": cfg.__dict__, **ratios})
+    extra: dict[str, Any] = {"synthetic": [str(s) for s in synthetic], "real": str(ds.root), "classifier": cfg.__dict__, **ratios}
+    shift_note = ""
+    if len(conditions) > 1:
+        table = _write_shift(Path(out), rows, conditions, "TSTR vs TRTR")
+        extra["shift"] = {"conditions": [c.describe() for c in conditions], "summary": _shift_summary(table, "TSTR", "TRTR")}
+        sm = extra["shift"]["summary"]
+        if "roc_auc_ratio_mean" in sm:
+            shift_note = (f"\nunder {len(conditions) - 1 - len(test_data)} acquisition shifts, TSTR/TRTR: ROC AUC {sm['roc_auc_ratio_mean']:.3f}x "
+                          f"on average (worst {sm['roc_auc_ratio_worst']:.3f}x, {sm['roc_auc_ratio_worst_shift']}), balanced accuracy "
+                          f"{sm['balanced_accuracy_ratio_mean']:.3f}x (worst {sm['balanced_accuracy_ratio_worst']:.3f}x); seed spread of ROC AUC "
+                          f"{sm.get('roc_auc_seed_spread_ratio', float('nan')):.2f}x TRTR's (shift.md)")
+    md = _write_study(Path(out), rows, per_seed, ds.class_names, "tstr", "TSTR vs TRTR", extra)
     if progress:
-        print(md + f"TSTR/TRTR: ROC AUC {ratios['roc_auc_ratio']:.3f}x, balanced accuracy {ratios['balanced_accuracy_ratio']:.3f}x")
-    return {"rows": rows, **ratios}
+        print(md + f"TSTR/TRTR: ROC AUC {ratios['roc_auc_ratio']:.3f}x, balanced accuracy {ratios['balanced_accuracy_ratio']:.3f}x"
+              + shift_note)
+    return {"rows": rows, **ratios, **({"shift": extra["shift"]} if "shift" in extra else {})}
 
 
 def cut_minority(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -200,8 +286,10 @@ def rotate_scale_copies(x: np.ndarray, seed: int) -> np.ndarray:
 
 def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | Path, minority_fraction: float = 1.0,
                   ratios: Sequence[float] = (1.0,), cfg: ClassifierConfig | None = None, seeds: Sequence[int] = (0, 1, 2),
-                  allow_leaky: bool = False, progress: bool = True) -> dict[str, Any]:
-    """BR, BG, IR, RS and GS@ratio for each ratio, on the real test split."""
+                  allow_leaky: bool = False, progress: bool = True, shifts: str | None = "standard",
+                  test_data: Sequence[str | Path] = ()) -> dict[str, Any]:
+    """BR, BG, IR, RS and GS@ratio for each ratio, on the real test split and under the shift protocol's
+    conditions (``shifts``, ``test_data``: see :func:`tstr`)."""
     if not 0 < minority_fraction <= 1:
         raise CxrganError(f"--minority-fraction must be in (0, 1], got {minority_fraction}")
     if not ratios or any(r <= 0 for r in ratios):
@@ -233,20 +321,35 @@ def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | 
     say = print if progress else (lambda s: None)
     say(f"augmentation study on {ds.root}: training class counts {dict(zip(ds.class_names, counts.tolist()))}"
         + (f" (smallest class cut to {minority_fraction:g} of its images)" if minority_fraction < 1 else ""))
-    val, test = _real(ds, "val"), _real(ds, "test")
+    conditions = protocol_conditions(ds, shifts, test_data)
+    val, test = _real(ds, "val"), (conditions[0].images, conditions[0].labels)
     rows, per_seed = [], {}
     for name, (x, y) in arms.items():
-        row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say)
+        row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say, conditions[1:])
         rows.append(row)
         per_seed[name] = ps
     ir = next(r for r in rows if r["name"] == "IR")
     gs_best = max((r for r in rows if r["name"].startswith("GS")), key=lambda r: r["balanced_accuracy_mean"])
-    verdict = {"gs_minus_ir_balanced_accuracy": gs_best["balanced_accuracy_mean"] - ir["balanced_accuracy_mean"],
-               "ir_std": ir["balanced_accuracy_std"], "gs_best": gs_best["name"]}
-    md = _write_study(Path(out), rows, per_seed, ds.class_names, "augment_study", "Augmentation study",
-                      {"real": str(ds.root), "synthetic": [str(s) for s in synthetic], "minority_fraction": minority_fraction,
-                       "ratios": list(ratios), "classifier": cfg.__dict__, "train_counts": counts.tolist(), **verdict})
+    verdict: dict[str, Any] = {"gs_minus_ir_balanced_accuracy": gs_best["balanced_accuracy_mean"] - ir["balanced_accuracy_mean"],
+                               "ir_std": ir["balanced_accuracy_std"], "gs_best": gs_best["name"]}
+    extra: dict[str, Any] = {"real": str(ds.root), "synthetic": [str(s) for s in synthetic], "minority_fraction": minority_fraction,
+                             "ratios": list(ratios), "classifier": cfg.__dict__, "train_counts": counts.tolist()}
+    shift_note = ""
+    if len(conditions) > 1:
+        table = _write_shift(Path(out), rows, conditions, "Augmentation study")
+        acq = [r for r in table if r["kind"] == "acquisition"]
+        if acq:
+            mean_of = lambda arm, k: float(np.mean([r[f"{arm} {k}"] for r in acq]))  # noqa: E731
+            gs_shift = max((r["name"] for r in rows if r["name"].startswith("GS")), key=lambda a: mean_of(a, "balanced_accuracy"))
+            verdict.update({"shift_gs_best": gs_shift,
+                            "shift_gs_minus_ir_balanced_accuracy": mean_of(gs_shift, "balanced_accuracy") - mean_of("IR", "balanced_accuracy"),
+                            "shift_ir_std": mean_of("IR", "balanced_accuracy std")})
+            shift_note = (f"\nunder {len(acq)} acquisition shifts, best GS ({gs_shift}) minus IR balanced accuracy on average: "
+                          f"{verdict['shift_gs_minus_ir_balanced_accuracy']:+.4f} (IR std over seeds {verdict['shift_ir_std']:.4f}; shift.md)")
+        extra["shift"] = {"conditions": [c.describe() for c in conditions],
+                          "summary": {r["name"]: _shift_summary(table, r["name"], "IR") for r in rows if r["name"] != "IR"}}
+    md = _write_study(Path(out), rows, per_seed, ds.class_names, "augment_study", "Augmentation study", {**extra, **verdict})
     if progress:
         print(md + f"best GS ({gs_best['name']}) minus IR balanced accuracy: {verdict['gs_minus_ir_balanced_accuracy']:+.4f} "
-              f"(IR std over seeds {ir['balanced_accuracy_std']:.4f})")
+              f"(IR std over seeds {ir['balanced_accuracy_std']:.4f})" + shift_note)
     return {"rows": rows, **verdict}

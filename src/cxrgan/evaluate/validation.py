@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from ..data.acquisition import gaussian_blur
 from ..data.dataset import PreparedDataset
 from ..errors import CxrganError
 from ..utils.io import write_json_atomic
@@ -33,16 +34,6 @@ STRENGTHS = {
 }
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = max(1, int(round(3 * sigma)))
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = (k / k.sum()).to(x.dtype)
-    x = F.pad(x, (r, r, r, r), mode="replicate")
-    x = F.conv2d(x, k.view(1, 1, 1, -1))
-    return F.conv2d(x, k.view(1, 1, -1, 1))
-
-
 def distort(images: np.ndarray, kind: str, strength: float, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
     """``images`` uint8 ``(N, S, S)`` distorted by ``kind`` at ``strength`` (see ``STRENGTHS``); a new array."""
     rng = np.random.default_rng(seed)
@@ -51,7 +42,7 @@ def distort(images: np.ndarray, kind: str, strength: float, seed: int = 0, label
         return images[mode_drop_rows(images, labels, strength, rng)]
     x = torch.from_numpy(np.asarray(images, np.float32) / 255.0).unsqueeze(1)
     if kind == "blur":
-        x = _gaussian_blur(x, strength * max(1.0, s / 64))
+        x = gaussian_blur(x, strength * max(1.0, s / 64))
     elif kind == "noise":
         x = x + strength * torch.from_numpy(rng.standard_normal(x.shape).astype(np.float32))
     elif kind == "salt_pepper":

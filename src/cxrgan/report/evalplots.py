@@ -72,6 +72,25 @@ def bar_chart(rows: Sequence[dict], metric: str, path: Path, title: str) -> Path
     return _save(fig, path)
 
 
+def condition_chart(means: dict[str, dict[str, float]], stds: dict[str, dict[str, float]], ylabel: str, path: Path,
+                    title: str) -> Path:
+    """One line per arm (``means[arm] = {condition: value}``, error bars from ``stds``) across the test
+    conditions, in the order of the first arm's conditions: how a figure holds under each shift."""
+    plt = _plt()
+    names = list(next(iter(means.values()), {}))
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.42 * len(names) + 2.0), 3.6))
+    for i, (arm, per) in enumerate(means.items()):
+        xs = [j for j, c in enumerate(names) if c in per]
+        ax.errorbar([x + 0.06 * (i - (len(means) - 1) / 2) for x in xs], [per[names[j]] for j in xs],
+                    yerr=[stds.get(arm, {}).get(names[j], 0.0) or 0.0 for j in xs], marker="o", ms=3.5, lw=1, capsize=2, label=arm)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=min(4, len(means)))
+    return _save(fig, path)
+
+
 def closest_pairs(synth: np.ndarray, train: np.ndarray, pairs: Sequence[tuple[int, int, float]], path: Path) -> Path:
     """Top row: the synthetic images closest to a training image; bottom row: those training images."""
     top = np.stack([synth[i] for i, _, _ in pairs])

@@ -568,8 +568,26 @@ def study_section(folder: Path, stem: str, title: str) -> Section:
                  _pm(r.get("accuracy_mean"), r.get("accuracy_std"))] for r in s.get("rows", [])]
         sec.blocks.append(Table(["arm", "training images", "seeds", "ROC AUC", "balanced accuracy", "accuracy"], rows,
                                 "classifiers tested on the real test split; mean ± standard deviation over seeds"))
+        if s.get("shift"):
+            arms = s.get("rows", [])
+            table = [[c.get("name", ""), str(c.get("images", ""))] + [
+                _pm(*(fig.get(f"{k}_{x}") for x in ("mean", "std")))
+                for a in arms for fig in [a if c.get("kind") == "in-distribution" else a.get("conditions", {}).get(c.get("name"), {})]
+                for k in ("roc_auc", "balanced_accuracy")] for c in s["shift"].get("conditions", [])]
+            cols = ["test condition", "images"] + [f"{a.get('name')} {k}" for a in arms for k in ("ROC AUC", "balanced accuracy")]
+            sec.blocks.append(Table(cols, table, "the same classifiers (and validation thresholds) on the test split moved by "
+                                    "each acquisition shift (mild ≈ 1, strong ≈ 2 standard deviations of real radiographs' own "
+                                    "spread) and on external test sets; mean ± standard deviation over seeds"))
+            summary = s["shift"].get("summary", {})
+            facts = [(k.replace("_", " "), _num(v) if isinstance(v, float) else str(v)) for k, v in summary.items()
+                     if not isinstance(v, dict)]
+            if facts:
+                sec.blocks.append(Facts(facts))
     _figures_of(folder, [("roc_auc.png", "ROC AUC"), ("balanced_accuracy.png", "balanced accuracy"),
                          ("confusion.png", "confusion matrices (summed over seeds)")], sec)
+    if (folder / "shift.csv").is_file():
+        _figures_of(folder, [("shift_roc_auc.png", "ROC AUC per test condition"),
+                             ("shift_balanced_accuracy.png", "balanced accuracy per test condition")], sec)
     return sec
 
 
@@ -595,7 +613,17 @@ def anomaly_section(folder: Path) -> Section:
         if val:
             sec.blocks.append(Table(["DGM score", "val ROC AUC", "test ROC AUC"], [[k, _num(v), _num(test.get(k))] for k, v in val.items()],
                                     "every DGM score; the one with the best validation figure is reported above"))
+        shift = s.get("shift") or {}
+        if shift.get("rows"):
+            names = [m.get("method", "") for m in methods]
+            sec.blocks.append(Table(["test condition", "images"] + [f"{n} ROC AUC (sens. / spec.)" for n in names], [
+                [r.get("condition", ""), str(r.get("images", ""))] + [
+                    f"{_num(r.get(f'{n} roc_auc'))} ({_num(r.get(f'{n} sensitivity'))} / {_num(r.get(f'{n} specificity'))})" for n in names]
+                for r in shift["rows"]], "every method on the test split moved by each acquisition shift and on external test sets; "
+                "sensitivity and specificity at the threshold chosen on the (unshifted) validation split"))
     _figures_of(folder, [("roc.png", "ROC curves"), ("box.png", "scores per class")], sec)
+    if (folder / "shift.csv").is_file():
+        _figures_of(folder, [("shift_roc_auc.png", "ROC AUC per test condition")], sec)
     _figures_of(folder, [("normal_judged_normal.png", "normal judged normal"), ("abnormal_judged_normal.png", "abnormal judged normal"),
                          ("normal_judged_abnormal.png", "normal judged abnormal"), ("abnormal_judged_abnormal.png", "abnormal judged abnormal")], sec)
     return sec

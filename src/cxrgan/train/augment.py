@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..data.acquisition import apply, random_params
 from .distributed import sharded
 
 
@@ -58,3 +59,29 @@ class DiffAugment:
         mask = torch.ones(n, h, w, device=x.device, dtype=x.dtype)
         mask[b, gy, gx] = 0
         return x * mask.unsqueeze(1)
+
+
+class AcquisitionAugment:
+    """Random acquisition shifts of the training images themselves (:mod:`cxrgan.data.acquisition`), every kind
+    at once, each up to ``scale`` times its strong setting. Unlike DiffAugment this changes the data the family
+    learns: a translator (the dgm) learns to keep each input's own exposure, sharpness and positioning, and a
+    generator learns to draw radiographs acquired in all those ways. Draws come from torch's global RNG through
+    :func:`sharded`, so resume and several processes draw as one process does. 0 = off."""
+
+    def __init__(self, scale: float = 0.0) -> None:
+        if not (scale >= 0 and scale == scale):
+            raise ValueError(f"augment.acquisition must be a number >= 0, got {scale}")
+        self.scale = scale
+
+    def __bool__(self) -> bool:
+        return self.scale > 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self:
+            return x
+        n = x.shape[0]
+        params = sharded(n, lambda m: random_params(m, None, self.scale))
+        noise = sharded(n, lambda m: torch.randn((m,) + tuple(x.shape[1:])))
+        out = apply(x, params, noise=noise).to(x.dtype)
+        return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous() else out

@@ -100,14 +100,17 @@ class OptimConfig:
 
 @dataclass
 class AugmentConfig:
-    """Differentiable augmentation for small data, applied to real and fake alike.
-
-    policy: comma-separated subset of ``translation``, ``cutout``, ``color`` (brightness/contrast); empty = off.
+    """Augmentation. ``policy``: differentiable augmentation for small data, applied to real and fake alike inside
+    D's view: a comma-separated subset of ``translation``, ``cutout``, ``color`` (brightness/contrast); empty = off.
+    ``acquisition``: random acquisition shifts (exposure, contrast, sharpness, noise, rotation, translation, zoom) of
+    the training images themselves, each up to this multiple of its strong setting (0 = off, 1 = up to strong);
+    the family then learns images acquired in all those ways (see ``cxrgan.data.acquisition``).
     """
 
     policy: str = ""
     translation: float = 0.125
     cutout: float = 0.5
+    acquisition: float = 0.0
 
 
 @dataclass
@@ -188,6 +191,7 @@ class TrainConfig:
             (self.model.pack >= 1 and self.batch_size % self.model.pack == 0,
              f"model.pack must be at least 1 and divide batch_size ({self.batch_size}), got {self.model.pack}"),
             (self.loss.mode_seeking >= 0, f"loss.mode_seeking must be at least 0, got {self.loss.mode_seeking}"),
+            (self.augment.acquisition >= 0, f"augment.acquisition must be at least 0, got {self.augment.acquisition}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.ema_warmup > 1.0, f"ema_warmup must be above 1, got {self.ema_warmup}"),
             (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be at least 1"),

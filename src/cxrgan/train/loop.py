@@ -27,14 +27,14 @@ from torch import nn
 
 from ..data.dataset import PreparedDataset
 from ..errors import CxrganError
-from ..models.base import Family
+from ..models.base import Batch, Family
 from ..models.registry import get_family
 from ..utils.images import labelled_rows, save_png, to_uint8
 from ..utils.io import sweep_partials, write_json_atomic
 from ..utils.progress import progress_bar
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .augment import DiffAugment
+from .augment import AcquisitionAugment, DiffAugment
 from .config import TrainConfig, save_config
 from .data import EpochSampler, TrainData
 from .ema import EMA
@@ -192,6 +192,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
         for m in modules.values():
             m.compile()
     augment = DiffAugment(cfg.augment.policy, cfg.augment.translation, cfg.augment.cutout)
+    acquire = AcquisitionAugment(cfg.augment.acquisition)
     sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
     total = cfg.epochs * max(1, sampler.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
     # A grid per epoch, but at most about 100 per run (small datasets have very short epochs).
@@ -344,6 +345,8 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
                     with _gradients_only_for(params, family):
                         for _ in range(cfg.optim.d_steps if phase == "D" else 1):
                             batch = data.batch(dist.shard_rows(sampler.next()), device, channels_last)
+                            if acquire:
+                                batch = Batch(acquire(batch.x), batch.y, batch.rows)
                             family.zero_grad(set_to_none=True)
                             with autocast(device, amp), dist.syncing():
                                 loss, phase_stats = family.phase_loss(phase, batch, augment)
