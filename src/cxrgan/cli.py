@@ -357,10 +357,11 @@ def _cmd_decompose(a: argparse.Namespace) -> int:
 
 
 def _add_anomaly(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("anomaly", help="dgm: anomaly detection on a dataset's test split beside two baselines",
-                       description="Scores the test split with the dgm run, a plain autoencoder and the distance to the mean "
-                       "normal image; the DGM score (--score auto) and every threshold are chosen on the validation split. "
-                       "Writes anomaly.json, report.md, scores.csv, roc.png, box.png and the four example panels.")
+    p = sub.add_parser("anomaly", help="dgm: anomaly detection on a dataset's test split beside three baselines",
+                       description="Scores the test split with the dgm run, a plain autoencoder, a PatchCore-style patch memory "
+                       "and the distance to the mean normal image; the DGM score (--score auto) and every threshold are chosen "
+                       "on the validation split. Writes anomaly.json, report.md, scores.csv, roc.png, box.png, the four example "
+                       "panels, and shift.md/shift.csv/shift_roc_auc.png for the shift protocol's test sets.")
     p.add_argument("run", help="a dgm run directory")
     p.add_argument("--data", required=True, help="prepared dataset (its val and test splits are used)")
     p.add_argument("--normal-class", default="NORMAL")
@@ -403,6 +404,9 @@ def _classifier_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2", help="classifier seeds (mean and std over them), default 0,1,2")
     p.add_argument("--arch", choices=("small", "resnet18"), default="small", help="classifier network")
     p.add_argument("--epochs", type=int, default=12, help="classifier epochs (the best on real validation is kept)")
+    p.add_argument("--epoch-choice", choices=("validation", "last"), default="validation",
+                   help="keep the epoch with the best real validation ROC AUC, or the last one (a fixed schedule); a "
+                   "ranking of generators that holds under both protocols does not depend on how the classifier is trained")
     p.add_argument("--device", default="auto")
     p.add_argument("--allow-leaky", action="store_true", help="run even if splits share a patient group (warns)")
 
@@ -416,7 +420,7 @@ def _classifier_cfg(a: argparse.Namespace):
         raise CxrganError(f"--seeds {a.seeds!r}: expected integers like 0,1,2") from None
     if not seeds or a.epochs < 1:
         raise CxrganError("give at least one seed and --epochs >= 1")
-    return ClassifierConfig(arch=a.arch, epochs=a.epochs, device=a.device), seeds
+    return ClassifierConfig(arch=a.arch, epochs=a.epochs, device=a.device, select_epoch=a.epoch_choice == "validation"), seeds
 
 
 def _add_features(sub: argparse._SubParsersAction) -> None:

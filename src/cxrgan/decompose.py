@@ -3,9 +3,9 @@
 ``decompose`` writes, for every input radiograph, the synthesized normal image, the residual map and an overlay of
 the map on the input, with a row of anomaly scores per image in ``scores.csv``. ``anomaly`` scores a prepared
 dataset's test split, chooses the score and the threshold on the validation split, and reports ROC AUC, average
-precision, sensitivity and specificity beside two baselines (a plain autoencoder and the distance to the mean
-normal image), with the ROC curves, a box plot per class, the four example panels and, where the dataset has
-lesion masks, pixel-level localization.
+precision, sensitivity and specificity beside three baselines (a plain autoencoder, a PatchCore-style patch memory
+and the distance to the mean normal image), with the ROC curves, a box plot per class, the four example panels
+and, where the dataset has lesion masks, pixel-level localization; under the shift protocol too.
 """
 
 from __future__ import annotations
@@ -239,7 +239,7 @@ def _method_row(name: str, val_abnormal: np.ndarray, val_scores: np.ndarray, abn
 def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: str = "NORMAL", checkpoint: str | int = "best",
             score: str = "auto", baseline_epochs: int = 10, seed: int = 0, device: str = "auto",
             score_shift: int | None = None, shifts: str | None = "standard", test_data: Sequence[str | Path] = ()) -> dict:
-    """Score ``data``'s test split with a dgm run and the two baselines; write the report under ``out``.
+    """Score ``data``'s test split with a dgm run and the baselines; write the report under ``out``.
 
     ``score``: one of :data:`cxrgan.models.dgm.SCORES` or ``auto`` (the one with the highest validation ROC AUC).
     The threshold is chosen on validation (Youden's J); test figures are measured once. ``shifts`` and
@@ -272,18 +272,15 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     chosen = max(val_auc, key=lambda k: val_auc[k]) if score == "auto" else score
     dgm_maps = am.smooth_maps(np.clip(test_residuals, 0, None))  # the input denser than its normal image
 
-    val_normal_u8 = val_u8[~val_ab]
-    ae = am.autoencoder_scores(train_u8, val_normal_u8, [val_u8, *(c.images for c in conditions)], ds.size, baseline_epochs,
-                               seed, device)
-    (ae_val, _), (ae_test, ae_maps) = ae[0], ae[1]
-    mean_val, _ = am.mean_image_scores(train_u8, val_u8)
-    mean_test, mean_maps = am.mean_image_scores(train_u8, test_u8)
-
-    methods = {
-        f"dgm ({chosen})": (val_scores[chosen], test_scores[chosen], dgm_maps),
-        "autoencoder": (ae_val, ae_test, am.smooth_maps(ae_maps)),
-        "mean normal image": (mean_val, mean_test, am.smooth_maps(mean_maps)),
+    # The baselines on every image set at once: validation, then each test condition (the test split first).
+    sets = [val_u8, *(c.images for c in conditions)]
+    baselines = {
+        "autoencoder": am.autoencoder_scores(train_u8, val_u8[~val_ab], sets, ds.size, baseline_epochs, seed, device),
+        "patch memory (PatchCore-style)": am.patch_memory_scores(train_u8, sets, seed=seed),
+        "mean normal image": [am.mean_image_scores(train_u8, x) for x in sets],
     }
+    methods = {f"dgm ({chosen})": (val_scores[chosen], test_scores[chosen], dgm_maps)}
+    methods.update({name: (res[0][0], res[1][0], am.smooth_maps(res[1][1])) for name, res in baselines.items()})
     masks = None if ds.masks is None else np.asarray(ds.masks[test_rows])
     table = []
     for name, (v, t, maps) in methods.items():
@@ -300,36 +297,36 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
         "methods": table,
     }
     if len(conditions) > 1:
-        summary["shift"] = _shift_figures(out, loaded, conditions, ae[1:], train_u8, normal, val_ab,
+        summary["shift"] = _shift_figures(out, loaded, conditions, baselines, normal, val_ab,
                                           {name: v for name, (v, _, _) in methods.items()}, table, chosen)
         summary["shift"]["summary"] = {m: summarize_conditions({r["condition"]: r[f"{m} roc_auc"] for r in summary["shift"]["rows"]})
                                        for m in methods}
     write_json_atomic(out / "anomaly.json", summary)
-    _write_scores_csv(out / "scores.csv", test_rows, test_labels, ds.class_names, test_scores, ae_test, mean_test,
-                      test_scores[chosen] >= table[0]["threshold"])
+    _write_scores_csv(out / "scores.csv", test_rows, test_labels, ds.class_names, test_scores,
+                      {name: res[1][0] for name, res in baselines.items()}, test_scores[chosen] >= table[0]["threshold"])
     _figures(out, ds, methods, test_ab, test_labels, test_u8, test_normals, test_residuals, test_scores[chosen],
              table[0]["threshold"], chosen)
     write_text_atomic(out / "report.md", _markdown(summary))
     return summary
 
 
-def _shift_figures(out: Path, loaded: LoadedRun, conditions, ae_sets, train_u8: np.ndarray, normal: int, val_ab: np.ndarray,
+def _shift_figures(out: Path, loaded: LoadedRun, conditions, baselines: dict[str, list], normal: int, val_ab: np.ndarray,
                    val_scores: dict[str, np.ndarray], table: list[dict], chosen: str) -> dict:
-    """Every method on every test condition (the test split's figures are ``table``'s): ``shift.csv``/``shift.md``,
-    ``shift_roc_auc.png``; returns ``{"conditions", "rows"}``."""
+    """Every method on every test condition (the test split's figures are ``table``'s; ``baselines[name][k + 1]`` holds
+    a baseline's scores and maps on condition ``k``): ``shift.csv``/``shift.md``, ``shift_roc_auc.png``; returns
+    ``{"conditions", "rows"}``."""
     from .report.evalplots import condition_chart
     from .report.tables import write_table
 
     names = [r["method"] for r in table]
     rows = []
-    for c, (ae_scores, _) in zip(conditions, ae_sets):
+    for k, c in enumerate(conditions):
         ab = c.labels != normal
-        if c is conditions[0]:
+        if k == 0:
             per = {r["method"]: r for r in table}
         else:
-            dgm = score_images(loaded, c.images)[0][chosen]
-            mean = am.mean_image_scores(train_u8, c.images)[0]
-            per = {m: _method_row(m, val_ab, val_scores[m], ab, t) for m, t in zip(names, (dgm, ae_scores, mean))}
+            scores = [score_images(loaded, c.images)[0][chosen]] + [res[k + 1][0] for res in baselines.values()]
+            per = {m: _method_row(m, val_ab, val_scores[m], ab, t) for m, t in zip(names, scores)}
         row: dict = {"condition": c.name, "kind": c.kind, "images": int(len(ab)), "abnormal": int(ab.sum())}
         for m in names:
             for k in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy"):
@@ -342,13 +339,16 @@ def _shift_figures(out: Path, loaded: LoadedRun, conditions, ae_sets, train_u8: 
     return {"conditions": [c.describe() for c in conditions], "rows": rows}
 
 
-def _write_scores_csv(path: Path, rows, labels, class_names, scores, ae, mean, called) -> None:
+BASELINE_COLUMNS = {"autoencoder": "autoencoder", "patch memory (PatchCore-style)": "patch_memory", "mean normal image": "mean_image"}
+
+
+def _write_scores_csv(path: Path, rows, labels, class_names, scores, baselines: dict[str, np.ndarray], called) -> None:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["index", "class", *scores.keys(), "autoencoder", "mean_image", "called_abnormal"])
+    w.writerow(["index", "class", *scores.keys(), *(BASELINE_COLUMNS[b] for b in baselines), "called_abnormal"])
     for i in range(len(rows)):
         w.writerow([int(rows[i]), class_names[int(labels[i])], *(f"{float(v[i]):.6g}" for v in scores.values()),
-                    f"{float(ae[i]):.6g}", f"{float(mean[i]):.6g}", int(called[i])])
+                    *(f"{float(v[i]):.6g}" for v in baselines.values()), int(called[i])])
     write_text_atomic(path, buf.getvalue())
 
 

@@ -202,6 +202,11 @@ def test_studies_report_every_condition(phantom32, tmp_path):
     assert aug["shift_gs_best"] == "GS@1" and "shift_gs_minus_ir_balanced_accuracy" in aug
     plain = tstr(synth, phantom32, tmp_path / "plain", TINY, seeds=(0,), progress=False, shifts="none")
     assert "shift" not in plain and not (tmp_path / "plain" / "shift.csv").exists()
+    # the fixed-schedule protocol from the command line: the last epoch is kept
+    assert main(["--quiet", "tstr", "--synthetic", str(synth), "--real", str(phantom32), "--out", str(tmp_path / "last"),
+                 "--seeds", "0", "--epochs", "1", "--epoch-choice", "last", "--shifts", "zoom:strong"]) == 0
+    saved = json.loads((tmp_path / "last" / "tstr.json").read_text())
+    assert saved["classifier"]["select_epoch"] is False and saved["shift"]["conditions"][1]["name"] == "zoom:strong"
 
 
 def test_acquisition_augment_of_training_batches():

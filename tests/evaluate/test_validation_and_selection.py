@@ -73,6 +73,16 @@ def test_blurry_low_diversity_checkpoint_is_not_chosen_over_sharp_diverse_one(ph
     assert better(s_blurry, {"step": 1, "fd": s_sharp["fd"]}, 0.5) is False
 
 
+def test_the_monitor_sees_real_images_through_the_family_view(phantom32):
+    """A family whose outputs live in a frame of their own (a standardizing dgm) has real images compared in that
+    frame: the view is applied before they are embedded."""
+    data = TrainData(PreparedDataset.open(phantom32))
+    plain = QualityMonitor(data, 128, 8, 0, torch.device("cpu"))
+    flat = QualityMonitor(data, 128, 8, 0, torch.device("cpu"), real_view=lambda x: torch.zeros_like(x))
+    assert plain.diversity_real > 0 and flat.diversity_real == 0
+    assert not np.allclose(plain.real_feats, flat.real_feats)
+
+
 def test_conditional_diversity_is_measured_within_each_class_on_a_random_subset(phantom32):
     """Prepared data are often sorted by class. The diversity groups must still cover every class (not the first
     128 rows, which would all be one class), and a generator that draws one image per class must score near 0

@@ -94,6 +94,20 @@ def test_metrics_on_constructed_cases():
     assert am.localization(1.0 - masks, masks)["pixel_auc"] == 0.0
 
 
+def test_patch_memory_baseline_finds_a_patch_no_normal_image_has():
+    from cxrgan.data.phantom import render
+
+    normals = np.stack([(render(i, 0, 32)[0] * 255).astype(np.uint8) for i in range(40)])
+    test = np.stack([(render(100 + i, 0, 32)[0] * 255).astype(np.uint8) for i in range(8)])
+    test[4:, 18:25, 7:14] = 255  # a dense blob in the left lung of the last four
+    (scores, maps), = am.patch_memory_scores(normals, [test], memory=2000, standardize="none")
+    assert am.roc_auc(np.arange(8) >= 4, scores) == 1.0
+    peak = [np.unravel_index(np.argmax(m), m.shape) for m in maps[4:]]
+    assert all(16 <= r <= 27 and 5 <= c <= 16 for r, c in peak)  # the map points at the blob
+    (standardized, _), = am.patch_memory_scores(normals, [test], memory=2000)  # pose + intensity first, the default
+    assert am.roc_auc(np.arange(8) >= 4, standardized) == 1.0
+
+
 @pytest.fixture(scope="module")
 def dgm_run(phantom32, tmp_path_factory):
     out = tmp_path_factory.mktemp("dgm") / "run"
@@ -160,7 +174,7 @@ def test_anomaly_end_to_end_reports_baselines_and_localization(dgm_run, phantom3
     assert rows["noise:0.5"]["mean normal image roc_auc"] != rows["test split"]["mean normal image roc_auc"]
     assert (out / "shift.csv").is_file() and (out / "shift_roc_auc.png").is_file()
     assert "Under the shift protocol" in (out / "report.md").read_text()
-    assert [m["method"] for m in s["methods"]][1:] == ["autoencoder", "mean normal image"]
+    assert [m["method"] for m in s["methods"]][1:] == ["autoencoder", "patch memory (PatchCore-style)", "mean normal image"]
     assert s["score"] == max(s["val_roc_auc_by_score"], key=s["val_roc_auc_by_score"].get)
     for m in s["methods"]:
         assert 0 <= m["roc_auc"] <= 1 and 0 <= m["sensitivity"] <= 1 and 0 <= m["pixel_auc"] <= 1 and 0 <= m["best_dice"] <= 1
@@ -285,3 +299,64 @@ def test_scores_use_the_shift_consensus_unless_it_is_off(phantom32):
     torch.testing.assert_close(s_on["encoding"], s_off["encoding"])  # from the unshifted pass
     with pytest.raises(CxrganError, match="score_shift"):
         build_family(tiny_config(phantom32, "dgm", "model.score_shift=9"), 32, 3)
+
+
+def _smooth_chest(n: int = 4, s: int = 48) -> torch.Tensor:
+    """Phantom chests on their dark background, ``(n, 1, s, s)`` in [-1, 1]."""
+    from cxrgan.data.phantom import render
+
+    return torch.from_numpy(np.stack([render(i, 0, s)[0] for i in range(n)]) * 2 - 1)[:, None]
+
+
+def test_pose_estimate_undoes_a_known_move_and_quantiles_undo_exposure():
+    from cxrgan.data.acquisition import _ncc, estimate_pose, match_quantiles, warp
+
+    x = _smooth_chest(3)
+    # Rotated, shifted and scaled within the dark margin around the chest, so that no part of it is lost.
+    moved = warp(x, torch.tensor([[0.15, 0.06, -0.05, 0.05], [-0.1, -0.06, 0.0, -0.05], [0.0, 0.0, 0.08, 0.0]]))
+    back = torch.cat([warp(moved[i : i + 1], estimate_pose(moved[i : i + 1], x[i : i + 1])) for i in range(3)])
+    inner = (slice(None), slice(None), slice(8, 40), slice(8, 40))
+    assert (_ncc(back[inner], x[inner]) > 0.96).all() and (_ncc(moved[inner], x[inner]) < 0.85).all()  # 0.97-0.99 vs 0.72-0.84
+    u = (x + 1) / 2
+    darker = (u ** 1.6) * 2 - 1  # a monotone change of exposure
+    reference = x.flatten(1).sort(dim=1).values
+    for i in range(3):
+        assert torch.allclose(match_quantiles(darker[i : i + 1], reference[i]), x[i : i + 1], atol=1e-6)
+
+
+def test_standardized_dgm_scores_in_its_frame_and_keeps_the_identity(phantom32, tmp_path):
+    with pytest.raises(CxrganError, match="standardize must be one of"):
+        build_family(tiny_config(phantom32, "dgm", "model.standardize=tilt"), 32, 3)
+    cfg = tiny_config(phantom32, "dgm", "steps=4", "ckpt_every=4", "model.standardize=pose+intensity")
+    train(cfg, tmp_path / "r", progress=False)
+    from cxrgan.decompose import load_translator
+
+    fam = load_translator(tmp_path / "r", device="cpu").family
+    std = fam.G.standardizer
+    assert std is not None and std.fitted  # the atlas came back with G's weights
+    ds = PreparedDataset.open(phantom32)
+    x = _normals(ds, 6)
+    normal, residual, scores = fam.decompose_and_score(x)
+    assert torch.allclose(normal.float() + residual, x, atol=1e-5)  # in the input's own frame
+    from cxrgan.data.acquisition import AcquisitionParams, apply
+
+    p = AcquisitionParams.identity(6)
+    p.dx, p.gamma = torch.full((6,), 0.06), torch.full((6,), 1.3)  # moved and darker
+    a, b = std(x)[0], std(apply(x, p))[0]
+    inner = (slice(None), slice(None), slice(6, 26), slice(6, 26))
+    assert (a - b)[inner].abs().mean() < 0.5 * (x - apply(x, p))[inner].abs().mean()  # the standardizer undoes most of it
+
+
+def test_standardizing_dgm_looks_up_its_training_images_unless_they_were_augmented(phantom32):
+    cfg = tiny_config(phantom32, "dgm", "model.standardize=pose")
+    fam = build_family(cfg, 32, 3)
+    from cxrgan.train.data import TrainData
+
+    data = TrainData(PreparedDataset.open(phantom32), classes=["NORMAL"])
+    fam.bind_data(data)
+    rows = torch.arange(5)
+    b = data.batch(rows.numpy(), torch.device("cpu"), channels_last=False)
+    looked_up, computed = fam._inputs(b), fam.G.standardized(b.x)[0]
+    assert (looked_up - computed).abs().max() <= 1.5 / 127.5  # the stored view is the same image, rounded to uint8
+    moved = Batch(b.x.flip(-1), b.y, b.rows, augmented=True)  # changed after it was read: standardized afresh
+    assert torch.equal(fam._inputs(moved), fam.G.standardized(moved.x)[0])

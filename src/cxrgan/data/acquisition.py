@@ -80,6 +80,12 @@ def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
+def _resample_black(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """``x`` in [-1, 1] resampled at ``grid``; what falls outside the image is black (-1), as the unexposed border of a
+    radiograph is, rather than repeated edge pixels, which would paint streaks no radiograph has."""
+    return F.grid_sample(x + 1, grid, mode=mode, padding_mode="zeros", align_corners=False) - 1
+
+
 def _col(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
@@ -87,7 +93,7 @@ def _col(v: torch.Tensor) -> torch.Tensor:
 def apply(x: torch.Tensor, p: AcquisitionParams, generator: torch.Generator | None = None,
           noise: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` ``(N, 1, S, S)`` in [-1, 1] as acquired with parameters ``p`` (each ``(N,)``): positioning first
-    (rotation, translation and zoom in one resampling, edges repeated), then exposure, contrast, sharpness and
+    (rotation, translation and zoom in one resampling; uncovered area black), then exposure, contrast, sharpness and
     noise (standard normal ``noise`` shaped like ``x`` when given, else drawn from ``generator``). Returns a new
     float32 tensor in [-1, 1]."""
     n, _, s, _ = x.shape
@@ -101,7 +107,7 @@ def apply(x: torch.Tensor, p: AcquisitionParams, generator: torch.Generator | No
         theta[:, 1, 0], theta[:, 1, 1] = -torch.sin(a) / p.zoom, torch.cos(a) / p.zoom
         theta[:, 0, 2], theta[:, 1, 2] = -2 * p.dx, -2 * p.dy
         grid = F.affine_grid(theta, [n, 1, s, s], align_corners=False)
-        x = F.grid_sample(x, grid, mode="bicubic", padding_mode="border", align_corners=False)
+        x = _resample_black(x, grid, "bicubic")
     u = ((x + 1) / 2).clamp(0, 1)
     if bool((p.gamma != 1).any()):
         u = u.clamp_min(1e-6) ** _col(p.gamma)
@@ -230,3 +236,69 @@ def acquisition_features(images_u8: np.ndarray, batch: int = 1024) -> np.ndarray
                              body.mean((1, 2)), edge(rows, False), edge(rows, True), edge(cols, False), edge(cols, True),
                              x[:, frame].mean(1)], 1))
     return np.concatenate(out).astype(np.float64) if out else np.zeros((0, len(FEATURE_NAMES)))
+
+
+# -- undoing acquisition: standardized pose and intensity -----------------------------------------------------
+POSE_BOUNDS = (0.35, 0.3, 0.3)  # |angle| in radians (20 degrees), |shift| in half-sides (15% of the side), |log scale|
+
+
+def similarity_theta(pose: torch.Tensor) -> torch.Tensor:
+    """``(N, 2, 3)`` sampling matrices (output to input coordinates, as ``affine_grid`` takes them) of similarity
+    transforms ``pose`` ``(N, 4)``: angle in radians, x and y shift in half-sides, log scale."""
+    a, tx, ty, ls = pose.unbind(1)
+    s = torch.exp(ls)
+    return torch.stack([torch.stack([torch.cos(a) * s, -torch.sin(a) * s, tx], 1),
+                        torch.stack([torch.sin(a) * s, torch.cos(a) * s, ty], 1)], 1)
+
+
+def warp(x: torch.Tensor, pose: torch.Tensor, mode: str = "bicubic") -> torch.Tensor:
+    """Images ``x`` ``(N, C, S, S)`` in [-1, 1] resampled by the similarity transforms ``pose`` ``(N, 4)`` (uncovered
+    area black)."""
+    grid = F.affine_grid(similarity_theta(pose).to(x.dtype), list(x.shape), align_corners=False)
+    return _resample_black(x, grid, mode)
+
+
+def unwarp(maps: torch.Tensor, pose: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """The inverse of :func:`warp` for maps ``(N, C, S, S)`` of differences (0 = none): from the standardized frame
+    back into the frame of the image they came from; where that frame saw nothing of the image, 0."""
+    theta = similarity_theta(pose)
+    a_inv = torch.linalg.inv(theta[:, :, :2])
+    inv = torch.cat([a_inv, -(a_inv @ theta[:, :, 2:])], 2)
+    grid = F.affine_grid(inv.to(maps.dtype), list(maps.shape), align_corners=False)
+    return F.grid_sample(maps, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = a - a.mean((2, 3), keepdim=True)
+    b = b - b.mean((2, 3), keepdim=True)
+    return (a * b).sum((2, 3, 1)) / (a.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1) + 1e-6)
+
+
+def estimate_pose(x: torch.Tensor, template: torch.Tensor, steps: int = 60, lr: float = 0.03) -> torch.Tensor:
+    """The similarity transform ``(N, 4)`` (see :func:`similarity_theta`) that best aligns each image of ``x``
+    ``(N, 1, S, S)`` with ``template`` ``(1, 1, S, S)``: normalized cross-correlation (blind to brightness and
+    contrast) maximized by Adam at half resolution, within :data:`POSE_BOUNDS`. Deterministic; fp32 whatever the
+    autocast around it; no gradient flows back to ``x``."""
+    with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
+        small = F.avg_pool2d(x.detach().float(), 2) if x.shape[-1] >= 32 else x.detach().float()
+        tmpl = (F.avg_pool2d(template.float(), 2) if x.shape[-1] >= 32 else template.float()).expand_as(small)
+        pose = torch.zeros(len(x), 4, device=x.device, requires_grad=True)
+        opt = torch.optim.Adam([pose], lr=lr)
+        bound = torch.tensor([POSE_BOUNDS[0], POSE_BOUNDS[1], POSE_BOUNDS[1], POSE_BOUNDS[2]], device=x.device)
+        for _ in range(steps):
+            loss = -_ncc(warp(small, pose, mode="bilinear"), tmpl).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                pose.copy_(torch.maximum(torch.minimum(pose, bound), -bound))
+    return pose.detach()
+
+
+def match_quantiles(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each image of ``x`` ``(N, 1, S, S)`` with its intensities replaced, rank for rank, by the sorted values
+    ``reference`` ``(S*S,)``: any monotone change of exposure or contrast is undone, and what is denser than the
+    rest of the same image stays so."""
+    flat = x.detach().float().flatten(1)
+    ranks = torch.argsort(torch.argsort(flat, dim=1, stable=True), dim=1, stable=True)
+    return reference.float()[ranks].view_as(x).to(x.dtype)

@@ -1,8 +1,9 @@
 """Anomaly metrics: image-level ROC AUC, average precision, a validation-chosen operating point, pixel-level
-localization against lesion masks, and the two simple baselines every report shows beside a model.
+localization against lesion masks, and the baselines every report shows beside a model.
 
 Scores are "higher = more abnormal". Labels are booleans ``abnormal``. Nothing here trains a GAN; the plain
-autoencoder baseline reuses the evaluation suite's convolutional autoencoder.
+autoencoder baseline reuses the evaluation suite's convolutional autoencoder, and the patch-memory baseline
+(PatchCore-style) the fixed random convolutional features of the training monitor.
 """
 
 from __future__ import annotations
@@ -136,3 +137,60 @@ def autoencoder_scores(train_normal_u8: np.ndarray, val_normal_u8: np.ndarray, s
             m = np.concatenate(maps) if maps else np.zeros((0, size, size), np.float32)
             out.append((m.mean((1, 2)), m))
     return out
+
+
+def patch_memory_scores(train_normal_u8: np.ndarray, sets: Sequence[np.ndarray], memory: int = 10000, seed: int = 0,
+                        standardize: str = "pose+intensity", batch: int = 128) -> list[tuple[np.ndarray, np.ndarray]]:
+    """A PatchCore-style baseline (Roth et al., "Towards total recall in industrial anomaly detection", CVPR 2022)
+    built from parts cxrgan has: every image is standardized (:class:`~cxrgan.nets.standardize.Standardizer`, fitted
+    on the normal training images), described on an 8 x 8 grid of patches by the fixed random convolutional features
+    of :mod:`cxrgan.evaluate.features` (second and third stages, 3 x 3 neighbourhood averaged), and each patch is
+    scored by its distance to the nearest of ``memory`` patches drawn at random from the normal training images.
+    An image's score is its worst patch. It differs from the paper in two ways: no ImageNet features (nothing is
+    downloaded here) and a random rather than greedy coreset. For each image set in ``sets``: scores ``(N,)`` and
+    per-pixel maps ``(N, S, S)``."""
+    from ..nets.standardize import build_standardizer
+    from ..utils.tensors import to_model_range
+    from .features import RandomConvFeatures
+
+    net = RandomConvFeatures()
+    size = int(np.shape(train_normal_u8)[-1])
+    std = build_standardizer(standardize, size)
+    if std is not None:
+        std.fit(to_model_range(torch.from_numpy(np.asarray(train_normal_u8))))
+
+    @torch.no_grad()
+    def patches(images: np.ndarray) -> torch.Tensor:  # (N, 64, C)
+        out = []
+        for x in batches(images, batch):
+            x = std(x)[0] if std is not None else x
+            h, stages = x, []
+            for j, conv in enumerate(net.convs):
+                h = torch.relu(conv(h))
+                stages.append(h)
+                if j < len(net.convs) - 1:
+                    h = torch.nn.functional.avg_pool2d(h, 2)
+            side = stages[1].shape[-1]
+            f = torch.cat([torch.nn.functional.avg_pool2d(stages[1], 3, 1, 1),
+                           torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(stages[2], 3, 1, 1), size=side,
+                                                           mode="bilinear", align_corners=False)], 1)
+            f = torch.nn.functional.adaptive_avg_pool2d(f, 8)
+            out.append(f.flatten(2).transpose(1, 2))
+        return torch.cat(out) if out else torch.zeros(0, 64, 1)
+
+    bank = patches(np.asarray(train_normal_u8))
+    bank = bank.reshape(-1, bank.shape[-1])
+    g = torch.Generator().manual_seed(seed)
+    bank = bank[torch.randperm(len(bank), generator=g)[:memory]]
+    bank_sq = bank.pow(2).sum(1)
+    results = []
+    for images in sets:
+        f = patches(np.asarray(images))
+        n = len(f)
+        flat = f.reshape(-1, f.shape[-1])
+        nearest = torch.cat([(flat[i : i + 4096].pow(2).sum(1, keepdim=True) + bank_sq - 2 * flat[i : i + 4096] @ bank.T)
+                             .min(1).values.clamp_min(0).sqrt() for i in range(0, len(flat), 4096)]) if len(flat) else flat.new_zeros(0)
+        grid = nearest.reshape(n, 1, 8, 8)
+        maps = torch.nn.functional.interpolate(grid, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+        results.append((grid.flatten(1).amax(1).numpy() if n else np.zeros(0, np.float32), maps))
+    return results

@@ -23,11 +23,14 @@ Augment = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class Batch:
     """One training batch: ``x`` ``(N, 1, S, S)`` float in [-1, 1], ``y`` ``(N,)`` int64 class indices, ``rows``
-    ``(N,)`` int64 positions of the images in the training subset the family was bound to (where known)."""
+    ``(N,)`` int64 positions of the images in the training subset the family was bound to (where known);
+    ``augmented``: ``x`` was changed after it was read (acquisition augmentation), so it is no longer the stored
+    image at ``rows``."""
 
     x: torch.Tensor
     y: torch.Tensor
     rows: torch.Tensor | None = None
+    augmented: bool = False
 
 
 class Family(nn.Module):
@@ -66,6 +69,11 @@ class Family(nn.Module):
 
     def bind_data(self, data) -> None:
         """Called by the loop with the training subset before anything is sampled; most families ignore it."""
+
+    def real_view(self, x: torch.Tensor) -> torch.Tensor:
+        """Real images ``(N, 1, S, S)`` in [-1, 1] as the quality monitor should compare them with this family's
+        outputs: as they are, except for a family whose outputs live in a frame of their own (a standardizing dgm)."""
+        return x
 
     # -- sampling -------------------------------------------------------------------------------
     @property

@@ -25,6 +25,9 @@ from torch import nn
 
 from . import losses
 from ..nets.blocks import ConvDiscriminator, ConvEncoder, ConvGenerator
+from ..nets.standardize import MODES as STANDARDIZE_MODES
+from ..nets.standardize import build_standardizer
+from ..utils.images import to_uint8
 from ..utils.tensors import to_model_range
 from .base import Augment, Batch, Family
 from .registry import register
@@ -32,18 +35,31 @@ from .registry import register
 SCORES = ("encoding", "residual", "residual_l2", "opacity", "peak", "dfeature")
 """Per-image anomaly scores, higher = more abnormal (see :meth:`DGM.anomaly_scores`)."""
 VAL_SCORING_IMAGES = 512
+STANDARD_POOL_BYTES = 512 << 20  # a standardizing dgm keeps its training images in its frame up to this size
 
 
 class NormalSynthesizer(nn.Module):
-    """``(N, 1, S, S)`` -> the normal image ``(N, 1, S, S)`` in [-1, 1] through a ``(N, z_dim)`` code."""
+    """``(N, 1, S, S)`` -> the normal image ``(N, 1, S, S)`` in [-1, 1] through a ``(N, z_dim)`` code. With a
+    ``standardize`` mode other than ``none`` it also holds the :class:`~cxrgan.nets.standardize.Standardizer` that
+    brings inputs into its frame (its atlas is saved with G's weights); ``forward`` takes standardized inputs."""
 
-    def __init__(self, size: int, z_dim: int, base: int) -> None:
+    def __init__(self, size: int, z_dim: int, base: int, standardize: str = "none") -> None:
         super().__init__()
         self.encoder = ConvEncoder(size, z_dim, base)
         self.decoder = ConvGenerator(z_dim, size, base)
+        self.standardizer = build_standardizer(standardize, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
+
+    def standardized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(x in G's frame, its pose or None)``; ``x`` itself when G standardizes nothing."""
+        if self.standardizer is None:
+            return x, None
+        out, pose = self.standardizer(x)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out, pose
 
 
 def total_variation(r: torch.Tensor) -> torch.Tensor:
@@ -90,7 +106,7 @@ class DGM(Family):
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, d_channels: int = 64,
                  spectral_norm: bool = False, normal_class: str = "NORMAL", adv_weight: float = 1.0, rec_weight: float = 20.0,
                  tv_weight: float = 1.0, enc_weight: float = 1.0, abnormal_weight: float = 0.0, sparsity_weight: float = 2.0,
-                 score_shift: int = 1, **kw) -> None:
+                 score_shift: int = 1, standardize: str = "none", **kw) -> None:
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
         for name, w in (("adv_weight", adv_weight), ("rec_weight", rec_weight), ("tv_weight", tv_weight), ("enc_weight", enc_weight),
                         ("abnormal_weight", abnormal_weight), ("sparsity_weight", sparsity_weight)):
@@ -104,9 +120,12 @@ class DGM(Family):
         self.score_shift = score_shift
         self._normal_rows: np.ndarray | None = None  # positions of the normal images in the bound pool
         self._normal_index = -1  # the normal class's label, once bound with abnormal_weight > 0
-        self.G = NormalSynthesizer(image_size, z_dim, g_channels)
+        if standardize not in STANDARDIZE_MODES:
+            raise ValueError(f"standardize must be one of {', '.join(STANDARDIZE_MODES)}, got {standardize!r}")
+        self.G = NormalSynthesizer(image_size, z_dim, g_channels, standardize)
         self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm)
         self._pool = None
+        self._standard_pool: np.ndarray | None = None  # the bound images in G's frame, uint8, when G standardizes
 
     @classmethod
     def training_classes(cls, model_cfg) -> list[str] | None:
@@ -115,8 +134,22 @@ class DGM(Family):
 
     # -- inputs as latents ------------------------------------------------------------------------------
     def bind_data(self, data) -> None:
-        """Keep the training subset (:class:`~cxrgan.train.data.TrainData`): inputs are drawn from it."""
+        """Keep the training subset (:class:`~cxrgan.train.data.TrainData`): inputs are drawn from it. A
+        standardizing G fits its atlas on the subset's normal images."""
         self._pool = data
+        if self.G.standardizer is not None:
+            names = data.dataset.class_names
+            normal = names.index(self.normal_class) if self.normal_class in names and not data.dataset.multilabel else None
+            rows = np.arange(len(data)) if normal is None else np.flatnonzero(data.labels == normal)
+            self.G.standardizer.fit(to_model_range(torch.from_numpy(data.uint8(rows))))
+            # The atlas is fixed from here on, so each training image's standardized view is too: computed once.
+            self._standard_pool = None
+            if len(data) * self.image_size**2 <= STANDARD_POOL_BYTES:
+                chunks = []
+                for i in range(0, len(data), 256):
+                    x = to_model_range(torch.from_numpy(data.uint8(np.arange(i, min(i + 256, len(data))))))
+                    chunks.append(to_uint8(self.G.standardized(x)[0][:, 0].numpy()))
+                self._standard_pool = np.concatenate(chunks)
         if self.abnormal_weight > 0:
             from ..errors import CxrganError
 
@@ -128,13 +161,31 @@ class DGM(Family):
             if len(self._normal_rows) < 2:
                 raise CxrganError(f"dgm: the training split has {len(self._normal_rows)} {self.normal_class} image(s); need some")
 
+    def real_view(self, x: torch.Tensor) -> torch.Tensor:
+        """Real images in G's standardized frame, where its normal images are (the monitor compares like with like)."""
+        if self.G.standardizer is None:
+            return x
+        return self.G.standardized(x.to(self.G.standardizer.atlas.device))[0].to(x.device)
+
     def _real_normals(self, n: int, device: torch.device) -> torch.Tensor:
-        """``n`` normal training images for D's real side, drawn from the global stream (several processes
-        draw for the global batch and keep their rows)."""
+        """``n`` normal training images for D's real side (in G's frame), drawn from the global stream (several
+        processes draw for the global batch and keep their rows)."""
         from ..train.distributed import sharded
 
-        pick = sharded(n, lambda m: torch.randint(len(self._normal_rows), (m,)))
-        return to_model_range(torch.from_numpy(self._pool.uint8(self._normal_rows[pick.numpy()]))).to(device)
+        pick = self._normal_rows[sharded(n, lambda m: torch.randint(len(self._normal_rows), (m,))).numpy()]
+        if self._standard_pool is not None:
+            return to_model_range(torch.from_numpy(self._standard_pool[pick])).to(device)
+        return self.G.standardized(to_model_range(torch.from_numpy(self._pool.uint8(pick))).to(device))[0]
+
+    def _inputs(self, batch: Batch) -> torch.Tensor:
+        """The batch's images in G's frame: looked up when they are stored images of the bound pool, else
+        standardized now (or ``batch.x`` itself when G standardizes nothing)."""
+        if self.G.standardizer is None:
+            return batch.x
+        if self._standard_pool is None or batch.rows is None or batch.augmented:
+            return self.G.standardized(batch.x)[0]
+        x = to_model_range(torch.from_numpy(self._standard_pool[batch.rows.cpu().numpy()])).to(batch.x.device, batch.x.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if batch.x.is_contiguous(memory_format=torch.channels_last) else x
 
     @property
     def latent_dim(self) -> int:
@@ -148,32 +199,38 @@ class DGM(Family):
         return to_model_range(torch.from_numpy(self._pool.uint8(rows))).to(device)
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, G: nn.Module | None = None) -> torch.Tensor:
-        """The synthesized normal images ``(N, 1, S, S)`` for inputs ``z`` ``(N, 1, S, S)`` in [-1, 1]."""
-        return (G or self.G)(z)
+        """The synthesized normal images ``(N, 1, S, S)`` for inputs ``z`` ``(N, 1, S, S)`` in [-1, 1] (in G's
+        standardized frame when it has one)."""
+        G = G or self.G
+        return G(G.standardized(z)[0])
 
     def decompose(self, x: torch.Tensor, G: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(normal, residual)`` for ``x`` ``(N, 1, S, S)`` in [-1, 1] from one pass of G (the training view);
-        ``normal + residual == x`` exactly. The verbs use :meth:`decompose_and_score`, whose maps are shift consensus."""
-        normal = self.generate(x, G=G)
-        return normal, x - normal
+        """``(normal, residual)`` for ``x`` ``(N, 1, S, S)`` in [-1, 1] from one pass of G (the training view, in
+        G's frame); ``normal + residual`` is the standardized input. The verbs use :meth:`decompose_and_score`."""
+        G = G or self.G
+        xs = G.standardized(x)[0]
+        normal = G(xs)
+        return normal, xs - normal
 
     def grid_rows(self, latents: torch.Tensor, images: torch.Tensor, labels: list[str]) -> tuple[list[torch.Tensor], list[str]]:
-        """Each group of inputs as three rows: the input, its synthesized normal image and the residual
-        (mid-grey = 0, brighter = the input denser than its normal image)."""
+        """Each group of inputs as three rows: the input (in G's frame), its synthesized normal image and the
+        residual (mid-grey = 0, brighter = the input denser than its normal image)."""
         k = len(images) // len(labels)
+        latents = self.G.standardized(latents.to(images.device).float())[0]
         rows, names = [], []
         for i in range(len(labels)):
-            x, n = latents[i * k : (i + 1) * k].to(images.device).float(), images[i * k : (i + 1) * k]
+            x, n = latents[i * k : (i + 1) * k].float(), images[i * k : (i + 1) * k]
             rows += [x, n, (x - n).clamp(-1, 1)]
             names += ["input", "normal", "residual"]
         return rows, names
 
     # -- phases -------------------------------------------------------------------------------------------
     def d_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x = self._inputs(batch)
         with torch.no_grad():
-            fake = self.G(batch.x)
-        real = batch.x if self._normal_rows is None else self._real_normals(len(batch.x), batch.x.device).to(batch.x.dtype)
-        if real is not batch.x and batch.x.is_contiguous(memory_format=torch.channels_last):
+            fake = self.G(x)
+        real = x if self._normal_rows is None else self._real_normals(len(x), x.device).to(x.dtype)
+        if real is not x and x.is_contiguous(memory_format=torch.channels_last):
             real = real.contiguous(memory_format=torch.channels_last)
         real_aug, fake_aug = augment(real), augment(fake)
         real_logits, fake_logits = self.D(real_aug), self.D(fake_aug)
@@ -183,7 +240,7 @@ class DGM(Family):
     def g_phase(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._normal_rows is not None:
             return self._g_phase_all_classes(batch, augment)
-        x = batch.x
+        x = self._inputs(batch)
         code = self.G.encoder(x)
         normal = self.G.decoder(code)
         residual = x - normal
@@ -200,7 +257,7 @@ class DGM(Family):
         ``abnormal_weight``), and their residual stays sparse (L1, ``sparsity_weight``) and coherent (TV); no
         reconstruction or encoding term, which would teach G to keep the lesion. Every term is a mean over the
         batch of per-image values, so several processes compute the same loss as one."""
-        x, y = batch.x, batch.y
+        x, y = self._inputs(batch), batch.y
         is_n = (y == self._normal_index).float()
         code = self.G.encoder(x)
         normal = self.G.decoder(code)
@@ -237,8 +294,13 @@ class DGM(Family):
         With ``score_shift`` k > 0 (the default, 1) the residual is the shift consensus of
         :func:`shift_consensus` over the (2k + 1)^2 inputs shifted by up to k pixels, and the normal image is
         ``x - residual``, so ``x = normal + residual`` still holds; ``encoding`` and ``dfeature`` use the
-        unshifted pass. With 0 it is the single pass."""
+        unshifted pass. With 0 it is the single pass.
+
+        A standardizing G (``model.standardize``) scores the input in its own frame; the residual is then moved
+        back into the input's frame and the normal image is ``x - residual`` there."""
         G, D = G or self.G, D or self.D
+        x_in = x
+        x, pose = G.standardized(x)
         code = G.encoder(x)
         normal = G.decoder(code)
         h_x, h_n = D.trunk(x).float(), D.trunk(normal).float()
@@ -247,7 +309,7 @@ class DGM(Family):
         if self.score_shift > 0:
             residual = shift_consensus(x, residual, G, self.score_shift)
             normal = (x.float() - residual).to(normal.dtype)
-        return normal, residual, {
+        scores = {
             "encoding": encoding,
             "residual": residual.abs().mean((1, 2, 3)),
             "residual_l2": residual.pow(2).mean((1, 2, 3)),
@@ -255,6 +317,10 @@ class DGM(Family):
             "peak": F.avg_pool2d(residual.clamp_min(0), max(2, x.shape[-1] // 8), 1).flatten(1).amax(1),
             "dfeature": (h_x - h_n).pow(2).mean((1, 2, 3)),
         }
+        if G.standardizer is not None:
+            residual = G.standardizer.restore(residual, pose)
+            normal = (x_in.float() - residual).to(normal.dtype)
+        return normal, residual, scores
 
     @property
     def metric_columns(self) -> tuple[str, ...]:  # type: ignore[override]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..data.acquisition import apply, random_params
+from ..data.acquisition import KINDS, apply, random_params
 from .distributed import sharded
 
 
@@ -62,16 +62,18 @@ class DiffAugment:
 
 
 class AcquisitionAugment:
-    """Random acquisition shifts of the training images themselves (:mod:`cxrgan.data.acquisition`), every kind
-    at once, each up to ``scale`` times its strong setting. Unlike DiffAugment this changes the data the family
-    learns: a translator (the dgm) learns to keep each input's own exposure, sharpness and positioning, and a
-    generator learns to draw radiographs acquired in all those ways. Draws come from torch's global RNG through
-    :func:`sharded`, so resume and several processes draw as one process does. 0 = off."""
+    """Random acquisition shifts of the training images themselves (:mod:`cxrgan.data.acquisition`): each kind of
+    ``kinds`` (comma-separated; empty = all) at once, each up to ``scale`` times its strong setting (0 = off).
+    Unlike DiffAugment this changes the data the family learns: a translator (the dgm) learns to keep each input's
+    own positioning and exposure, and a generator learns to draw radiographs acquired in all those ways. Draws
+    come from torch's global RNG through :func:`sharded`, so resume and several processes draw as one process does.
+    """
 
-    def __init__(self, scale: float = 0.0) -> None:
+    def __init__(self, scale: float = 0.0, kinds: str = "") -> None:
         if not (scale >= 0 and scale == scale):
             raise ValueError(f"augment.acquisition must be a number >= 0, got {scale}")
         self.scale = scale
+        self.kinds = tuple(k.strip() for k in kinds.split(",") if k.strip()) or KINDS
 
     def __bool__(self) -> bool:
         return self.scale > 0
@@ -80,7 +82,7 @@ class AcquisitionAugment:
         if not self:
             return x
         n = x.shape[0]
-        params = sharded(n, lambda m: random_params(m, None, self.scale))
+        params = sharded(n, lambda m: random_params(m, None, self.scale, self.kinds))
         noise = sharded(n, lambda m: torch.randn((m,) + tuple(x.shape[1:])))
         out = apply(x, params, noise=noise).to(x.dtype)
         return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(memory_format=torch.channels_last) \

@@ -32,7 +32,9 @@ class ModelConfig:
     variation and encoding terms for ``dgm``; ``abnormal_weight`` > 0 makes ``dgm`` train on the abnormal classes
     too (their synthesized normal image must fool D, their residual is kept sparse by ``sparsity_weight``);
     ``score_shift`` (pixels, 0 = off) makes its residual maps and pixel scores the consensus of inputs shifted by
-    up to that many pixels (see ``models.dgm.shift_consensus``)."""
+    up to that many pixels (see ``models.dgm.shift_consensus``); ``standardize`` (``none``, ``pose``, ``intensity``
+    or ``pose+intensity``) moves its inputs into a common frame first: pose aligned with an atlas of the normal
+    training images, intensities mapped onto theirs (see ``nets.standardize``)."""
 
     family: str = "dcgan"
     z_dim: int = 100
@@ -64,6 +66,7 @@ class ModelConfig:
     abnormal_weight: float = 0.0
     sparsity_weight: float = 2.0
     score_shift: int = 1
+    standardize: str = "none"
 
 
 @dataclass
@@ -98,6 +101,16 @@ class OptimConfig:
         return self.lr_e if module == "E" and self.lr_e > 0 else self.lr_g
 
 
+def _acquisition_kinds() -> tuple[str, ...]:
+    from ..data.acquisition import KINDS
+
+    return KINDS
+
+
+def _unknown_kinds(spec: str) -> list[str]:
+    return [k for k in (p.strip() for p in spec.split(",")) if k and k not in _acquisition_kinds()]
+
+
 @dataclass
 class AugmentConfig:
     """Augmentation. ``policy``: differentiable augmentation for small data, applied to real and fake alike inside
@@ -105,12 +118,14 @@ class AugmentConfig:
     ``acquisition``: random acquisition shifts (exposure, contrast, sharpness, noise, rotation, translation, zoom) of
     the training images themselves, each up to this multiple of its strong setting (0 = off, 1 = up to strong);
     the family then learns images acquired in all those ways (see ``cxrgan.data.acquisition``).
+    ``acquisition_kinds``: which of those kinds (comma-separated; empty = all of them).
     """
 
     policy: str = ""
     translation: float = 0.125
     cutout: float = 0.5
     acquisition: float = 0.0
+    acquisition_kinds: str = ""
 
 
 @dataclass
@@ -192,6 +207,9 @@ class TrainConfig:
              f"model.pack must be at least 1 and divide batch_size ({self.batch_size}), got {self.model.pack}"),
             (self.loss.mode_seeking >= 0, f"loss.mode_seeking must be at least 0, got {self.loss.mode_seeking}"),
             (self.augment.acquisition >= 0, f"augment.acquisition must be at least 0, got {self.augment.acquisition}"),
+            (not _unknown_kinds(self.augment.acquisition_kinds),
+             f"augment.acquisition_kinds: unknown kind(s) {', '.join(_unknown_kinds(self.augment.acquisition_kinds))}; "
+             f"use some of {', '.join(_acquisition_kinds())}"),
             (0.0 <= self.ema_decay < 1.0, f"ema_decay must be in [0, 1), got {self.ema_decay}"),
             (self.ema_warmup > 1.0, f"ema_warmup must be above 1, got {self.ema_warmup}"),
             (self.ckpt_every >= 1 and self.log_every >= 1, "ckpt_every and log_every must be at least 1"),

@@ -192,14 +192,15 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
         for m in modules.values():
             m.compile()
     augment = DiffAugment(cfg.augment.policy, cfg.augment.translation, cfg.augment.cutout)
-    acquire = AcquisitionAugment(cfg.augment.acquisition)
+    acquire = AcquisitionAugment(cfg.augment.acquisition, cfg.augment.acquisition_kinds)
     sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
     total = cfg.epochs * max(1, sampler.steps_per_epoch) if cfg.epochs > 0 else cfg.steps
     # A grid per epoch, but at most about 100 per run (small datasets have very short epochs).
     grid_every = cfg.grid_every or max(1, sampler.steps_per_epoch, math.ceil(total / 100))
     with isolated_rng():  # quality checks run on rank 0 only, so they must not move the training streams
         space = quality_space(cfg.quality_features, ds, info.get("quality_space") if resume else None)
-        monitor = QualityMonitor(data, cfg.eval_samples, family.sample_z, cfg.seed, device, space, family.conditional) if main else None
+        monitor = QualityMonitor(data, cfg.eval_samples, family.sample_z, cfg.seed, device, space, family.conditional,
+                                 real_view=family.real_view) if main else None
     grid_z, grid_y, grid_labels = _grid_latents(family, data, cfg.seed)
     calibration = _calibration_batches(family, data, cfg, device)
     calibrated_at = -1
@@ -346,7 +347,7 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
                         for _ in range(cfg.optim.d_steps if phase == "D" else 1):
                             batch = data.batch(dist.shard_rows(sampler.next()), device, channels_last)
                             if acquire:
-                                batch = Batch(acquire(batch.x), batch.y, batch.rows)
+                                batch = Batch(acquire(batch.x), batch.y, batch.rows, augmented=True)
                             family.zero_grad(set_to_none=True)
                             with autocast(device, amp), dist.syncing():
                                 loss, phase_stats = family.phase_loss(phase, batch, augment)

@@ -124,8 +124,10 @@ class QualityMonitor:
 
     def __init__(self, data: TrainData, n: int, latents: int | Callable[..., torch.Tensor], seed: int, device: torch.device,
                  space: FeatureSpace | None = None, conditional: bool = False, group_max: int = DIVERSITY_MAX,
-                 reference_max: int = REFERENCE_MAX) -> None:
-        """``latents``: the latent width (N(0, I) latents) or the family's ``sample_z(n, generator=...)``."""
+                 reference_max: int = REFERENCE_MAX, real_view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """``latents``: the latent width (N(0, I) latents) or the family's ``sample_z(n, generator=...)``;
+        ``real_view``: the family's :meth:`~cxrgan.models.base.Family.real_view`, applied to real images before they
+        are embedded."""
         g = np.random.default_rng([seed, 99])
         rows = np.sort(g.choice(len(data), size=min(n, len(data)), replace=False))
         self.rows = rows  # the real images' rows in ``data``
@@ -137,12 +139,12 @@ class QualityMonitor:
             self.reference_rows = np.arange(len(data))
         else:
             self.reference_rows = np.sort(np.random.default_rng([seed, 98]).choice(len(data), size=reference_max, replace=False))
-        ref_feats, ref_pred = _embed_rows(data, self.reference_rows, self.space)
+        ref_feats, ref_pred = _embed_rows(data, self.reference_rows, self.space, real_view)
         at = np.minimum(np.searchsorted(self.reference_rows, rows), len(self.reference_rows) - 1)
         if np.array_equal(self.reference_rows[at], rows):  # the monitor's rows are in the reference: embedded once
             self.real_feats, real_pred = ref_feats[at], None if ref_pred is None else ref_pred[at]
         else:
-            self.real_feats, real_pred = _embed_rows(data, rows, self.space)
+            self.real_feats, real_pred = _embed_rows(data, rows, self.space, real_view)
         gen = torch.Generator().manual_seed(seed * 1000 + 17)
         self.z = torch.randn(len(rows), latents, generator=gen) if isinstance(latents, int) else latents(len(rows), generator=gen)
         self.y = torch.from_numpy(data.labels[rows])
@@ -276,15 +278,17 @@ def run_monitor(loaded: LoadedRun, device: torch.device | str = "cpu") -> tuple[
     data = TrainData(ds, loaded.cfg.data.split, list(loaded.cfg.data.classes) or None)
     space = quality_space(loaded.cfg.quality_features, ds, loaded.info.get("quality_space"))
     return data, QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z, loaded.cfg.seed, torch.device(device),
-                                space, loaded.family.conditional)
+                                space, loaded.family.conditional, real_view=loaded.family.real_view)
 
 
-def _embed_rows(data: TrainData, rows: np.ndarray, space: FeatureSpace, chunk: int = 512) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features and the space's predicted classes (``None`` without a class head) of ``data``'s ``rows``, a chunk of
-    images at a time (the reference can be thousands)."""
+def _embed_rows(data: TrainData, rows: np.ndarray, space: FeatureSpace, view: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                chunk: int = 512) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features and the space's predicted classes (``None`` without a class head) of ``data``'s ``rows`` (seen
+    through ``view`` when given), a chunk of images at a time (the reference can be thousands)."""
     feats, preds = [], []
     for i in range(0, len(rows), chunk):
         x = to_model_range(torch.from_numpy(data.uint8(rows[i : i + chunk])))
+        x = view(x) if view is not None else x
         feats.append(np.asarray(space.embed(x)))
         preds.append(space.classify(x))
     return np.concatenate(feats), None if preds[0] is None else np.concatenate(preds)

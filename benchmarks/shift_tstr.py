@@ -1,0 +1,136 @@
+"""Synthetic images under distribution shift: do the decisions they teach hold on radiographs acquired elsewhere?
+
+Prepares ``../shared/data/cxr_real_64.npz``, trains each generator at its defaults (one ``cxrgan train`` process per
+run, ``--parallel`` at a time, one thread each; existing runs are resumed), samples ``--n`` images per class from
+each run's best checkpoint, and runs ``cxrgan tstr`` with the standard shift protocol under each classifier
+protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``, e.g. ``small:validation`` and ``small:last``). Writes into
+``--results``:
+
+- ``summary.md`` / ``summary.csv``: per generator and protocol, TRTR and TSTR ROC AUC and balanced accuracy on the
+  test split, the TSTR/TRTR ratios there and averaged over the fourteen acquisition shifts (and the worst), and
+  the seed-spread ratio of ROC AUC (TSTR's standard deviation over TRTR's);
+- ``GENERATOR-PROTOCOL/``: each study's ``tstr.md`` and ``shift.md``.
+
+Generators: ``cgan`` (50 epochs), ``dcgan-pair`` (a DCGAN per class, ``--pair-steps`` each), ``semicond`` (50
+epochs), all at width ``--channels``.
+
+    python benchmarks/shift_tstr.py --work /tmp/shift --results docs/results/shift/synthesis
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cli import prepared, run_cli  # noqa: E402  (sibling scripts)
+from long_runs import REAL, ROOT, _run_all  # noqa: E402
+
+GENERATORS = ("cgan", "dcgan-pair", "semicond")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(REAL), help="source to prepare (npz) or a prepared dataset")
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "shift" / "synthesis"))
+    ap.add_argument("--generators", default=",".join(GENERATORS))
+    ap.add_argument("--protocols", default="small:validation,small:last")
+    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--pair-steps", type=int, default=2000)
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--n", type=int, default=1000, help="synthetic images per class")
+    ap.add_argument("--seeds", default="0,1,2", help="classifier seeds")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--report-only", action="store_true")
+    a = ap.parse_args()
+    work, results = Path(a.work), Path(a.results)
+    work.mkdir(parents=True, exist_ok=True)
+    data = prepared(Path(a.data), work / "real64")
+    gens = [g for g in a.generators.split(",") if g]
+    runs = _runs(gens, work)
+    if not a.report_only:
+        # A finished run given --resume stops at once, so every run is (re)started.
+        _run_all({name: _train(run, data, a) for name, run in runs.items()}, work, a.parallel)
+    rows = []
+    for g in gens:
+        members = [r for n, r in runs.items() if n == g or n.startswith(f"{g}-")]
+        if not all((r / "checkpoints" / "last.json").is_file() for r in members):
+            print(f"{g}: not trained, left out")
+            continue
+        synth = work / f"synthetic-{g}"
+        if not (synth / "manifest.json").is_file():
+            run_cli(["sample", *map(str, members), "--out", str(synth), "--n", str(a.n * (1 if len(members) > 1 else 2)), "--no-png"])
+        for proto in a.protocols.split(","):
+            arch, choice = proto.split(":")
+            out = work / f"tstr-{g}-{arch}-{choice}"
+            if not (out / "tstr.json").is_file():
+                run_cli(["tstr", "--synthetic", str(synth), "--real", str(data), "--out", str(out), "--arch", arch,
+                      "--epoch-choice", choice, "--seeds", a.seeds])
+            rows.append(_row(g, proto, json.loads((out / "tstr.json").read_text())))
+            dest = results / f"{g}-{arch}-{choice}"
+            dest.mkdir(parents=True, exist_ok=True)
+            for f in ("tstr.md", "shift.md"):
+                shutil.copy(out / f, dest / f)
+    _write(rows, results)
+
+
+def _runs(gens: list[str], work: Path) -> dict[str, Path]:
+    out = {}
+    for g in gens:
+        if g == "dcgan-pair":
+            out.update({f"dcgan-pair-{c}": work / f"dcgan-pair-{c}" for c in ("NORMAL", "PNEUMONIA")})
+        else:
+            out[g] = work / g
+    return out
+
+
+def _train(run: Path, data: Path, a: argparse.Namespace) -> list[str]:
+    cmd = [sys.executable, "-m", "cxrgan", "--quiet", "train", "--out", str(run)]
+    if (run / "config.yaml").is_file():
+        return cmd + ["--resume"]
+    name = run.name
+    family = "dcgan" if name.startswith("dcgan-pair") else name
+    cmd += ["--model", family, "--data", str(data), "--set", f"model.g_channels={a.channels}",
+            "--set", f"model.d_channels={a.channels}", "--set", "ckpt_every=250"]
+    if name.startswith("dcgan-pair"):
+        return cmd + ["--classes", name.rsplit("-", 1)[1], "--steps", str(a.pair_steps)]
+    return cmd + ["--epochs", str(a.epochs)]
+
+
+def _row(g: str, proto: str, s: dict) -> dict:
+    arms = {r["name"]: r for r in s["rows"]}
+    sm = (s.get("shift") or {}).get("summary", {})
+    return {"generator": g, "protocol": proto,
+            "trtr_roc_auc": arms["TRTR"]["roc_auc_mean"], "tstr_roc_auc": arms["TSTR"]["roc_auc_mean"],
+            "tstr_roc_auc_std": arms["TSTR"]["roc_auc_std"], "trtr_roc_auc_std": arms["TRTR"]["roc_auc_std"],
+            "trtr_balanced_accuracy": arms["TRTR"]["balanced_accuracy_mean"],
+            "tstr_balanced_accuracy": arms["TSTR"]["balanced_accuracy_mean"],
+            "roc_auc_ratio": s["roc_auc_ratio"], "balanced_accuracy_ratio": s["balanced_accuracy_ratio"],
+            "shift_roc_auc_ratio": sm.get("roc_auc_ratio_mean"), "shift_roc_auc_ratio_worst": sm.get("roc_auc_ratio_worst"),
+            "shift_balanced_accuracy_ratio": sm.get("balanced_accuracy_ratio_mean"),
+            "shift_balanced_accuracy_ratio_worst": sm.get("balanced_accuracy_ratio_worst"),
+            "seed_spread_ratio": sm.get("roc_auc_seed_spread_ratio")}
+
+
+def _write(rows: list[dict], results: Path) -> None:
+    if not rows:
+        return
+    results.mkdir(parents=True, exist_ok=True)
+    cols = list(rows[0])
+    with open(results / "summary.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, cols)
+        w.writeheader()
+        w.writerows(rows)
+    fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    (results / "summary.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
