@@ -117,12 +117,13 @@ def _write(rows: list[dict], results: Path, variants: dict[str, list[str]], work
     results.mkdir(parents=True, exist_ok=True)
     cols = ["variant", "method", "score", "step", "val_roc_auc", "test_roc_auc", "shift_mean", "shift_worst", "worst_shift",
             "held_out_cluster", "sensitivity", "specificity"]
-    table = []
+    table, first = [], next(iter(variants))
     for r in rows:
-        if r["data"] != "in-distribution":
-            continue
+        if r["data"] != "in-distribution" or (r["method"] != "dgm" and r["variant"] != first):
+            continue  # the baselines do not depend on the variant: once
         held = next((h for h in rows if h["data"] == "held-out cluster" and h["variant"] == r["variant"] and h["method"] == r["method"]), None)
-        table.append({**r, "held_out_cluster": None if held is None else held["test_roc_auc"]})
+        table.append({**r, "variant": r["variant"] if r["method"] == "dgm" else "", "step": r["step"] if r["method"] == "dgm" else "",
+                      "held_out_cluster": None if held is None else held["test_roc_auc"]})
     with open(results / "summary.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, cols, extrasaction="ignore")
         w.writeheader()
@@ -152,7 +153,7 @@ def _figure(work: Path, variants: dict[str, list[str]], path: Path) -> None:
         shift = json.loads(f.read_text()).get("shift", {})
         key = next(k for k in shift["rows"][0] if k.startswith("dgm") and k.endswith("roc_auc"))
         names = names or [r["condition"] for r in shift["rows"]]
-        ax.plot(range(len(names)), [r[key] for r in shift["rows"]], marker="o", ms=3.5, label=f"{v} ({key[:-8].strip()})")
+        ax.plot(range(len(names)), [r[key] for r in shift["rows"]], marker="o", ms=3.5, label=f"{v}: {key[:-8].strip()}")
         held = work / f"anomaly-dgm-{v}-cluster" / "anomaly.json"
         if held.is_file():
             ax.scatter([len(names)], [json.loads(held.read_text())["methods"][0]["roc_auc"]], marker="s")

@@ -35,8 +35,9 @@ def test_family_trains_with_finite_losses(phantom32, tmp_path, family):
     for f in ("config.yaml", "run.json", "plots/losses.png", "plots/d_accuracy.png", "samples/step-00000006.png",
               "checkpoints/last.json"):
         assert (tmp_path / "run" / f).is_file(), f
-    # best.json exists exactly when some checkpoint had at least half the real diversity (the selection rule)
-    ratios = [float(r["diversity_ratio"]) for r in rows if r["fd"]]
+    # best.json exists exactly when some checkpoint had at least half the real diversity and half the real number
+    # of distinct samples (Vendi) (the selection rule)
+    ratios = [min(float(r["diversity_ratio"]), float(r["vendi_ratio"])) for r in rows if r["fd"]]
     best = tmp_path / "run" / "checkpoints" / "best.json"
     assert best.is_file() == any(q >= 0.5 for q in ratios)
 

@@ -192,17 +192,19 @@ class DGM(Family):
         return self.image_size * self.image_size
 
     def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """``n`` training radiographs ``(n, 1, S, S)`` in [-1, 1], rows drawn with ``generator``."""
+        """``n`` training radiographs ``(n, 1, S, S)`` in [-1, 1], rows drawn with ``generator``, in G's frame (the
+        inputs :meth:`generate` takes)."""
         if self._pool is None:
             raise RuntimeError("dgm draws its inputs from training data: call bind_data first")
         rows = torch.randint(len(self._pool), (n,), generator=generator).numpy()
-        return to_model_range(torch.from_numpy(self._pool.uint8(rows))).to(device)
+        if self._standard_pool is not None:
+            return to_model_range(torch.from_numpy(self._standard_pool[rows])).to(device)
+        return self.G.standardized(to_model_range(torch.from_numpy(self._pool.uint8(rows))))[0].to(device)
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, G: nn.Module | None = None) -> torch.Tensor:
-        """The synthesized normal images ``(N, 1, S, S)`` for inputs ``z`` ``(N, 1, S, S)`` in [-1, 1] (in G's
-        standardized frame when it has one)."""
-        G = G or self.G
-        return G(G.standardized(z)[0])
+        """The synthesized normal images ``(N, 1, S, S)`` for inputs ``z`` ``(N, 1, S, S)`` in [-1, 1] already in
+        G's frame (as :meth:`sample_z` draws them; :meth:`decompose_and_score` takes radiographs as they are)."""
+        return (G or self.G)(z)
 
     def decompose(self, x: torch.Tensor, G: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(normal, residual)`` for ``x`` ``(N, 1, S, S)`` in [-1, 1] from one pass of G (the training view, in
@@ -213,13 +215,12 @@ class DGM(Family):
         return normal, xs - normal
 
     def grid_rows(self, latents: torch.Tensor, images: torch.Tensor, labels: list[str]) -> tuple[list[torch.Tensor], list[str]]:
-        """Each group of inputs as three rows: the input (in G's frame), its synthesized normal image and the
-        residual (mid-grey = 0, brighter = the input denser than its normal image)."""
+        """Each group of inputs (in G's frame, as :meth:`sample_z` draws them) as three rows: the input, its
+        synthesized normal image and the residual (mid-grey = 0, brighter = the input denser than its normal image)."""
         k = len(images) // len(labels)
-        latents = self.G.standardized(latents.to(images.device).float())[0]
         rows, names = [], []
         for i in range(len(labels)):
-            x, n = latents[i * k : (i + 1) * k].float(), images[i * k : (i + 1) * k]
+            x, n = latents[i * k : (i + 1) * k].to(images.device).float(), images[i * k : (i + 1) * k]
             rows += [x, n, (x - n).clamp(-1, 1)]
             names += ["input", "normal", "residual"]
         return rows, names
