@@ -18,9 +18,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cxrgan demo --out demo
 
-# Two workers, each test file on one worker (its module fixtures train once). loadfile, not loadgroup: with
-# pytest 9.2 the xdist_group marks are silently ignored (pytest-xdist issue #1386).
+# The layer contract (.importlinter), then the tests: two workers, each test file on one worker (its module
+# fixtures train once). loadfile, not loadgroup: with pytest 9.2 the xdist_group marks are silently ignored
+# (pytest-xdist issue #1386).
 test: $(STAMP)
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)

@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--quality-steps", type=int, default=300, help="same-budget bf16 vs fp32 comparison at 32 px (0 = skip)")
     a = ap.parse_args()
     from cxrgan.data import Preprocess, SourceOptions, prepare
-    from cxrgan.train.runtime import pick_device
+    from cxrgan.runtime.execution import pick_device
 
     work = Path(tempfile.mkdtemp(prefix="cxrgan-bench-train-"))
     try:
@@ -63,7 +63,7 @@ def main() -> None:
         print(f"{'variant':<44}{'img/s':>8}{'vs ref':>8}{'GFLOP/s':>9}")
         print(f"{'reference eager loop (fp32, contiguous)':<44}{ref:>8.1f}{1.0:>8.2f}{ref * gflop:>9.0f}")
         results = {}
-        from cxrgan.train.runtime import native_bf16 as has_native_bf16
+        from cxrgan.runtime.execution import native_bf16 as has_native_bf16
 
         native_bf16 = has_native_bf16(device)
         print(f"native bf16 on {device.type}: {'yes' if native_bf16 else 'no (emulated)'}")

@@ -31,7 +31,7 @@ def main() -> int:
     from cxrgan.train.config import load_config
     from cxrgan.train.loop import train
     from cxrgan.train.rundir import read_run
-    from cxrgan.train.runtime import native_bf16
+    from cxrgan.runtime.execution import native_bf16
 
     seeds = [int(s) for s in a.seeds.split(",")]
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, native bf16 {native_bf16(torch.device('cpu'))}, "

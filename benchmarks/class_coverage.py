@@ -34,7 +34,7 @@ def main() -> None:
 
     from cxrgan.sample import load_run
     from cxrgan.train import checkpoint as ckpt
-    from cxrgan.train.quality import run_monitor
+    from cxrgan.sample import run_monitor
 
     torch.set_num_threads(1)
     rows = []

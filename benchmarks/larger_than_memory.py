@@ -77,7 +77,7 @@ def main() -> None:
     a = ap.parse_args()
     import torch
 
-    from cxrgan.train.runtime import native_bf16
+    from cxrgan.runtime.execution import native_bf16
 
     work = Path(a.work)
     base_s, base_mib = measured([sys.executable, "-c", "import cxrgan.train.loop, cxrgan.data.prepare"])

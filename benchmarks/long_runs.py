@@ -168,10 +168,9 @@ def rescore(run: Path, out: Path) -> None:
     the figures to ``out`` (CSV, one row per step, the columns of the run's own evaluation rows)."""
     import csv
 
-    from cxrgan.sample import load_run
+    from cxrgan.sample import load_run, run_monitor
     from cxrgan.train import checkpoint as ckpt
     from cxrgan.train.metrics import read_metrics
-    from cxrgan.train.quality import run_monitor
 
     _, mon = run_monitor(load_run(run, "last"))  # one monitor for every checkpoint: its real figures are computed once
     logged = {int(r["step"]): float(r["fd"]) for r in read_metrics(run / "metrics.csv") if r.get("fd")}
@@ -196,9 +195,9 @@ def spread(run: Path, out: Path, draws: int, at: int = 1000) -> None:
     space) and write their diversity ratios to ``out`` (JSON: step, own seed's ratio, the others'). Each draw is
     scored twice: against today's real reference (every training image) and against its own monitor rows (the
     reference before the ninth stop of 2026-12-01), so the share of the spread that the reference caused shows."""
-    from cxrgan.sample import load_run
+    from cxrgan.sample import load_run, run_monitor
     from cxrgan.train import checkpoint as ckpt
-    from cxrgan.train.quality import QualityMonitor, diversity_ratio, run_monitor
+    from cxrgan.train.quality import QualityMonitor, diversity_ratio
 
     kept = [s for s in ckpt.list_checkpoints(run) if s >= at]
     if not kept:

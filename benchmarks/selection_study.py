@@ -33,7 +33,7 @@ def main() -> None:
     from cxrgan.evaluate.classifier import ClassifierConfig
     from cxrgan.evaluate.distribution import frechet_distance, mean_pairwise_distance, prdc
     from cxrgan.evaluate.extractors import ensure_extractors
-    from cxrgan.evaluate.studies import run_arm
+    from cxrgan.studies.usefulness import run_arm
     from cxrgan.report.tables import write_table
     from cxrgan.sample import generate, load_run
     from cxrgan.train import checkpoint as ckpt

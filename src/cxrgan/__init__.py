@@ -7,9 +7,9 @@ Heavy modules (torch) are imported on first use, so ``import cxrgan`` is cheap.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from typing import Any
+
+from .version import __version__
 
 __all__ = ["__version__", "prepare", "PreparedDataset", "train", "sample", "compare", "CxrganError"]
 
@@ -24,9 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return CxrganError
     if name == "train":
-        from .train.loop import train
-
-        return train
+        return _train_with_curves
     if name == "sample":
         from .sample import sample
 
@@ -36,3 +34,13 @@ def __getattr__(name: str) -> Any:
 
         return compare
     raise AttributeError(f"module 'cxrgan' has no attribute {name!r}")
+
+
+def _train_with_curves(cfg: Any, out: Any, **kwargs: Any) -> Any:
+    """:func:`cxrgan.train.loop.train`, drawing the run's training curves into ``RUN/plots/`` when it ends (as
+    ``cxrgan train`` does) unless ``on_end`` is given."""
+    from .report.plots import plot_run
+    from .train.loop import train
+
+    kwargs.setdefault("on_end", plot_run)
+    return train(cfg, out, **kwargs)

@@ -94,7 +94,7 @@ def family_flops(family: str, data: Path, batch: int = 8, overrides: Sequence[st
     from .train.augment import DiffAugment
     from .train.config import load_config
     from .train.data import EpochSampler, TrainData
-    from .train.loop import build_family
+    from .models.registry import build_family
 
     cfg = load_config(None, [f"model.family={family}", f"data.path={data}", *overrides])
     ds = PreparedDataset.open(data)
@@ -164,7 +164,7 @@ class BenchRow:
 
 def machine_line(device: torch.device) -> str:
     """The machine as the figures depend on it: device, threads, SIMD capability, native bf16."""
-    from .train.runtime import native_bf16
+    from .runtime.execution import native_bf16
 
     cpu = torch.backends.cpu.get_cpu_capability()
     bf16 = "native" if native_bf16(device) else "emulated (slow)"
@@ -181,7 +181,7 @@ def run_bench(families: Sequence[str] = FAMILIES, size: int = 64, batch: int = 6
     """Time the reference and every family (default precision and fp32); print a table; return its rows."""
     from .data import PreparedDataset, Preprocess, SourceOptions, prepare
     from .models.registry import family_names
-    from .train.runtime import autocast_dtype, native_bf16, pick_device
+    from .runtime.execution import autocast_dtype, native_bf16, pick_device
 
     unknown = [f for f in families if f not in family_names()]
     if unknown:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from . import __version__
+from .version import __version__
 from .errors import CxrganError
 
 if TYPE_CHECKING:
@@ -155,6 +155,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
+    from .report.plots import plot_run
     from .train.config import load_config
     from .train.loop import train
 
@@ -178,7 +179,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
     else:
         config_path = a.config
     cfg = load_config(config_path, overrides)
-    result = train(cfg, a.out, resume=a.resume and config_path is not None, progress=not a.quiet)
+    result = train(cfg, a.out, resume=a.resume and config_path is not None, progress=not a.quiet, on_end=plot_run)
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for the run
         return 130 if result.interrupted else 3 if result.stopped_on_collapse else 0
     if result.interrupted:
@@ -462,7 +463,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate.suite import check_features, evaluate
+    from .studies.suite import check_features, evaluate
 
     if a.check_features:
         results = check_features(a.real, a.features, a.out, progress=not a.quiet)
@@ -487,7 +488,7 @@ def _add_tstr(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_tstr(a: argparse.Namespace) -> int:
-    from .evaluate.studies import tstr
+    from .studies.usefulness import tstr
 
     cfg, seeds = _classifier_cfg(a)
     tstr(a.synthetic, a.real, a.out, cfg, seeds, a.allow_leaky, progress=not a.quiet, shifts=a.shifts, test_data=a.test_data)
@@ -510,7 +511,7 @@ def _add_augment_study(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_augment_study(a: argparse.Namespace) -> int:
     from .data.summary import info_text
-    from .evaluate.studies import augment_study, write_imbalanced
+    from .studies.usefulness import augment_study, write_imbalanced
 
     if a.write_imbalanced:
         print(info_text(write_imbalanced(a.real, a.minority_fraction, a.write_imbalanced)))
@@ -621,7 +622,7 @@ def _leave(code: int) -> int:
     the process ("terminate called without an active exception", exit -6; seen about once in three full test
     runs on 2 cores, in the process that was not rank 0), and torchrun then reports a run that finished as
     failed. Elsewhere it returns ``code``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # train.distributed.launched(), without importing torch here
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # runtime.distributed.launched(), without importing torch here
         return code
     logging.shutdown()
     sys.stdout.flush()

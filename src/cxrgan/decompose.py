@@ -30,7 +30,7 @@ from .data.sources.folder import classify_file, walk_files
 from .errors import CxrganError
 from .evaluate import anomaly as am
 from .sample import LoadedRun, load_run
-from .train.runtime import pick_device
+from .runtime.execution import pick_device
 from .utils.images import labelled_rows, save_png, to_uint8
 from .utils.io import write_json_atomic, write_text_atomic
 from .utils.tensors import batches

@@ -107,6 +107,7 @@ def _trained(family: str) -> Callable[[Demo], bool]:
 
 def _train(family: str) -> Callable[[Demo], None]:
     def run(d: Demo) -> None:
+        from .report.plots import plot_run
         from .train.loop import train
 
         c = d.cfg
@@ -122,7 +123,7 @@ def _train(family: str) -> Callable[[Demo], None]:
         run_dir = d.run_dir(family)
         have = ckpt.list_checkpoints(run_dir)
         print(f"training {family} for {c.steps[family]} steps ({'resuming from step ' + str(have[-1]) if have else 'new run'}) ...", flush=True)
-        result = train(cfg, run_dir, resume=bool(have), progress=not d.quiet)
+        result = train(cfg, run_dir, resume=bool(have), progress=not d.quiet, on_end=plot_run)
         if result.interrupted:
             raise Interrupted(f"{family} interrupted at step {result.step}")
 
@@ -149,21 +150,21 @@ def _spaces(d: Demo) -> str:
 
 
 def _check_features(d: Demo) -> None:
-    from .evaluate.suite import check_features
+    from .studies.suite import check_features
 
     for r in check_features(d.data, _spaces(d), d.out / "feature_check", progress=not d.quiet):
         print(f"{r.space}: {'passed' if r.passed else 'failed: ' + '; '.join(r.failures)}")
 
 
 def _evaluate(d: Demo) -> None:
-    from .evaluate.suite import evaluate
+    from .studies.suite import evaluate
 
     evaluate(d.synthetic, d.data, d.out / "evaluation", _spaces(d), seed=d.cfg.seed, progress=not d.quiet)
 
 
 def _tstr(d: Demo) -> None:
     from .evaluate.classifier import ClassifierConfig
-    from .evaluate.studies import tstr
+    from .studies.usefulness import tstr
 
     tstr(d.synthetic, d.data, d.out / "tstr", ClassifierConfig(epochs=d.cfg.classifier_epochs),
          seeds=range(d.cfg.tstr_seeds), progress=not d.quiet)

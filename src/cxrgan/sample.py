@@ -19,11 +19,13 @@ import torch
 from .data.dataset import DatasetWriter, PreparedDataset, base_manifest
 from .errors import CxrganError
 from .models.base import Family
+from .models.registry import build_family
+from .runtime.execution import pick_device
 from .train import checkpoint as ckpt
 from .train.config import TrainConfig
-from .train.loop import build_family
+from .train.data import TrainData
+from .train.quality import QualityMonitor, quality_space
 from .train.rundir import read_run
-from .train.runtime import pick_device
 from .utils.images import labelled_rows, save_png, to_uint8
 from .utils.io import atomic_directory
 
@@ -58,6 +60,16 @@ def load_run(run: str | Path, which: str | int = "best", device: torch.device | 
     family.to(device).eval()
     return LoadedRun(run, cfg, info, family, path, int(meta["step"]))
 
+
+
+def run_monitor(loaded: LoadedRun, device: torch.device | str = "cpu") -> tuple[TrainData, QualityMonitor]:
+    """The training data and quality monitor of a finished run, as its loop built them (same data, feature space,
+    latents, real images and seed) and as the code builds them today: for scoring its checkpoints again."""
+    ds = PreparedDataset.open(loaded.info["data_path"])
+    data = TrainData(ds, loaded.cfg.data.split, list(loaded.cfg.data.classes) or None)
+    space = quality_space(loaded.cfg.quality_features, ds, loaded.info.get("quality_space"))
+    return data, QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z, loaded.cfg.seed, torch.device(device),
+                                space, loaded.family.conditional, real_view=loaded.family.real_view)
 
 def require_sampler(loaded: LoadedRun) -> LoadedRun:
     """Refuse runs whose generator translates images (dgm) where images are to be drawn from noise."""

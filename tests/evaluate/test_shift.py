@@ -19,7 +19,7 @@ from cxrgan.errors import CxrganError
 from cxrgan.evaluate.classifier import ClassifierConfig
 from cxrgan.evaluate.shift import (IN_DISTRIBUTION, cluster_split, external_test, parse_shifts, summarize_conditions,
                                    protocol_conditions)
-from cxrgan.evaluate.studies import augment_study, tstr
+from cxrgan.studies.usefulness import augment_study, tstr
 from tests.conftest import radiograph
 
 TINY = ClassifierConfig(width=4, epochs=2, batch_size=32, device="cpu")

@@ -14,7 +14,7 @@ from cxrgan.data.splits import leaky_groups, names_look_patient_keyed
 from cxrgan.errors import CxrganError
 from cxrgan.evaluate.classifier import ClassifierConfig, evaluate_classifier, train_classifier
 from cxrgan.evaluate.extractors import inception_space
-from cxrgan.evaluate.studies import augment_study, tstr, water_fill
+from cxrgan.studies.usefulness import augment_study, tstr, water_fill
 
 TINY = ClassifierConfig(width=4, epochs=2, batch_size=32, device="cpu")
 

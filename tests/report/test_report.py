@@ -64,7 +64,7 @@ def parse(path: Path) -> Page:
 def demo(tmp_path_factory) -> Path:
     """Every kind of output, from the shortened demo, plus a tiny augmentation study."""
     from cxrgan.evaluate.classifier import ClassifierConfig
-    from cxrgan.evaluate.studies import augment_study
+    from cxrgan.studies.usefulness import augment_study
 
     out = tmp_path_factory.mktemp("report") / "demo"
     assert run_demo(out, DemoConfig.quick(), quiet=True) is not None

@@ -17,7 +17,9 @@ from cxrgan.errors import CxrganError
 from cxrgan.evaluate import anomaly as am
 from cxrgan.models.base import Batch
 from cxrgan.models.dgm import SCORES, shift_consensus, shifted, total_variation
-from cxrgan.train.loop import build_family, train
+from cxrgan.models.registry import build_family
+from cxrgan.report.plots import plot_run
+from cxrgan.train.loop import train
 from cxrgan.train.metrics import read_metrics
 from tests.train.helpers import tiny_config
 
@@ -121,7 +123,7 @@ def dgm_run(phantom32, tmp_path_factory):
     # lowered for the selection rule to have checkpoints to choose from.
     cfg = tiny_config(phantom32, "dgm", "steps=160", "batch_size=32", "model.g_channels=16", "model.d_channels=16",
                       "model.z_dim=32", "ckpt_every=80", "grid_every=80", "eval_samples=64", "collapse_ratio=0.25")
-    train(cfg, out, progress=False)
+    train(cfg, out, progress=False, on_end=plot_run)
     return out
 
 

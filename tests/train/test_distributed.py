@@ -137,7 +137,7 @@ def test_a_dead_process_stops_the_other_with_a_message(phantom32, tmp_path):
 
 def test_backend_choice_and_its_override(monkeypatch):
     from cxrgan.errors import CxrganError
-    from cxrgan.train.distributed import backend_for
+    from cxrgan.runtime.distributed import backend_for
 
     monkeypatch.delenv("CXRGAN_DIST_BACKEND", raising=False)
     assert backend_for(torch.device("cpu")) == "gloo" and backend_for(torch.device("cuda")) == "nccl"

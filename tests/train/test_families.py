@@ -8,7 +8,9 @@ import torch
 
 from cxrgan.errors import CxrganError
 from cxrgan.models import family_names, get_family
-from cxrgan.train.loop import build_family, train
+from cxrgan.models.registry import build_family
+from cxrgan.report.plots import plot_run
+from cxrgan.train.loop import train
 from cxrgan.train.metrics import read_metrics
 
 from .helpers import tiny_config
@@ -22,7 +24,7 @@ def test_registry_lists_the_families():
 
 @pytest.mark.parametrize("family", ["gan", "dcgan", "cgan", "bigan", "semicond", "dgm"])
 def test_family_trains_with_finite_losses(phantom32, tmp_path, family):
-    res = train(tiny_config(phantom32, family), tmp_path / "run", progress=False)
+    res = train(tiny_config(phantom32, family), tmp_path / "run", progress=False, on_end=plot_run)
     assert res.step == 6 and not res.interrupted
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
     logged = [r for r in rows if r["g_loss"]]
@@ -254,7 +256,7 @@ def test_minibatch_stddev_by_class_sees_a_collapsed_class(phantom32, tmp_path):
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
     """Detection, faked both ways: AVX-512 alone is not bf16; AVX-512 BF16 or AMX-BF16 is."""
-    from cxrgan.train.runtime import cpu_flags, native_bf16
+    from cxrgan.runtime.execution import cpu_flags, native_bf16
 
     cpu = torch.device("cpu")
     assert not native_bf16(cpu, {"avx2", "avx512f", "avx512bw"})
@@ -560,3 +562,16 @@ def test_generator_asked_for_the_data_class_shares(phantom32, tmp_path, family):
     train(tiny_config(phantom32, family, "model.d_classes=1", "model.g_class_share=1"), tmp_path / "r", progress=False)
     rows = [r for r in read_metrics(tmp_path / "r" / "metrics.csv") if r["g_loss"]]
     assert rows and all(math.isfinite(float(r["g_class_kl"])) for r in rows)
+
+
+def test_the_loop_writes_metrics_and_the_caller_draws_curves(phantom32, tmp_path):
+    # The loop knows nothing of the report layer: without a hook a run has metrics but no plots; the package's
+    # train() (the Python API, as `cxrgan train`) passes the report's plot_run and gets the curves.
+    import cxrgan
+
+    ended = []
+    train(tiny_config(phantom32, "gan"), tmp_path / "bare", progress=False, on_end=ended.append)
+    assert ended == [tmp_path / "bare"] and (tmp_path / "bare" / "metrics.csv").is_file()
+    assert not (tmp_path / "bare" / "plots").exists()
+    cxrgan.train(tiny_config(phantom32, "gan"), tmp_path / "api", progress=False)
+    assert (tmp_path / "api" / "plots" / "losses.png").is_file()

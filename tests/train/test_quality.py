@@ -11,7 +11,8 @@ from cxrgan.evaluate.features import RandomConvFeatures
 from cxrgan.sample import generate, load_run
 from cxrgan.train.config import load_config
 from cxrgan.train.data import to_model_range
-from cxrgan.train.loop import build_family, train
+from cxrgan.models.registry import build_family
+from cxrgan.train.loop import train
 from tests.train.helpers import tiny_config
 
 
@@ -80,7 +81,7 @@ def test_ema_generator_gets_batch_norm_statistics_of_its_own_weights(phantom32, 
     from cxrgan.train.data import TrainData
     from cxrgan.train.loop import _calibration_batches
 
-    from cxrgan.train.runtime import autocast, autocast_dtype
+    from cxrgan.runtime.execution import autocast, autocast_dtype
 
     data = TrainData(PreparedDataset.open(phantom32))
     cpu = torch.device("cpu")

@@ -121,7 +121,7 @@ def test_code_recovery_improves_during_training(semicond_run):
 def test_without_the_class_term_the_untrained_class_head_is_not_reported(phantom32):
     """At the default class_weight 0 D's class head never trains, so its accuracy (chance) is neither a metrics column
     nor a code-recovery figure; the code figures still are."""
-    from cxrgan.train.loop import build_family
+    from cxrgan.models.registry import build_family
 
     fam = build_family(tiny_config(phantom32, "semicond", "model.z_dim=16"), 32, 3)
     assert fam.class_weight == 0.0 and "class_acc" not in fam.metric_columns and "code_normal_r2" in fam.metric_columns

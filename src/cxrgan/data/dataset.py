@@ -29,7 +29,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .. import __version__
+from ..version import __version__
 from ..errors import CxrganError
 from ..utils.io import atomic_directory, sha256_file, write_json_atomic
 from .splits import SPLIT_NAMES

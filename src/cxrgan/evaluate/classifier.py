@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from ..errors import CxrganError
 from ..nets.evaluators import build_classifier
-from ..train.runtime import pick_device
+from ..runtime.execution import pick_device
 from ..utils.tensors import batches, to_model_range
 
 

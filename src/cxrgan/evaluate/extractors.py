@@ -30,7 +30,7 @@ from torch import nn
 from ..data.dataset import PreparedDataset
 from ..errors import CxrganError
 from ..nets.evaluators import ConvAutoencoder, build_classifier
-from ..train.runtime import pick_device
+from ..runtime.execution import pick_device
 from ..utils.io import atomic_directory, sha256_file, write_json_atomic
 from ..utils.tensors import batches, to_model_range
 from .classifier import ClassifierConfig, evaluate_classifier, random_affine, train_classifier

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..train.distributed import gather_rows, sharded
+from ..runtime.distributed import gather_rows, sharded
 from . import losses
 
 Augment = Callable[[torch.Tensor], torch.Tensor]
@@ -94,7 +94,7 @@ class Family(nn.Module):
 
     def train_z(self, n: int, device: torch.device | str) -> torch.Tensor:
         """Latents for ``n`` training rows, from the global random stream: with several processes, each draws
-        for the global batch and keeps its own rows, so K processes train as one (see ``train.distributed``)."""
+        for the global batch and keeps its own rows, so K processes train as one (see ``runtime.distributed``)."""
         return sharded(n, lambda m: self.sample_z(m, device=device))
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, G: nn.Module | None = None) -> torch.Tensor:

@@ -170,7 +170,7 @@ class DGM(Family):
     def _real_normals(self, n: int, device: torch.device) -> torch.Tensor:
         """``n`` normal training images for D's real side (in G's frame), drawn from the global stream (several
         processes draw for the global batch and keep their rows)."""
-        from ..train.distributed import sharded
+        from ..runtime.distributed import sharded
 
         pick = self._normal_rows[sharded(n, lambda m: torch.randint(len(self._normal_rows), (m,))).numpy()]
         if self._standard_pool is not None:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..train.distributed import gather_rows
+from ..runtime.distributed import gather_rows
 from .base import Augment, Batch
 
 

@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..train.distributed import sharded
+from ..runtime.distributed import sharded
 
 LOSS_KINDS = ("bce", "hinge", "wgan-gp")
 

@@ -141,7 +141,7 @@ def classwise_stddev(h: torch.Tensor, y: torch.Tensor, num_classes: int) -> torc
     one image per class. Statistics are those of the global batch when several processes train (two passes, with
     differentiable all-reduces, as in synced batch norm). A class with one sample in the batch reads 0, for real
     and synthetic batches alike."""
-    from ..train.distributed import sum_over_processes
+    from ..runtime.distributed import sum_over_processes
 
     n, c, hh, ww = h.shape
     x = h.float().flatten(1)

@@ -20,7 +20,7 @@ def render(chapters: Sequence[Chapter], notes: Sequence[str], inputs: Sequence[s
     """The HTML text of a report."""
     import jinja2
 
-    from .. import __version__
+    from ..version import __version__
 
     env = jinja2.Environment(loader=jinja2.PackageLoader("cxrgan.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True,

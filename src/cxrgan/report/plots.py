@@ -48,6 +48,18 @@ def _with_ratio(rows: Sequence[dict[str, str]]) -> list[dict]:
     return [{**r, "diversity_ratio": diversity_ratio(r)} if r.get("fd") else r for r in rows]
 
 
+def plot_run(run: Path) -> list[Path]:
+    """Draw one run's training curves from its ``metrics.csv`` into ``RUN/plots/`` (:func:`plot_runs`); nothing when
+    the run has logged no row yet. The CLI passes this to the training loop as its ``on_end`` hook."""
+    from ..train.metrics import read_metrics
+
+    try:
+        rows = read_metrics(Path(run) / "metrics.csv")
+    except OSError:
+        return []
+    return plot_runs({Path(run).name: rows}, Path(run) / "plots") if rows else []
+
+
 def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[Path]:
     """Write losses.png (G and D), d_accuracy.png (real and fake), quality.png (FD, diversity) and, for families
     with their own columns, family.png (one panel per column) for ``{label: metrics rows}``; several runs share

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.acquisition import KINDS, apply, random_params
-from .distributed import sharded
+from ..runtime.distributed import sharded
 
 
 class DiffAugment:

@@ -6,7 +6,7 @@ counters are restored, so N steps then M more gives the same weights as N + M st
 SIGTERM finishes the current step and writes a checkpoint first.
 
 Started by torchrun as several processes, the same loop trains one run on all of them as one process with
-the same global batch would (``train/distributed.py`` says how); only rank 0 writes.
+the same global batch would (``runtime/distributed.py`` says how); only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -28,20 +28,20 @@ from torch import nn
 from ..data.dataset import PreparedDataset
 from ..errors import CxrganError
 from ..models.base import Batch, Family
-from ..models.registry import get_family
+from ..models.registry import build_family, get_family
 from ..utils.images import labelled_rows, save_png, to_uint8
 from ..utils.io import sweep_partials, write_json_atomic
 from ..utils.progress import progress_bar
 from . import checkpoint as ckpt
-from . import distributed as dist
+from ..runtime import distributed as dist
 from .augment import AcquisitionAugment, DiffAugment
 from .config import TrainConfig, save_config
 from .data import EpochSampler, TrainData
 from .ema import EMA
-from .metrics import MetricsLog, read_metrics
+from .metrics import MetricsLog
 from .quality import QualityMonitor, better, coverage_note, diversity_ratio, eligible, fd_chooses, health, quality_space, space_record
 from .rundir import code_version, read_run, unstarted
-from .runtime import autocast, autocast_dtype, isolated_rng, pick_device, reproducible, rng_state, seed_everything, set_rng_state
+from ..runtime.execution import autocast, autocast_dtype, isolated_rng, pick_device, reproducible, rng_state, seed_everything, set_rng_state
 
 log = logging.getLogger("cxrgan.train")
 
@@ -59,22 +59,6 @@ class RunResult:
     last_eval: dict[str, float] = field(default_factory=dict)
     stopped_on_collapse: bool = False
     rollbacks: list[tuple[int, int]] = field(default_factory=list)  # (collapsed step, step rolled back to)
-
-
-def build_family(cfg: TrainConfig, image_size: int, num_classes: int) -> Family:
-    """Instantiate the configured family for ``image_size`` and ``num_classes``."""
-    import inspect
-
-    m = cfg.model
-    cls = get_family(m.family)
-    accepted = {name for klass in cls.__mro__ if "__init__" in vars(klass) for name in inspect.signature(klass.__init__).parameters}
-    kwargs = dict(z_dim=m.z_dim, image_size=image_size, num_classes=num_classes, loss=cfg.loss.kind,
-                  gp_weight=cfg.loss.gp_weight, r1_gamma=cfg.loss.r1_gamma, mode_seeking=cfg.loss.mode_seeking)
-    kwargs.update({k: v for k, v in vars(m).items() if k in accepted and k not in ("family", "z_dim")})
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise CxrganError(f"model {m.family}: {exc}") from None
 
 
 class _StopFlag:
@@ -111,23 +95,25 @@ class _NoMetrics:
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-          on_step: Callable[[int, dict], None] | None = None) -> RunResult:
+          on_step: Callable[[int, dict], None] | None = None, on_end: Callable[[Path], None] | None = None) -> RunResult:
     """Train ``cfg`` into the run directory ``out`` (or continue it with ``resume=True``).
 
-    ``on_step(step, stats)`` is called after every step (for notebooks and tests). Raises
+    ``on_step(step, stats)`` is called after every step (for notebooks and tests); ``on_end(run)`` once when the
+    run ends, finished or interrupted, on the main process (the CLI draws the training curves with
+    :func:`cxrgan.report.plots.plot_run` there; the loop itself only writes ``metrics.csv``). Raises
     :class:`CxrganError` for user errors, including a NaN/infinite loss (the last good checkpoint stays), and,
     under torchrun, when another process of the run died.
     """
     cfg.validate()
     if not dist.launched():
-        return _train(cfg, Path(out), resume, progress, on_step)
+        return _train(cfg, Path(out), resume, progress, on_step, on_end)
     quiet = logging.getLogger("cxrgan")
     level = quiet.level
     try:
         w = dist.setup(pick_device(cfg.device))
         if not w.main:  # one voice: rank 0 logs, the others only report errors
             quiet.setLevel(logging.ERROR)
-        return _train(cfg, Path(out), resume, progress and w.main, on_step)
+        return _train(cfg, Path(out), resume, progress and w.main, on_step, on_end)
     except RuntimeError as exc:  # a collective call failed: torch.distributed's errors are RuntimeErrors
         if isinstance(exc, CxrganError) or not dist.comm_error(exc):
             raise
@@ -137,7 +123,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         dist.teardown()
 
 
-def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: Callable[[int, dict], None] | None) -> RunResult:
+def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: Callable[[int, dict], None] | None,
+           on_end: Callable[[Path], None] | None) -> RunResult:
     w = dist.world()
     main = w.main
     if main:
@@ -433,8 +420,8 @@ def _train(cfg: TrainConfig, run: Path, resume: bool, progress: bool, on_step: C
     finally:
         bar.close()
         metrics.close()
-        if main:
-            _plot(run)
+        if main and on_end is not None:
+            on_end(run)
     dist.barrier()  # all processes leave together (one that tears its process group down early can abort)
     result.step, result.best_step = step, best["step"]
     result.best_fd = None if best["step"] is None else float(best["fd"])
@@ -505,14 +492,3 @@ def _write_grid(path: Path, family: Family, sample_fn, z, y, labels, device) -> 
         rows, labels = family.grid_rows(z, sample_fn(z.to(device), y.to(device)), labels)
     rows = [to_uint8(r.float().cpu().numpy()[:, 0]) for r in rows]
     save_png(labelled_rows(rows, labels, scale=max(1, 64 // rows[0].shape[-1])), path)
-
-
-def _plot(run: Path) -> None:
-    from ..report.plots import plot_runs
-
-    try:
-        rows = read_metrics(run / "metrics.csv")
-    except OSError:
-        return
-    if rows:
-        plot_runs({run.name: rows}, run / "plots")

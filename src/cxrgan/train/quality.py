@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -53,9 +53,6 @@ from ..evaluate.extractors import FeatureSpace, cached_extractor, load_extractor
 from ..evaluate.validation import cached_check
 from ..utils.tensors import to_model_range
 from .data import TrainData
-
-if TYPE_CHECKING:
-    from ..sample import LoadedRun
 
 log = logging.getLogger("cxrgan.train")
 # Each group's diversity is measured on all of the monitor's samples in it, up to this many. Real images scored as
@@ -269,16 +266,6 @@ class QualityMonitor:
     def evaluate(self, generate) -> dict[str, float]:
         """``generate(z, y) -> images`` in [-1, 1]; returns the figures of :meth:`score` for :meth:`samples`."""
         return self.score(self.samples(generate))
-
-
-def run_monitor(loaded: LoadedRun, device: torch.device | str = "cpu") -> tuple[TrainData, QualityMonitor]:
-    """The training data and quality monitor of a finished run, as its loop built them (same data, feature space,
-    latents, real images and seed) and as the code builds them today: for scoring its checkpoints again."""
-    ds = PreparedDataset.open(loaded.info["data_path"])
-    data = TrainData(ds, loaded.cfg.data.split, list(loaded.cfg.data.classes) or None)
-    space = quality_space(loaded.cfg.quality_features, ds, loaded.info.get("quality_space"))
-    return data, QualityMonitor(data, loaded.cfg.eval_samples, loaded.family.sample_z, loaded.cfg.seed, torch.device(device),
-                                space, loaded.family.conditional, real_view=loaded.family.real_view)
 
 
 def _embed_rows(data: TrainData, rows: np.ndarray, space: FeatureSpace, view: Callable[[torch.Tensor], torch.Tensor] | None = None,

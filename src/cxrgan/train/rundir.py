@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from ..version import __version__
 from ..errors import CxrganError
 from .config import TrainConfig, config_from_dict
 

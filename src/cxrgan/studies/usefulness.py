@@ -30,8 +30,8 @@ from ..report.tables import write_table
 from ..utils.images import to_uint8
 from ..utils.io import write_json_atomic
 from ..utils.tensors import to_model_range
-from .classifier import ClassifierConfig, evaluate_classifier, random_affine, summarize_seeds, train_classifier
-from .shift import IN_DISTRIBUTION, Condition, summarize_conditions, protocol_conditions
+from ..evaluate.classifier import ClassifierConfig, evaluate_classifier, random_affine, summarize_seeds, train_classifier
+from ..evaluate.shift import IN_DISTRIBUTION, Condition, summarize_conditions, protocol_conditions
 from .suite import load_synthetic, match_classes
 
 log = logging.getLogger("cxrgan.studies")

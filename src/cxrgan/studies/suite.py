@@ -19,11 +19,11 @@ from ..errors import CxrganError
 from ..report.evalplots import centroid_boxplots, closest_pairs
 from ..report.tables import write_table
 from ..utils.io import write_json_atomic
-from .centroids import centroid_study
-from .distribution import compare
-from .extractors import FeatureSpace, resolve_spaces
-from .memorization import memorization_audit
-from .validation import cached_check
+from ..evaluate.centroids import centroid_study
+from ..evaluate.distribution import compare
+from ..evaluate.extractors import FeatureSpace, resolve_spaces
+from ..evaluate.memorization import memorization_audit
+from ..evaluate.validation import cached_check
 
 METRIC_COLUMNS = ["space", "validated", "comparison", "class", "n_a", "n_b", "fd", "kid", "kid_std", "precision",
                   "recall", "density", "coverage"]
