@@ -188,11 +188,24 @@ def _cmd_train(a: argparse.Namespace) -> int:
     if result.stopped_on_collapse:
         print(f"stopped at step {result.step}: mode collapse (see {a.out}/samples). Continue with: cxrgan train --resume --out {a.out}")
         return 3
-    best = f", best checkpoint step {result.best_step} (FD {result.best_fd:.4g})" if result.best_fd is not None else ""
-    print(f"trained {result.step} steps into {a.out}{best}")
+    print(f"trained {result.step} steps into {a.out}{best_summary(result)}")
     if result.collapse_step is not None:
         print(collapse_summary(result, cfg.collapse_ratio))
     return 0
+
+
+def best_summary(result: RunResult) -> str:
+    """``", best checkpoint step N (FIGURE)"`` with the figure that chose it (FD, or the family's own, such as the
+    DGM's validation ROC AUC, or the rule that the latest healthy checkpoint is best); ``""`` without one."""
+    if result.best_step is None:
+        return ""
+    if result.best_key == "step":
+        figure = "the latest healthy checkpoint; see best.json"
+    elif result.best_key in (None, "fd"):
+        figure = f"FD {result.best_fd:.4g}"
+    else:
+        figure = f"{result.best_what or result.best_key} {float(result.best_value):.4g}"
+    return f", best checkpoint step {result.best_step} ({figure})"
 
 
 def collapse_summary(result: RunResult, threshold: float) -> str:

@@ -124,6 +124,23 @@ def test_semicond_run_shows_its_traversals(demo, tmp_path):
         assert f"({block}) swept over its 5th-95th percentiles" in text, block
 
 
+def test_a_run_set_in_epochs_reports_its_own_step_budget(demo, tmp_path):
+    # A run given --epochs trains epochs x (training images // batch) steps, not the config's default step count.
+    import json
+
+    from cxrgan.train.config import load_config
+    from cxrgan.train.loop import train
+
+    run = tmp_path / "epochs"
+    cfg = load_config(None, [f"data.path={demo / 'data' / 'phantom32'}", "model.family=dcgan", "epochs=2", "batch_size=64",
+                             "model.g_channels=8", "model.d_channels=8", "eval_samples=32"])
+    res = train(cfg, run, progress=False)
+    n = json.loads((run / "run.json").read_text())["train_images"]
+    assert res.step == 2 * (n // 64) != cfg.steps
+    text = parse(build_report([run], tmp_path / "r.html")).plain
+    assert f"{res.step} of {res.step} (2 epochs)" in text and "finished" in text
+
+
 def test_damaged_inputs_render_what_exists(demo, tmp_path):
     # A run killed before its first checkpoint, a study whose files were deleted, a folder that is no output.
     run = tmp_path / "run"
@@ -194,3 +211,13 @@ def test_browser_check_catches_broken_and_external_images(tmp_path):
     seen = check_page(bad)
     assert len(seen.broken_images) == 2
     assert any(u.startswith("http://127.0.0.1:9/") for u in seen.requests + seen.refs)
+
+
+def test_family_columns_are_named_in_words():
+    from cxrgan.report.plots import column_title
+
+    assert column_title("g_ms").startswith("mode-seeking term")
+    assert column_title("val_auc_encoding") == "validation ROC AUC, encoding score"
+    assert column_title("code_bernoulli_acc") == "bernoulli code recovered (accuracy)"
+    assert column_title("code_normal_r2") == "normal code recovered (R²)"
+    assert column_title("something_new") == "something_new"

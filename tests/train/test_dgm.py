@@ -371,3 +371,15 @@ def test_standardizing_dgm_looks_up_its_training_images_unless_they_were_augment
     assert (looked_up - computed).abs().max() <= 1.5 / 127.5  # the stored view is the same image, rounded to uint8
     moved = Batch(b.x.flip(-1), b.y, b.rows, augmented=True)  # changed after it was read: standardized afresh
     assert torch.equal(fam._inputs(moved), fam.G.standardized(moved.x)[0])
+
+
+def test_train_summary_names_the_figure_that_chose_the_best_checkpoint(phantom32, tmp_path, capsys):
+    # A DGM's best checkpoint is chosen by validation ROC AUC, not FD: the closing line says so, as best.json does.
+    args = ["train", "--model", "dgm", "--data", str(phantom32), "--out", str(tmp_path / "r"), "--steps", "4", "--quiet",
+            "--set", "batch_size=8", "--set", "model.g_channels=16", "--set", "model.d_channels=16", "--set", "model.z_dim=16",
+            "--set", "ckpt_every=4", "--set", "eval_samples=32", "--set", "collapse_ratio=0"]
+    assert main(args) == 0
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("trained 4 steps")][0]
+    reason = json.loads((tmp_path / "r" / "checkpoints" / "best.json").read_text())["reason"]
+    assert "validation ROC AUC of the best anomaly score" in line and "FD" not in line, line
+    assert "validation ROC AUC" in reason

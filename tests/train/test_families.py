@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from cxrgan.cli import main
 from cxrgan.errors import CxrganError
 from cxrgan.models import family_names, get_family
 from cxrgan.models.registry import build_family
@@ -268,7 +269,7 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
 
 
 def test_auto_precision_is_bf16_exactly_where_it_is_native(monkeypatch):
-    from cxrgan.train import runtime
+    from cxrgan.runtime import execution as runtime
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "native_bf16", lambda device, flags=None: True)
@@ -281,7 +282,7 @@ def test_auto_precision_is_bf16_exactly_where_it_is_native(monkeypatch):
 def test_auto_precision_on_cuda_depends_on_the_batch(monkeypatch):
     """On a GPU these small networks are launch-bound at small batches, where autocast's casts cost more than bf16
     saves (H100: batch 64 at 64 px, bf16 0.51x against fp32 0.85x; batch 512, 0.92-0.99x against 0.68-0.70x)."""
-    from cxrgan.train import runtime
+    from cxrgan.runtime import execution as runtime
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.setattr(runtime, "native_bf16", lambda device, flags=None: True)
@@ -565,13 +566,12 @@ def test_generator_asked_for_the_data_class_shares(phantom32, tmp_path, family):
 
 
 def test_the_loop_writes_metrics_and_the_caller_draws_curves(phantom32, tmp_path):
-    # The loop knows nothing of the report layer: without a hook a run has metrics but no plots; the package's
-    # train() (the Python API, as `cxrgan train`) passes the report's plot_run and gets the curves.
-    import cxrgan
-
+    # The loop knows nothing of the report layer: without a hook a run has metrics but no plots; with the report's
+    # plot_run as its hook (as `cxrgan train` passes it) it gets the curves.
     ended = []
     train(tiny_config(phantom32, "gan"), tmp_path / "bare", progress=False, on_end=ended.append)
     assert ended == [tmp_path / "bare"] and (tmp_path / "bare" / "metrics.csv").is_file()
     assert not (tmp_path / "bare" / "plots").exists()
-    cxrgan.train(tiny_config(phantom32, "gan"), tmp_path / "api", progress=False)
-    assert (tmp_path / "api" / "plots" / "losses.png").is_file()
+    assert main(["train", "--model", "gan", "--data", str(phantom32), "--out", str(tmp_path / "cli"), "--steps", "2",
+                 "--quiet", "--set", "eval_samples=32", "--set", "batch_size=8"]) == 0
+    assert (tmp_path / "cli" / "plots" / "losses.png").is_file()

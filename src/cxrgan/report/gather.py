@@ -318,9 +318,27 @@ def read_run_state(run: Path) -> RunState:
     return st
 
 
+def _budget(st: RunState) -> int | None:
+    """The run's step budget: its ``steps``, or its epochs over its training images (run.json) when set in epochs."""
+    from ..train.rundir import step_budget
+
+    if st.cfg is None:
+        return None
+    if st.cfg.epochs > 0 and not (st.info or {}).get("train_images"):
+        return None  # an epoch budget whose image count was never recorded
+    return step_budget(st.cfg, int((st.info or {}).get("train_images", 0)))
+
+
+def _progress(st: RunState) -> str:
+    """``"LAST of BUDGET"`` steps, with the epochs when the budget was set in epochs."""
+    last, budget = st.steps[-1] if st.steps else 0, _budget(st)
+    epochs = f" ({st.cfg.epochs} epochs)" if st.cfg is not None and st.cfg.epochs > 0 else ""
+    return (f"{last} of {budget}" if budget is not None else str(last)) + epochs
+
+
 def _status(st: RunState) -> tuple[str, str]:
     """(status line, tone)."""
-    target = st.cfg.steps if st.cfg is not None else None
+    target = _budget(st)
     logged = int(float(st.rows[-1]["step"])) if st.rows else 0
     if not st.steps:
         return (f"no checkpoint yet (training stopped at or before step {logged}); resume with "
@@ -335,7 +353,7 @@ def _curves(st: RunState) -> list[Figure]:
     from .plots import plot_runs
 
     names = [("losses.png", "losses (G and D)"), ("d_accuracy.png", "discriminator accuracy"),
-             ("quality.png", "sample quality during training (FD, diversity)"), ("family.png", "the family's own figures")]
+             ("quality.png", "sample quality during training (FD, diversity)"), ("family.png", "the family's own terms and figures (panel titles name each)")]
     stored = [file_figure(st.path / "plots" / n, t) for n, t in names]
     fresh = (st.path / "metrics.csv").is_file() and all(
         not (st.path / "plots" / n).is_file() or (st.path / "plots" / n).stat().st_mtime >= (st.path / "metrics.csv").stat().st_mtime - 1
@@ -391,7 +409,7 @@ def run_section(run: Path) -> Section:
     if st.cfg is not None:
         c = st.cfg
         facts += [("family", c.model.family), ("classes", ", ".join(c.data.classes) or "all"),
-                  ("steps", f"{st.steps[-1] if st.steps else 0} of {c.steps}"), ("batch", str(c.batch_size)),
+                  ("steps", _progress(st)), ("batch", str(c.batch_size)),
                   ("loss", c.loss.kind), ("precision", str(c.precision)), ("seed", str(c.seed))]
     if st.info:
         facts += [("image size", f"{st.info.get('image_size')} px"), ("dataset", str(st.info.get("data_path", "")))]

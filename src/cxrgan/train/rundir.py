@@ -39,6 +39,14 @@ def code_version() -> dict[str, str]:
     return info
 
 
+def step_budget(cfg: TrainConfig, train_images: int) -> int:
+    """The steps a run trains for: ``epochs`` passes over its ``train_images`` (whole batches only) when
+    ``cfg.epochs`` is set, else ``cfg.steps``."""
+    if cfg.epochs > 0:
+        return cfg.epochs * max(1, train_images // max(1, min(cfg.batch_size, train_images)))
+    return cfg.steps
+
+
 def read_run(run: str | Path) -> tuple[TrainConfig, dict[str, Any]]:
     """``(config, run_info)`` of a run directory; :class:`CxrganError` when it is not one."""
     import yaml
