@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.install-stamp
 
-.PHONY: demo test install bench clean
+.PHONY: demo test docs install bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,11 +18,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cxrgan demo --out demo
 
-# The layer contract (.importlinter), then the tests: two workers, each test file on one worker (its module
+# The user guide and API reference (mkdocs.yml) into site/; --strict fails on a broken link or a missing page.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The layer contract (.importlinter), the documentation build, then the tests: two workers, each test file on one worker (its module
 # fixtures train once). loadfile, not loadgroup: with pytest 9.2 the xdist_group marks are silently ignored
 # (pytest-xdist issue #1386).
 test: $(STAMP)
 	$(BIN)/lint-imports
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)

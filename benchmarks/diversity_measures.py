@@ -14,8 +14,8 @@ benchmark shows what moves each of them, on real images whose truth is known:
 3. With ``--spread`` (instead of 1): how far the training loop's own figures stray when the generator is perfect. A
    ``QualityMonitor`` (as a run builds it: 1,024 real training images, seed ``d``) scores another 1,024 real
    training images with the same class sequence, once per seed, per class (conditional) and pooled: with each
-   group capped at 128 images and its own real rows as the reference (the monitor until 2026-12-01), at
-   ``DIVERSITY_MAX`` (until the ninth stop of 2026-12-01), and at ``DIVERSITY_MAX`` against every training image (today).
+   group capped at 128 images and its own real rows as the reference, at ``DIVERSITY_MAX`` against its own rows,
+   and at ``DIVERSITY_MAX`` against every training image (the monitor's rule).
 
     python benchmarks/diversity_measures.py --data PREPARED_DIR [--runs RUN ...] [--spread] [--out docs/results/.../table.md]
 

@@ -1,6 +1,6 @@
 """Long runs on real radiographs: does every family keep its diversity at its own defaults?
 
-Trains each family on ``../shared/data/cxr_real_64.npz`` for a long budget (default 50 epochs, the seed study's)
+Trains each family on ``../shared/data/cxr_real_64.npz`` for a long budget (default 50 epochs, the GAN comparison's)
 with the family's defaults (``cxrgan/configs/FAMILY.yaml`` where one exists), then writes into ``--results``:
 
 - ``curves.png``: FD, diversity ratio, within-class diversity ratio and Vendi ratio (worst class for conditional
@@ -28,7 +28,7 @@ not depend on the estimator, so the largest FD difference from the run's own log
 seeds (other latents and monitor rows, same size and feature space; ``WORK/NAME.spread.json``, kept) and reports the
 mean and standard deviation of their diversity ratios beside the run's own figure: how far one monitor draw can
 carry a ratio near the 0.8 target. The JSON also holds each draw against its own monitor rows as the real reference
-(the monitor before the ninth stop of 2026-12-01).
+(an older monitor convention).
 
     python benchmarks/long_runs.py --work /tmp/long --results docs/results/long_runs [--epochs 50] [--parallel 2]
 """
@@ -194,7 +194,7 @@ def spread(run: Path, out: Path, draws: int, at: int = 1000) -> None:
     but with other seeds (the run's seed + 1000 k: other latents and other monitor rows, same number and feature
     space) and write their diversity ratios to ``out`` (JSON: step, own seed's ratio, the others'). Each draw is
     scored twice: against today's real reference (every training image) and against its own monitor rows (the
-    reference before the ninth stop of 2026-12-01), so the share of the spread that the reference caused shows."""
+    reference of an older monitor convention), so the share of the spread that the reference caused shows."""
     from cxrgan.sample import load_run, run_monitor
     from cxrgan.train import checkpoint as ckpt
     from cxrgan.train.quality import QualityMonitor, diversity_ratio
@@ -268,7 +268,7 @@ def _report(names: list[str], work: Path, results: Path, walls: dict[str, float]
         fd = np.array([float(r["fd"]) for r in evals])
         div = np.array([diversity_ratio(r) for r in evals])
         vendi = np.array([float(r["vendi_ratio"]) if r.get("vendi_ratio") else np.nan for r in evals])  # older runs: none
-        recall = np.array([float(r["recall"]) if r.get("recall") else np.nan for r in evals])  # runs before 2026-12-01: none
+        recall = np.array([float(r["recall"]) if r.get("recall") else np.nan for r in evals])  # older runs logged none
         style = {"marker": "o", "ms": 2.5, "color": f"C{i % 10}", "ls": "-" if i < 10 else "--", "label": fam}
         ax_fd.plot(step / steps_per_epoch, fd, **style)
         ax_div.plot(step / steps_per_epoch, div, **style)

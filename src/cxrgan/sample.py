@@ -221,7 +221,7 @@ def _code_run(run: str | Path, checkpoint: str | int) -> LoadedRun:
 
 def traverse(run: str | Path, block: str, out: str | Path, steps: int = 8, dim: int | None = None,
              classes: Sequence[str] | None = None, seed: int = 0, checkpoint: str | int = "best") -> Path:
-    """The seed study's figure: a row per class, columns sweeping code ``block`` (or its dimension ``dim``) over its
+    """The semi-conditional study's figure: a row per class, columns sweeping code ``block`` (or its dimension ``dim``) over its
     5th-95th percentiles with the noise and the other blocks fixed; written as a labelled PNG at ``out``."""
     if steps < 2:
         raise CxrganError(f"--steps must be at least 2, got {steps}")

@@ -3,7 +3,7 @@
 A feature space maps images ``(N, 1, S, S)`` float in [-1, 1] to ``(N, D)`` float64 features. Kinds:
 
 - ``randconv-v1``: the fixed, seeded random convolutional network (no training; texture statistics).
-- ``autoencoder``: the seed's convolutional autoencoder trained on the real training split; its latent is
+- ``autoencoder``: Salehinejad et al.'s convolutional autoencoder trained on the real training split; its latent is
   the space of the centroid study.
 - ``classifier``: the small CNN trained on the real training split (label-aware): the global means of every
   stage, fine to coarse (the penultimate layer alone saturates on noise; see ``SmallCNN.multiscale_features``).
@@ -148,7 +148,7 @@ class ExtractorTraining:
 
 def train_autoencoder(train_u8: np.ndarray, val_u8: np.ndarray, size: int, epochs: int = 10, width: int = 32,
                       seed: int = 0, device: str = "auto", batch_size: int = 64) -> tuple[ConvAutoencoder, dict[str, float]]:
-    """Train the seed's convolutional autoencoder (MSE, light augmentation) on uint8 images ``(N, S, S)``."""
+    """Train Salehinejad et al.'s convolutional autoencoder (MSE, light augmentation) on uint8 images ``(N, S, S)``."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     dev = pick_device(device)

@@ -2,11 +2,11 @@
 
 G maps a radiograph ``x`` to the normal radiograph ``n = G(x)`` it would have been; the residual ``r = x - n`` is
 the disease, so ``x = n + r`` holds by construction. G is an encoder-decoder through a ``z_dim`` bottleneck (no
-skip connections, which would carry the lesion straight to the output). Training follows the seed's three
+skip connections, which would carry the lesion straight to the output). Training follows Tang et al.'s three
 losses on the normal class: adversarial (D tells real normal images from synthesized ones), reconstruction
 (a normal input comes back unchanged, L1) and total variation of the residual (a coherent, sparse disease map),
-plus the seed's latent encoding loss ``|E(x) - E(G(x))|^2`` (E is G's own encoder), whose value on a test image
-is the seed's anomaly score. Every weight is an option.
+plus their latent encoding loss ``|E(x) - E(G(x))|^2`` (E is G's own encoder), whose value on a test image
+is their anomaly score. Every weight is an option.
 
 This family translates images rather than drawing them from noise (``translates = True``): its "latents" are
 input radiographs, drawn from the training images it is bound to (see :meth:`Family.bind_data`), so the loop's
@@ -254,7 +254,7 @@ class DGM(Family):
                       "g_enc": enc.detach()}
 
     def _g_phase_all_classes(self, batch: Batch, augment: Augment) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Normal inputs: the seed's losses. Abnormal inputs: their normal image must fool D (times
+        """Normal inputs: Tang et al.'s losses. Abnormal inputs: their normal image must fool D (times
         ``abnormal_weight``), and their residual stays sparse (L1, ``sparsity_weight``) and coherent (TV); no
         reconstruction or encoding term, which would teach G to keep the lesion. Every term is a mean over the
         batch of per-image values, so several processes compute the same loss as one."""
@@ -285,7 +285,7 @@ class DGM(Family):
         """``(normal, residual, scores)`` for inputs ``x`` ``(N, 1, S, S)`` in [-1, 1] from one pass of G; scores
         ``(N,)``, higher = more abnormal:
 
-        ``encoding`` (the seed's test score: squared distance between the codes of the input and of its normal
+        ``encoding`` (Tang et al.'s test score: squared distance between the codes of the input and of its normal
         image), ``residual`` / ``residual_l2`` (mean absolute / squared residual), ``opacity`` (mean of the
         residual's positive part: the input denser than its normal image, as consolidation is) and
         ``peak`` (the densest lesion-sized patch: the largest mean of the residual's positive part over S/8 x S/8

@@ -3,7 +3,7 @@
 The generator is the conditional one of ``cgan`` on ``[z, codes, embed(y)]``, where ``codes`` are blocks drawn
 from Bernoulli, exponential, uniform or normal distributions (see :mod:`cxrgan.models.codes`). The
 discriminator scores real/fake (projection on the class, as in ``cgan``) and has two heads on its features:
-one predicts the code blocks of a generated image, one its class. Following the seed study, a mean squared
+one predicts the code blocks of a generated image, one its class. Following the semi-conditional study, a mean squared
 error between predicted and sampled codes (not a mutual-information bound) trains both the code head (D
 phase) and the generator (G phase); the class head learns on real images and the generator is asked to make
 images that it classifies as their label. ``code_weight`` and ``class_weight`` scale those terms. The family's

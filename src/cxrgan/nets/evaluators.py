@@ -1,4 +1,4 @@
-"""Networks that judge images rather than make them: radiograph classifiers and the seed's convolutional
+"""Networks that judge images rather than make them: radiograph classifiers and Salehinejad et al.'s convolutional
 autoencoder. Images are ``(N, 1, S, S)`` float in [-1, 1], S a power of two from 32 to 256.
 
 Every network here exposes ``features(x) -> (N, F)``, the representation that the evaluation suite uses as a
@@ -105,12 +105,12 @@ def build_classifier(arch: str, num_classes: int, width: int | None = None) -> n
 
 
 def latent_side(size: int) -> int:
-    """Spatial side of the autoencoder latent: the seed's 16 at 256 px, scaled down with the image (64 px: 8)."""
+    """Spatial side of the autoencoder latent: Salehinejad et al.'s 16 at 256 px, scaled down with the image (64 px: 8)."""
     return int(min(16, max(4, size // 8)))
 
 
 class ConvAutoencoder(nn.Module):
-    """The seed's convolutional autoencoder (Salehinejad et al.): strided convolutions down to a
+    """Salehinejad et al.'s convolutional autoencoder: strided convolutions down to a
     ``latent_side(S)``-square, 8-channel latent (256 px -> 16x16x8), transposed convolutions back.
 
     ``encode``: ``(N, 1, S, S)`` -> ``(N, 8, L, L)``; ``forward`` reconstructs in [-1, 1]; ``features`` is the

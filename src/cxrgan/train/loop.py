@@ -240,7 +240,7 @@ class _Loop:
         if cfg.compile:  # after the EMA copies: they stay eager (they run rarely, for grids and quality checks)
             if device.type == "cuda" and self.main:
                 log.warning("compile=true on CUDA: measured slower than eager on an H100 (0.77x vs 0.92x at batch 512) and "
-                            "failed in Inductor for one small configuration (torch 2.11); see README 'On a GPU'")
+                            "failed in Inductor for one small configuration (torch 2.11); see docs/guide/gpu.md")
             for m in modules.values():
                 m.compile()
 

@@ -56,10 +56,10 @@ from .data import TrainData
 
 log = logging.getLogger("cxrgan.train")
 # Each group's diversity is measured on all of the monitor's samples in it, up to this many. Real images scored as
-# if generated read 0.98 +- 0.022 of real (worst class) and 0.99 +- 0.027 pooled on 128 per group (the size until
-# 2026-12-01), where the real reference drawn by the run's seed shifts every checkpoint of a run alike; on every
-# sample of the 1,024, 0.99 +- 0.012 and 1.00 +- 0.014 (benchmarks/diversity_measures.py --spread, 12 seeds).
-# The reference is now every training image (below), the same for every run on the data whatever its seed.
+# if generated read 0.98 +- 0.022 of real (worst class) and 0.99 +- 0.027 pooled on 128 per group, where the real
+# reference drawn by the run's seed shifts every checkpoint of a run alike; on every sample of the 1,024, 0.99 +-
+# 0.012 and 1.00 +- 0.014 (benchmarks/diversity_measures.py --spread, 12 seeds). The reference is every training
+# image (below), the same for every run on the data whatever its seed.
 DIVERSITY_MAX = 1024
 # The real side of the diversity and class figures is every training image, up to this many (a seeded random subset
 # beyond), not the monitor's own 1,024 rows. On cxr_real_64 (3,632 training images) a DCGAN checkpoint (step 1,000)
@@ -117,7 +117,7 @@ class QualityMonitor:
     The samples are compared with the monitor's ``n`` real rows for FD, precision and recall and the Vendi ratio
     (figures that depend on how many images each side has), and with a larger *reference* for the mean distance and
     the class figures (which do not): every training image, or ``reference_max`` of them drawn by the seed where
-    there are more; ``reference_max=0`` makes the monitor's rows the reference, as before the ninth stop of 2026-12-01."""
+    there are more; ``reference_max=0`` makes the monitor's rows the reference (an older convention, kept for comparisons)."""
 
     def __init__(self, data: TrainData, n: int, latents: int | Callable[..., torch.Tensor], seed: int, device: torch.device,
                  space: FeatureSpace | None = None, conditional: bool = False, group_max: int = DIVERSITY_MAX,

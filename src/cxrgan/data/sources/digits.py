@@ -1,4 +1,4 @@
-"""``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), for the seed's
+"""``digits``: scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download), for the DGM reference implementation's
 MNIST-style anomaly demonstration: prepare them at 32 px, train ``dgm`` with ``--normal-class 1``, and every
 other digit is an anomaly. Classes are named ``0`` to ``9``; splits are drawn by ``prepare`` as for any source.
 """
