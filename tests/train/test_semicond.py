@@ -95,7 +95,7 @@ def semicond_run(phantom32, tmp_path_factory):
     rates (G 2e-4, D 4e-4), not the family's doubled ones: in 240 steps at 32 px those leave the continuous codes' R^2
     noisier (mean R^2 0.23 after 240 steps, below this test's bar); on real radiographs the codes are recovered as well with them
     (docs/results/long_runs/learning_speed). And it keeps the class term (model.class_weight=1; the family's default is
-    0 since 2026-12-01, docs/results/long_runs/class_parts) so that D's class head trains and its accuracy is tested."""
+    0, docs/results/long_runs/semicond_class_term) so that D's class head trains and its accuracy is tested."""
     out = tmp_path_factory.mktemp("semicond") / "run"
     cfg = tiny_config(phantom32, "semicond", "model.g_cond=concat", "loss.mode_seeking=0", "optim.lr_g=0.0002", "optim.lr_d=0.0004", "steps=240", "batch_size=32", "model.g_channels=32", "model.d_channels=32",
                       "model.class_weight=1", "ckpt_every=60", "grid_every=120", "eval_samples=128", "model.z_dim=16",
