@@ -19,7 +19,7 @@ import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, Iterator, Sequence
+from typing import IO, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -90,6 +90,39 @@ def default_workers(n_items: int) -> int:
     return max(1, min(os.cpu_count() or 1, 16))
 
 
+def _decode_into(writer: DatasetWriter, partial: IO[str], skipped: list[dict], stream: Iterable[Decoded], src: Any,
+                 strict: bool, bar: Any) -> tuple[list[int], list[str | None]]:
+    """Append every decoded image of ``stream`` (in record order) to ``writer`` and its record to the temporary
+    ``partial`` file; unreadable ones go to ``skipped`` (or stop the run when ``strict``). Returns the indices of
+    the records kept and their patient keys."""
+    kept: list[int] = []
+    patients: list[str | None] = []
+    for i, dec in enumerate(stream):
+        bar.update(1)
+        if dec.error is not None:
+            if strict:
+                raise CxrganError(f"{dec.error} (--strict stops at the first unusable file)")
+            skipped.append({"origin": dec.origin, "reason": dec.error.split(": ", 1)[-1]})
+            continue
+        writer.append(dec.image, dec.mask)
+        kept.append(i)
+        rec = src.records[i]
+        patients.append(rec.patient or dec.patient)
+        meta = {"origin": rec.origin, "sha256": dec.sha256, **({"note": dec.note} if dec.note else {})}
+        partial.write(json.dumps(meta, separators=(",", ":")) + "\n")
+    return kept, patients
+
+
+def _labels_and_strata(src: Any, recs: list) -> tuple[np.ndarray, list[int]]:
+    """The labels array of the kept records (multi-hot ``uint8`` for multi-label sources, else ``int64``) and the
+    class each is stratified by (multi-label: its first positive class, or an extra stratum for none)."""
+    if src.multilabel:
+        labels = np.asarray([r.label for r in recs], dtype=np.uint8).reshape(len(recs), len(src.class_names))
+        return labels, [int(np.argmax(v)) if np.any(v) else len(src.class_names) for v in labels]
+    labels = np.asarray([r.label for r in recs], dtype=np.int64)
+    return labels, labels.tolist()
+
+
 def prepare(
     source: str,
     out: str | os.PathLike[str],
@@ -130,36 +163,18 @@ def prepare(
     with pool or contextlib.nullcontext(), atomic_directory(out, overwrite=overwrite) as tmp, \
             tempfile.TemporaryFile("w+", encoding="utf-8", dir=tmp) as partial:  # per-image records, completed below
         writer = DatasetWriter(tmp, len(src.records), prep.size, src.has_masks)
-        kept: list[int] = []
-        patients: list[str | None] = []
         skipped = list(src.skipped)
         bar = progress_bar(len(src.records), progress, desc=f"prepare {Path(source).name}", unit="img")
         try:
-            for i, dec in enumerate(_decode_stream(src, prep, salt, pool, n_workers)):
-                bar.update(1)
-                if dec.error is not None:
-                    if strict:
-                        raise CxrganError(f"{dec.error} (--strict stops at the first unusable file)")
-                    skipped.append({"origin": dec.origin, "reason": dec.error.split(": ", 1)[-1]})
-                    continue
-                writer.append(dec.image, dec.mask)
-                kept.append(i)
-                rec = src.records[i]
-                patients.append(rec.patient or dec.patient)
-                meta = {"origin": rec.origin, "sha256": dec.sha256, **({"note": dec.note} if dec.note else {})}
-                partial.write(json.dumps(meta, separators=(",", ":")) + "\n")
+            kept, patients = _decode_into(writer, partial, skipped, _decode_stream(src, prep, salt, pool, n_workers),
+                                          src, strict, bar)
         finally:
             bar.close()
         if not kept:
             reasons = "; ".join(s["reason"] for s in skipped[:3])
             raise CxrganError(f"no image in {source} could be read (first reasons: {reasons})")
         recs = [src.records[i] for i in kept]
-        if src.multilabel:
-            labels = np.asarray([r.label for r in recs], dtype=np.uint8).reshape(len(recs), len(src.class_names))
-            strata = [int(np.argmax(v)) if np.any(v) else len(src.class_names) for v in labels]
-        else:
-            labels = np.asarray([r.label for r in recs], dtype=np.int64)
-            strata = labels.tolist()
+        labels, strata = _labels_and_strata(src, recs)
         groups_present = any(p is not None for p in patients)
         splits = assign_splits(strata, patients, [r.split for r in recs], split.fractions, split.seed)
         group_ids = _group_numbers(patients)
