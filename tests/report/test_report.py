@@ -106,7 +106,7 @@ def test_absent_sections_name_their_command(demo, tmp_path):
 def test_two_runs_get_a_comparison_table(demo, tmp_path):
     page = parse(build_report([demo / "runs" / "dcgan", demo / "runs" / "cgan"], tmp_path / "r.html"))
     assert "comparison-0" in page.ids
-    assert "best_fd" in page.plain and "two or more runs" not in page.plain
+    assert "best FD" in page.plain and "best_fd" not in page.plain and "two or more runs" not in page.plain
 
 
 def test_semicond_run_shows_its_traversals(demo, tmp_path):
@@ -214,9 +214,9 @@ def test_browser_check_catches_broken_and_external_images(tmp_path):
 
 
 def test_family_columns_are_named_in_words():
-    from cxrgan.report.plots import column_title
+    from cxrgan.report.tables import column_title
 
-    assert column_title("g_ms").startswith("mode-seeking term")
+    assert column_title("g_ms").startswith("mode-seeking term") and column_title("fd") == "FD (lower is better)"
     assert column_title("val_auc_encoding") == "validation ROC AUC, encoding score"
     assert column_title("code_bernoulli_acc") == "bernoulli code recovered (accuracy)"
     assert column_title("code_normal_r2") == "normal code recovered (R²)"

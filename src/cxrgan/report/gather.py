@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import CxrganError
-from .tables import fmt
+from .tables import column_title, fmt
 
 log = logging.getLogger("cxrgan.report")
 
@@ -470,7 +470,7 @@ def comparison_of_runs(runs: Sequence[Path]) -> Section:
         rows.append([fmt(s.get(k)) for k in SUMMARY_COLUMNS])
         metrics[r.name] = st.rows
     if rows:
-        sec.blocks.append(Table(list(SUMMARY_COLUMNS), rows, "final figures: losses and D accuracy are means over the last 10% "
+        sec.blocks.append(Table([column_title(k) for k in SUMMARY_COLUMNS], rows, "final figures: losses and D accuracy are means over the last 10% "
                                 "of logged steps; best FD among checkpoints that kept their diversity"))
         sec.blocks.append(Figures(drawn_figures(lambda d: plot_runs(metrics, d),
                                                 {"losses.png": "losses", "d_accuracy.png": "discriminator accuracy",
@@ -528,7 +528,7 @@ def evaluation_section(folder: Path) -> Section:
             halves, test = comps.get("real train half A vs half B", {}), comps.get("real train vs real test", {})
             rows.append([space, validated.get(space, ""), cls, str(syn.get("n_b", ""))]
                         + [(_num(syn.get(k)), f"real {_num(halves.get(k))} / {_num(test.get(k))}") for k in _METRICS])
-        sec.blocks.append(Table(["feature space", "validated", "class", "synthetic n", *_METRICS], rows,
+        sec.blocks.append(Table(["feature space", "validated", "class", "synthetic n", *map(column_title, _METRICS)], rows,
                                 "each synthetic figure is followed by its real-vs-real references: two halves of the real "
                                 "training split / real training vs real test split. A synthetic set as good as real data "
                                 "scores like the references (FD and KID: lower is better; the others: higher)."))

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from ..utils.io import atomic_path
+from .tables import column_title
 
 
 def _plt():
@@ -117,31 +118,6 @@ def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[
         plt.close(fig)
         written.append(out_dir / "family.png")
     return written
-
-
-# The families' own metrics columns in words (the panel titles of family.png and the report's legend).
-_COLUMN_TITLES = {
-    "g_ms": "mode-seeking term of G (image distance / latent distance)",
-    "g_adv": "G adversarial loss", "g_rec": "reconstruction L1 of normal inputs", "g_tv": "residual total variation",
-    "g_enc": "latent encoding loss", "val_auc_best": "validation ROC AUC, best score",
-    "d_class_ce": "D class cross-entropy on real images", "g_class_kl": "G class-share divergence",
-    "g_class_ce": "G class cross-entropy", "d_code_mse": "D code recovery MSE (real codes)",
-    "g_code_mse": "G code recovery MSE", "class_acc": "D class accuracy on generated images",
-}
-
-
-def column_title(key: str) -> str:
-    """A metrics column in words: the known family columns by name, the DGM's per-score validation ROC AUC
-    (``val_auc_SCORE``) and the semi-conditional code recovery (``code_BLOCK_acc`` / ``code_BLOCK_r2``); else the
-    column's own name."""
-    if key in _COLUMN_TITLES:
-        return _COLUMN_TITLES[key]
-    if key.startswith("val_auc_"):
-        return f"validation ROC AUC, {key[8:]} score"
-    if key.startswith("code_") and key.endswith(("_acc", "_r2")):
-        block, _, kind = key[5:].rpartition("_")
-        return f"{block} code recovered ({'accuracy' if kind == 'acc' else 'R²'})"
-    return key
 
 
 def family_columns(runs: dict[str, Sequence[dict[str, str]]]) -> list[str]:
