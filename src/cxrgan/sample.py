@@ -195,7 +195,8 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
                 if png:
                     save_png(img, tmp / "png" / c / f"{len(labels) - 1:06d}.png")
             runs_meta.append({"run": str(lr.path.resolve()), "family": lr.cfg.model.family, "checkpoint": lr.checkpoint.name,
-                              "step": lr.step, "count": len(plan), "data_manifest_sha256": lr.info.get("data_manifest_sha256")})
+                              "step": lr.step, "count": len(plan), "data_manifest_sha256": lr.info.get("data_manifest_sha256"),
+                              "classes": list(lr.info.get("classes") or [])})
             if space is not None:
                 runs_meta[-1]["codes"] = {"blocks": [b.spec() for b in space.blocks], "correlation": space.correlation,
                                           "fixed": {name: [round(float(x), 6) for x in v] for name, v in pinned[loaded.index(lr)].items()}}

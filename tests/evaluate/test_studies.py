@@ -146,3 +146,25 @@ def test_write_imbalanced_cuts_only_the_training_minority(phantom32, tmp_path, c
     assert after["val"] == before["val"] and after["test"] == before["test"]
     assert {c: n for c, n in after["train"].items() if c != small} == {c: n for c, n in before["train"].items() if c != small}
     assert cut.manifest["source"]["parent_manifest_sha256"] == ds.manifest_hash
+
+
+def test_leak_warning_names_only_generators_that_saw_the_cut_class(phantom32, monkeypatch, caplog):
+    # A generator trained on the full data warns only if it trained on the class the study cuts (all classes, or
+    # that class among its own); a per-class generator of another class saw nothing IR lacks.
+    from types import SimpleNamespace
+
+    from cxrgan.studies import usefulness
+
+    ds = PreparedDataset.open(phantom32)
+    counts = np.bincount(np.asarray(ds.labels)[ds.indices("train")])
+    minority = ds.class_names[int(np.argmin(counts))]
+    other = next(c for c in ds.class_names if c != minority)
+    sets = {"all": [], "minority": [minority], "other": [other]}
+    fake = {name: SimpleNamespace(manifest={"source": {"runs": [{"data_manifest_sha256": ds.manifest_hash, "classes": cls}]}})
+            for name, cls in sets.items()}
+    monkeypatch.setattr(usefulness.PreparedDataset, "open", staticmethod(lambda p: fake[str(p)]))
+    for name, warns in (("all", True), ("minority", True), ("other", False)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            usefulness._warn_if_generators_saw_the_cut([name], ds)
+        assert ("before that class was cut" in caplog.text) == warns, name

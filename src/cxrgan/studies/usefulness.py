@@ -15,6 +15,7 @@ the smallest classes first (water-filling), then in proportion.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -228,16 +229,33 @@ def write_imbalanced(real: str | Path, minority_fraction: float, out: str | Path
 
 
 def _warn_if_generators_saw_the_cut(synthetic: Sequence[str | Path], ds: PreparedDataset) -> None:
-    """With an induced imbalance, generators trained on the full dataset saw the minority images IR lost."""
+    """With an induced imbalance, generators trained on the full dataset saw the minority images IR lost. A run
+    trained on other classes only (a per-class generator of a class that is not cut) saw nothing IR lacks."""
+    y = np.asarray(ds.labels)[ds.indices("train")]
+    counts = np.bincount(y, minlength=len(ds.class_names))
+    present = np.flatnonzero(counts)
+    minority = ds.class_names[present[np.argmin(counts[present])]]
     for s in synthetic:
         try:
             runs = PreparedDataset.open(s).manifest.get("source", {}).get("runs", [])
         except CxrganError:
             continue
-        if any(r.get("data_manifest_sha256") == ds.manifest_hash for r in runs):
-            log.warning("WARNING: %s comes from a generator trained on %s before the minority class was cut, so BG and GS "
-                        "see information IR does not have; train the generator on `augment-study --write-imbalanced DIR` "
-                        "output for an honest comparison", s, ds.root)
+        if any(r.get("data_manifest_sha256") == ds.manifest_hash and minority in (_run_classes(r) or [minority])
+               for r in runs):
+            log.warning("WARNING: %s comes from a generator trained on %s's %s images before that class was cut, so BG "
+                        "and GS see information IR does not have; train the generator on `augment-study "
+                        "--write-imbalanced DIR` output for an honest comparison", s, ds.root, minority)
+
+
+def _run_classes(meta: dict) -> list[str]:
+    """The classes a synthetic set's source run trained on ([] = all): recorded in the set's manifest, or read from
+    the run's ``run.json`` for sets sampled before it was recorded."""
+    if "classes" in meta:
+        return list(meta["classes"])
+    try:
+        return list(json.loads((Path(meta["run"]) / "run.json").read_text()).get("classes") or [])
+    except (OSError, KeyError, ValueError):
+        return []
 
 
 def water_fill(counts: np.ndarray, extra: int) -> np.ndarray:
