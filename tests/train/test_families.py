@@ -55,6 +55,25 @@ def test_dcgan_depth_follows_size(size):
     assert fam.D(x).shape == (2,)
 
 
+@pytest.mark.parametrize("size", [128, 256])
+@pytest.mark.parametrize("family", ["gan", "dcgan", "cgan", "bigan", "semicond", "dgm"])
+def test_every_family_builds_for_large_images(family, size):
+    # G and D (and E, and the DGM's decomposition) at the sizes people read radiographs at: shapes and ranges.
+    cfg = tiny_config("unused", family, "model.g_channels=4", "model.d_channels=4", "model.standardize=none")
+    fam = build_family(cfg, size, 2).eval()
+    with torch.no_grad():
+        if family == "dgm":
+            x = torch.rand(2, 1, size, size) * 2 - 1
+            normal, residual = fam.decompose(x)
+            assert normal.shape == x.shape and torch.allclose(normal + residual, x, atol=1e-5)
+            return
+        y = torch.tensor([0, 1])
+        x = fam.generate(fam.sample_z(2), y)
+        assert x.shape == (2, 1, size, size) and x.min() >= -1 and x.max() <= 1
+        if family == "bigan":
+            assert fam.encode(x).shape[0] == 2
+
+
 def test_cgan_conditions_on_class_and_bigan_encodes():
     # With the embedding beside z the class changes the image from the start; with the default, g_cond=cbn, the
     # class modulation starts at zero (test_cgan_with_class_modulated_batch_norm).
