@@ -103,7 +103,7 @@ def _add_preview(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="PNG path (default DATASET/preview.png)")
     p.add_argument("--per-class", type=int, default=8)
     p.add_argument("--split", default="train", help="train, val, test or all")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="which images are drawn for the grid")
     p.set_defaults(func=_cmd_preview)
 
 
@@ -133,13 +133,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", help="train on these classes only (per-class DCGANs: --classes PNEUMONIA)")
     p.add_argument("--steps", type=int, help="G update budget")
     p.add_argument("--epochs", type=int, help="epoch budget (overrides --steps)")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="images per step, over all processes (default 64)")
     p.add_argument("--loss", choices=LOSS_KINDS)
     p.add_argument("--lr", type=float, help="learning rate of both G and D")
     p.add_argument("--augment", help="DiffAugment policy, e.g. translation,cutout,color")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seeds weights, latents, data order and augmentation (default 0)")
     p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"))
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="auto (default): bf16 autocast on CPUs with native bf16 and on CUDA at large batches, else fp32")
     p.add_argument("--on-collapse", choices=("continue", "stop", "rollback"),
                    help="when diversity collapses: warn and go on (default), stop (exit status 3), or roll back to the last "
                    "healthy checkpoint with a lower D learning rate")
@@ -229,7 +230,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1000, help="images per run (default 1000)")
     p.add_argument("--class", dest="classes", help="class(es) to generate, comma-separated")
     p.add_argument("--truncation", type=float, help="truncation trick: redraw latent values beyond +-PSI")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the latents (the same seed gives the same images)")
     p.add_argument("--checkpoint", default="best", help="best (default), last or a step number")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-png", action="store_true", help="write only the dataset arrays")
@@ -261,8 +262,8 @@ def _add_traverse(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--out", help="PNG to write")
     p.add_argument("--class", dest="classes", help="classes (rows), comma-separated; default all")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--seed", type=int, default=0, help="seeds the latents held fixed while a block is swept")
+    p.add_argument("--checkpoint", default="best", help="best (default), last or a step number")
     p.add_argument("--measure", action="store_true", help="print code recovery figures")
     p.set_defaults(func=_cmd_traverse)
 
@@ -286,7 +287,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="comparative study of runs: combined curves, sample grid, summary table")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
-    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--checkpoint", default="best", help="best (default), last or a step number")
     p.set_defaults(func=_cmd_compare)
 
 
@@ -323,8 +324,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        "cxrgan's training loop with its defaults and in fp32, and prints img/s, the ratio to the reference "
                        "and GFLOP/s, with the CPU capability (and on a GPU the fraction of its measured bf16 matmul rate).")
     p.add_argument("--families", default=",".join(("gan", "dcgan", "cgan", "bigan", "semicond", "dgm")))
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--size", type=int, default=64, help="image size of the generated benchmark data (px)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--iters", type=int, default=20, help="timed steps per variant (after warm-up)")
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true", help="also time the default with torch.compile")
@@ -350,7 +351,7 @@ def _add_decompose(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", help="image files, folders, or prepared dataset directories")
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="test", help="split of prepared-dataset inputs (train, val, test; default test)")
-    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--checkpoint", default="best", help="best (default), last or a step number")
     p.add_argument("--device", default="auto")
     p.add_argument("--score-shift", type=int, default=None, metavar="PX",
                    help="residual maps as the consensus of the input shifted by up to PX pixels (0: one pass of G; "
@@ -381,9 +382,9 @@ def _add_anomaly(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--normal-class", default="NORMAL")
     p.add_argument("--out", required=True)
     p.add_argument("--score", default="auto", help="auto (best on validation) or encoding, residual, residual_l2, opacity, peak, dfeature")
-    p.add_argument("--checkpoint", default="best")
+    p.add_argument("--checkpoint", default="best", help="best (default), last or a step number")
     p.add_argument("--baseline-epochs", type=int, default=10, help="training epochs of the autoencoder baseline")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the baselines' training")
     p.add_argument("--device", default="auto")
     p.add_argument("--score-shift", type=int, default=None, metavar="PX",
                    help="residual maps as the consensus of the input shifted by up to PX pixels (0: one pass of G; "
@@ -442,8 +443,8 @@ def _add_features(sub: argparse._SubParsersAction) -> None:
     p.add_argument("action", choices=("train",))
     p.add_argument("--data", required=True, help="prepared real dataset (its training split is used)")
     p.add_argument("--out", help="output directory (default: the cache used by evaluate, $CXRGAN_CACHE)")
-    p.add_argument("--kinds", default="autoencoder,classifier")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kinds", default="autoencoder,classifier", help="which feature spaces to train")
+    p.add_argument("--seed", type=int, default=0, help="seeds the feature networks' training")
     p.set_defaults(func=_cmd_features)
 
 
@@ -469,8 +470,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--features", default="classifier,autoencoder,randconv",
                    help="feature spaces: classifier, autoencoder, randconv, inception:PATH or an extractor directory")
     p.add_argument("--n", type=int, default=1000, help="images per class when sampling a run")
-    p.add_argument("--checkpoint", default="best")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", default="best", help="best (default), last or a step number")
+    p.add_argument("--seed", type=int, default=0, help="seeds the sampling and the metrics' subsets")
     p.add_argument("--check-features", action="store_true", help="run the distortion check of each feature space")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -551,10 +552,10 @@ def _add_cluster_split(sub: argparse._SubParsersAction) -> None:
                        "cluster_split.json and clusters.png inside.")
     p.add_argument("--data", required=True, help="prepared dataset")
     p.add_argument("--out", required=True, help="the new prepared dataset")
-    p.add_argument("--clusters", type=int, default=4)
+    p.add_argument("--clusters", type=int, default=4, help="number of acquisition clusters (k-means)")
     p.add_argument("--hold-out", type=int, default=None, metavar="K",
                    help="the cluster to hold out (default: the most atypical one with 20 test images of every class)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the clustering")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_cluster_split)
 
