@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="synthetic images per class")
     ap.add_argument("--seeds", default="0,1,2", help="classifier seeds")
     ap.add_argument("--parallel", type=int, default=2)
-    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--report-only", action="store_true", help="train nothing and run no study: tabulate what exists")
     a = ap.parse_args()
     work, results = Path(a.work), Path(a.results)
     work.mkdir(parents=True, exist_ok=True)
@@ -63,11 +63,17 @@ def main() -> None:
             print(f"{g}: not trained, left out")
             continue
         synth = work / f"synthetic-{g}"
+        if a.report_only and not (synth / "manifest.json").is_file():
+            print(f"{g}: not sampled, left out")
+            continue
         if not (synth / "manifest.json").is_file():
             run_cli(["sample", *map(str, members), "--out", str(synth), "--n", str(a.n * (1 if len(members) > 1 else 2)), "--no-png"])
         for proto in a.protocols.split(","):
             arch, choice = proto.split(":")
             out = work / f"tstr-{g}-{arch}-{choice}"
+            if a.report_only and not (out / "tstr.json").is_file():
+                print(f"{g} under {proto}: not measured, left out")
+                continue
             if not (out / "tstr.json").is_file():
                 run_cli(["tstr", "--synthetic", str(synth), "--real", str(data), "--out", str(out), "--arch", arch,
                       "--epoch-choice", choice, "--seeds", a.seeds])
@@ -126,7 +132,7 @@ def _write(rows: list[dict], results: Path) -> None:
         w = csv.DictWriter(fh, cols)
         w.writeheader()
         w.writerows(rows)
-    fmt = lambda v: "" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     (results / "summary.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
