@@ -28,7 +28,7 @@ from .utils.io import write_json_atomic
 
 @dataclass
 class DemoConfig:
-    """Sizes and budgets of the demo (the defaults take about 6 minutes on a 2-core CPU with native bf16; see
+    """Sizes and budgets of the demo (the defaults take about 7 minutes on a 2-core CPU with native bf16; see
     docs/getting-started.md)."""
 
     size: int = 64
