@@ -77,10 +77,9 @@ def main() -> None:
             data = work / f"phantom{size}"
             prepare("phantom", data, Preprocess(size=size), SourceOptions(count=max(512, 2 * a.batch_size)), progress=False)
             ref = measure("reference", data, work, a.batch_size, a.iters, a.device)
-            rows = [("reference (plain eager DCGAN, fp32)", ref)]
-            for fam in a.families.split(","):
-                rows.append((fam, measure(fam, data, work, a.batch_size, a.iters, a.device)))
-            for name, r in rows:
+            variants = [("reference (plain eager DCGAN, fp32)", "reference")] + [(f, f) for f in a.families.split(",")]
+            for name, kind in variants:  # each row printed as soon as it is measured
+                r = ref if kind == "reference" else measure(kind, data, work, a.batch_size, a.iters, a.device)
                 speed = r["img_per_s"]
                 if size == 64:
                     base[name] = speed
