@@ -164,12 +164,7 @@ def patch_memory_scores(train_normal_u8: np.ndarray, sets: Sequence[np.ndarray],
         out = []
         for x in batches(images, batch):
             x = std(x)[0] if std is not None else x
-            h, stages = x, []
-            for j, conv in enumerate(net.convs):
-                h = torch.relu(conv(h))
-                stages.append(h)
-                if j < len(net.convs) - 1:
-                    h = torch.nn.functional.avg_pool2d(h, 2)
+            stages = net.stages(x)
             side = stages[1].shape[-1]
             f = torch.cat([torch.nn.functional.avg_pool2d(stages[1], 3, 1, 1),
                            torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(stages[2], 3, 1, 1), size=side,

@@ -35,15 +35,20 @@ class RandomConvFeatures(nn.Module):
         self.eval()
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        feats = []
+    def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The activation maps of the three stages (full, half and quarter resolution) for ``x``."""
+        maps = []
         h = x.float()
         for i, conv in enumerate(self.convs):
             h = torch.relu(conv(h))
-            feats.append(h.mean(dim=(2, 3)))
+            maps.append(h)
             if i < len(self.convs) - 1:
                 h = nn.functional.avg_pool2d(h, 2)
-        return torch.cat(feats, dim=1)
+        return maps
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([h.mean(dim=(2, 3)) for h in self.stages(x)], dim=1)
 
     def embed(self, images: torch.Tensor, batch: int = 256) -> np.ndarray:
         """Features of many images, in batches, as float64 numpy ``(N, 224)``."""

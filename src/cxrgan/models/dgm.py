@@ -53,10 +53,12 @@ class NormalSynthesizer(nn.Module):
         return self.decoder(self.encoder(x))
 
     def standardized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(x in G's frame, its pose or None)``; ``x`` itself when G standardizes nothing."""
+        """``(x in G's frame, its pose or None)``; ``x`` itself when G standardizes nothing. The images come back on
+        ``x``'s device whatever the standardizer's (the pose stays on the standardizer's)."""
         if self.standardizer is None:
             return x, None
-        out, pose = self.standardizer(x)
+        out, pose = self.standardizer(x.to(self.standardizer.atlas.device))
+        out = out.to(x.device)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
             out = out.contiguous(memory_format=torch.channels_last)
         return out, pose
@@ -163,9 +165,14 @@ class DGM(Family):
 
     def real_view(self, x: torch.Tensor) -> torch.Tensor:
         """Real images in G's standardized frame, where its normal images are (the monitor compares like with like)."""
-        if self.G.standardizer is None:
-            return x
-        return self.G.standardized(x.to(self.G.standardizer.atlas.device))[0].to(x.device)
+        return self.G.standardized(x)[0]
+
+    def _pool_view(self, rows: np.ndarray, device: torch.device | str) -> torch.Tensor:
+        """The bound pool's images ``rows`` in G's frame, in [-1, 1] on ``device``: looked up in the standardized
+        pool where it is kept, else standardized now (as they are when G standardizes nothing)."""
+        if self._standard_pool is not None:
+            return to_model_range(torch.from_numpy(self._standard_pool[rows])).to(device)
+        return self.G.standardized(to_model_range(torch.from_numpy(self._pool.uint8(rows))).to(device))[0]
 
     def _real_normals(self, n: int, device: torch.device) -> torch.Tensor:
         """``n`` normal training images for D's real side (in G's frame), drawn from the global stream (several
@@ -173,9 +180,7 @@ class DGM(Family):
         from ..runtime.distributed import sharded
 
         pick = self._normal_rows[sharded(n, lambda m: torch.randint(len(self._normal_rows), (m,))).numpy()]
-        if self._standard_pool is not None:
-            return to_model_range(torch.from_numpy(self._standard_pool[pick])).to(device)
-        return self.G.standardized(to_model_range(torch.from_numpy(self._pool.uint8(pick))).to(device))[0]
+        return self._pool_view(pick, device)
 
     def _inputs(self, batch: Batch) -> torch.Tensor:
         """The batch's images in G's frame: looked up when they are stored images of the bound pool, else
@@ -184,7 +189,7 @@ class DGM(Family):
             return batch.x
         if self._standard_pool is None or batch.rows is None or batch.augmented:
             return self.G.standardized(batch.x)[0]
-        x = to_model_range(torch.from_numpy(self._standard_pool[batch.rows.cpu().numpy()])).to(batch.x.device, batch.x.dtype)
+        x = self._pool_view(batch.rows.cpu().numpy(), batch.x.device).to(batch.x.dtype)
         return x.contiguous(memory_format=torch.channels_last) if batch.x.is_contiguous(memory_format=torch.channels_last) else x
 
     @property
@@ -197,9 +202,7 @@ class DGM(Family):
         if self._pool is None:
             raise RuntimeError("dgm draws its inputs from training data: call bind_data first")
         rows = torch.randint(len(self._pool), (n,), generator=generator).numpy()
-        if self._standard_pool is not None:
-            return to_model_range(torch.from_numpy(self._standard_pool[rows])).to(device)
-        return self.G.standardized(to_model_range(torch.from_numpy(self._pool.uint8(rows))))[0].to(device)
+        return self._pool_view(rows, device)
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, G: nn.Module | None = None) -> torch.Tensor:
         """The synthesized normal images ``(N, 1, S, S)`` for inputs ``z`` ``(N, 1, S, S)`` in [-1, 1] already in
