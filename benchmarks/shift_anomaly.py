@@ -41,16 +41,21 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--size", type=int, default=64, help="image size the source is prepared at (px)")
+    ap.add_argument("--no-cluster", action="store_true", help="train and score on the shared split only, not on the "
+                    "held-out acquisition cluster split")
     ap.add_argument("--report-only", action="store_true", help="score and report the runs that exist, train nothing")
     a = ap.parse_args()
     work, results = Path(a.work), Path(a.results)
     work.mkdir(parents=True, exist_ok=True)
     variants = _variants(a.variant or ["default"])
-    data = {"in-distribution": prepared(Path(a.data), work / "real64")}
-    data["held-out cluster"] = work / "real64_cluster"
-    if not (data["held-out cluster"] / "manifest.json").is_file():
+    tag = f"real{a.size}"
+    data = {"in-distribution": prepared(Path(a.data), work / tag, a.size)}
+    if not a.no_cluster:
+        data["held-out cluster"] = work / f"{tag}_cluster"
+    if "held-out cluster" in data and not (data["held-out cluster"] / "manifest.json").is_file():
         run_cli(["cluster-split", "--data", str(data["in-distribution"]), "--out", str(data["held-out cluster"])])
-    runs = {(v, d): work / f"dgm-{v}-{'cluster' if d == 'held-out cluster' else 'real64'}" for v in variants for d in data}
+    runs = {(v, d): work / f"dgm-{v}-{'cluster' if d == 'held-out cluster' else tag}" for v in variants for d in data}
     if not a.report_only:
         jobs = {run.name: _train_command(run, data[d], variants[v], a) for (v, d), run in runs.items()
                 if not (run / "checkpoints" / "last.json").is_file() or _unfinished(run, a.steps)}
@@ -69,7 +74,7 @@ def main() -> None:
             dest.mkdir(parents=True, exist_ok=True)
             for f in ("report.md", "normal_judged_abnormal.png", "abnormal_judged_abnormal.png", "shift.csv"):
                 shutil.copy(out / f, dest / f)
-    _write(rows, results, variants, work)
+    _write(rows, results, variants, work, tag)
 
 
 def _variants(specs: list[str]) -> dict[str, list[str]]:
@@ -113,7 +118,7 @@ def _rows(variant: str, data: str, s: dict) -> list[dict]:
     return out
 
 
-def _write(rows: list[dict], results: Path, variants: dict[str, list[str]], work: Path) -> None:
+def _write(rows: list[dict], results: Path, variants: dict[str, list[str]], work: Path, tag: str) -> None:
     results.mkdir(parents=True, exist_ok=True)
     cols = ["variant", "method", "score", "step", "val_roc_auc", "test_roc_auc", "shift_mean", "shift_worst", "worst_shift",
             "held_out_cluster", "sensitivity", "specificity"]
@@ -134,11 +139,11 @@ def _write(rows: list[dict], results: Path, variants: dict[str, list[str]], work
     md += ["", "Variants: " + "; ".join(f"`{v}`: " + (", ".join(f"`{kv}`" for kv in sets) or "the defaults")
                                         for v, sets in variants.items())]
     (results / "summary.md").write_text("\n".join(md) + "\n")
-    _figure(work, variants, results / "shift_roc_auc.png")
+    _figure(work, variants, results / "shift_roc_auc.png", tag)
     print("\n".join(md))
 
 
-def _figure(work: Path, variants: dict[str, list[str]], path: Path) -> None:
+def _figure(work: Path, variants: dict[str, list[str]], path: Path, tag: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,7 +152,7 @@ def _figure(work: Path, variants: dict[str, list[str]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 3.8))
     names = None
     for v in variants:
-        f = work / f"anomaly-dgm-{v}-real64" / "anomaly.json"
+        f = work / f"anomaly-dgm-{v}-{tag}" / "anomaly.json"
         if not f.is_file():
             continue
         shift = json.loads(f.read_text()).get("shift", {})

@@ -233,7 +233,7 @@ def _method_row(name: str, val_abnormal: np.ndarray, val_scores: np.ndarray, abn
     return {"method": name, "val_roc_auc": am.roc_auc(val_abnormal, val_scores), "roc_auc": am.roc_auc(abnormal, scores),
             "average_precision": am.average_precision(abnormal, scores), "threshold": op.threshold,
             "sensitivity": op.sensitivity, "specificity": op.specificity,
-            "balanced_accuracy": (op.sensitivity + op.specificity) / 2}
+            "balanced_accuracy": (op.sensitivity + op.specificity) / 2, "accuracy": op.accuracy, "f1": op.f1}
 
 
 def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: str = "NORMAL", checkpoint: str | int = "best",
@@ -404,11 +404,12 @@ def _markdown(s: dict) -> str:
              f"{s['n_test']} images ({s['n_test_abnormal']} abnormal). The DGM score `{s['score']}` and every threshold were "
              "chosen on the validation split. Residual maps: "
              + (f"consensus of the input shifted by up to {s['score_shift']} px." if s.get("score_shift") else "one pass of G."), "",
-             "| method | val ROC AUC | test ROC AUC | AP | sensitivity | specificity | pixel AUC | best Dice |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| method | val ROC AUC | test ROC AUC | AP | sensitivity | specificity | accuracy | F1 | pixel AUC | best Dice |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in s["methods"]:
         lines.append(f"| {r['method']} | {f(r['val_roc_auc'])} | {f(r['roc_auc'])} | {f(r['average_precision'])} | "
-                     f"{f(r['sensitivity'])} | {f(r['specificity'])} | {f(r.get('pixel_auc'))} | {f(r.get('best_dice'))} |")
+                     f"{f(r['sensitivity'])} | {f(r['specificity'])} | {f(r.get('accuracy'))} | {f(r.get('f1'))} | "
+                     f"{f(r.get('pixel_auc'))} | {f(r.get('best_dice'))} |")
     lines += ["", "Every DGM score (ROC AUC):", "", "| score | validation | test |", "|---|---|---|"]
     for k, v in s["val_roc_auc_by_score"].items():
         lines.append(f"| {k} | {f(v)} | {f(s['test_roc_auc_by_score'][k])} |")

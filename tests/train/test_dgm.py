@@ -89,6 +89,8 @@ def test_metrics_on_constructed_cases():
     # The threshold comes from validation; test figures are measured at it (here one normal image is called abnormal).
     op = am.operating_point(abnormal, perfect, abnormal, np.array([0.1, 0.2, 0.3, 0.55, 0.6, 0.7, 0.8, 0.9]))
     assert op.threshold == t and op.val_sensitivity == 1.0 and op.sensitivity == 1.0 and op.specificity == 0.75
+    # 7 of 8 right; F1 = 2 TP / (called + abnormal) = 8 / (5 + 4).
+    assert op.accuracy == 7 / 8 and op.f1 == pytest.approx(8 / 9)
     # Half-overlapping scores: AUC computed by hand (pairs ranked right / all pairs).
     mixed = np.array([0.1, 0.5, 0.6, 0.2, 0.55, 0.3, 0.9, 0.8])
     pairs = [(a > n) + 0.5 * (a == n) for a in mixed[abnormal] for n in mixed[~abnormal]]

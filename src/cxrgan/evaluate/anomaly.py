@@ -26,6 +26,8 @@ class OperatingPoint:
     specificity: float
     val_sensitivity: float
     val_specificity: float
+    accuracy: float = float("nan")
+    f1: float = float("nan")
 
 
 def roc_auc(abnormal: np.ndarray, scores: np.ndarray) -> float:
@@ -57,6 +59,17 @@ def rates(abnormal: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[f
     return sens, spec
 
 
+def accuracy_f1(abnormal: np.ndarray, scores: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Accuracy and F1 (abnormal = positive) when ``score >= threshold`` is called abnormal, as the anomaly-detection
+    literature reports them beside ROC AUC."""
+    abnormal = np.asarray(abnormal, bool)
+    called = np.asarray(scores) >= threshold
+    tp = int(np.count_nonzero(called & abnormal))
+    positives = int(np.count_nonzero(called)) + int(np.count_nonzero(abnormal))
+    acc = float((called == abnormal).mean()) if len(abnormal) else float("nan")
+    return acc, (2 * tp / positives if positives else float("nan"))
+
+
 def youden_threshold(abnormal: np.ndarray, scores: np.ndarray) -> float:
     """The threshold maximizing sensitivity + specificity (Youden's J) on these scores; ties take the midpoint
     between neighbouring scores so that a test score equal to a validation score is classified the same way."""
@@ -74,11 +87,11 @@ def youden_threshold(abnormal: np.ndarray, scores: np.ndarray) -> float:
 
 def operating_point(val_abnormal: np.ndarray, val_scores: np.ndarray, test_abnormal: np.ndarray,
                     test_scores: np.ndarray) -> OperatingPoint:
-    """Choose the threshold on validation (Youden's J), report sensitivity and specificity on test."""
+    """Choose the threshold on validation (Youden's J), report sensitivity, specificity, accuracy and F1 on test."""
     t = youden_threshold(val_abnormal, val_scores)
     vs, vp = rates(val_abnormal, val_scores, t)
     ts, tp = rates(test_abnormal, test_scores, t)
-    return OperatingPoint(t, ts, tp, vs, vp)
+    return OperatingPoint(t, ts, tp, vs, vp, *accuracy_f1(test_abnormal, test_scores, t))
 
 
 def localization(maps: np.ndarray, masks: np.ndarray, thresholds: int = 64) -> dict[str, float]:

@@ -622,11 +622,12 @@ def anomaly_section(folder: Path) -> Section:
                                  ("test images", f"{s.get('n_test')} ({s.get('n_test_abnormal')} abnormal)")]))
         methods = s.get("methods", [])
         loc = any(m.get("pixel_auc") is not None for m in methods)
-        cols = ["method", "ROC AUC", "average precision", "sensitivity", "specificity", "val ROC AUC"] + (["pixel ROC AUC", "best Dice"] if loc else [])
+        cols = ["method", "ROC AUC", "average precision", "sensitivity", "specificity", "accuracy", "F1", "val ROC AUC"] + (["pixel ROC AUC", "best Dice"] if loc else [])
         rows = [[m.get("method", ""), _num(m.get("roc_auc")), _num(m.get("average_precision")), _num(m.get("sensitivity")),
-                 _num(m.get("specificity")), _num(m.get("val_roc_auc"))] + ([_num(m.get("pixel_auc")), _num(m.get("best_dice"))] if loc else [])
-                for m in methods]
-        sec.blocks.append(Table(cols, rows, "test split; sensitivity and specificity at the threshold chosen on the validation split"))
+                 _num(m.get("specificity")), _num(m.get("accuracy")), _num(m.get("f1")), _num(m.get("val_roc_auc"))]
+                + ([_num(m.get("pixel_auc")), _num(m.get("best_dice"))] if loc else []) for m in methods]
+        sec.blocks.append(Table(cols, rows, "test split; sensitivity, specificity, accuracy and F1 (abnormal = positive) at the "
+                                "threshold chosen on the validation split"))
         val, test = s.get("val_roc_auc_by_score") or {}, s.get("test_roc_auc_by_score") or {}
         if val:
             sec.blocks.append(Table(["DGM score", "val ROC AUC", "test ROC AUC"], [[k, _num(v), _num(test.get(k))] for k, v in val.items()],
