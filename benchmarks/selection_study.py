@@ -87,9 +87,9 @@ def main() -> None:
             cand = [row for row, _ in info["steps"].values()]
             if rule == "last":
                 best = max(cand, key=lambda x: x["step"])
-            elif rule == "randconv FD (old default)":
+            elif rule == "randconv FD":
                 best = min(cand, key=lambda x: x["fd_randconv"] if x["fd_randconv"] is not None else np.inf)
-            elif rule == "classifier FD, diversity >= 0.5 (new default)":
+            elif rule == "classifier FD, diversity >= 0.5 (cxrgan's rule)":
                 ok = [x for x in cand if x["diversity_ratio"] >= 0.5] or cand
                 best = min(ok, key=lambda x: x["fd_classifier"])
             elif rule == "coverage x faithfulness":
@@ -99,7 +99,7 @@ def main() -> None:
             chosen[r] = best["step"]
         return chosen
 
-    rules = ["randconv FD (old default)", "classifier FD, diversity >= 0.5 (new default)", "coverage x faithfulness", "last"]
+    rules = ["randconv FD", "classifier FD, diversity >= 0.5 (cxrgan's rule)", "coverage x faithfulness", "last"]
     results, done = [], {}
     for rule in rules:
         chosen = pick(rule)
