@@ -12,7 +12,9 @@ protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``, e.g. ``small:validation`` and 
 - ``GENERATOR-PROTOCOL/``: each study's ``tstr.md`` and ``shift.md``.
 
 Generators: ``cgan`` (50 epochs), ``dcgan-pair`` (a DCGAN per class, ``--pair-steps`` each), ``semicond`` (50
-epochs), all at width ``--channels``.
+epochs), all at width ``--channels``, and ``ddpm`` (the diffusion family, ``--ddpm-epochs``; its quality check draws
+``--ddpm-eval-samples`` images with its full sampler every ``--ddpm-ckpt-every`` steps). ``walls.json`` in ``--work``
+keeps each run's training wall time, and the summary reports it with the sampling time per image.
 
     python benchmarks/shift_tstr.py --work /tmp/shift --results docs/results/shift/synthesis
 """
@@ -30,7 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import prepared, run_cli  # noqa: E402  (sibling scripts)
 from long_runs import REAL, ROOT, _run_all  # noqa: E402
 
-GENERATORS = ("cgan", "dcgan-pair", "semicond")
+from cxrgan.train.metrics import read_metrics  # noqa: E402
+
+GENERATORS = ("cgan", "dcgan-pair", "semicond", "ddpm")
 
 
 def main() -> None:
@@ -42,6 +46,9 @@ def main() -> None:
     ap.add_argument("--protocols", default="small:validation,small:last")
     ap.add_argument("--epochs", type=int, default=50)
     ap.add_argument("--pair-steps", type=int, default=2000)
+    ap.add_argument("--ddpm-epochs", type=int, help="training epochs of the ddpm (default: --epochs)")
+    ap.add_argument("--ddpm-eval-samples", type=int, default=256)
+    ap.add_argument("--ddpm-ckpt-every", type=int, default=500)
     ap.add_argument("--channels", type=int, default=32)
     ap.add_argument("--n", type=int, default=1000, help="synthetic images per class")
     ap.add_argument("--seeds", default="0,1,2", help="classifier seeds")
@@ -77,7 +84,7 @@ def main() -> None:
             if not (out / "tstr.json").is_file():
                 run_cli(["tstr", "--synthetic", str(synth), "--real", str(data), "--out", str(out), "--arch", arch,
                       "--epoch-choice", choice, "--seeds", a.seeds])
-            rows.append(_row(g, proto, json.loads((out / "tstr.json").read_text())))
+            rows.append({**_row(g, proto, json.loads((out / "tstr.json").read_text())), **_costs(g, members, synth, work)})
             dest = results / f"{g}-{arch}-{choice}"
             dest.mkdir(parents=True, exist_ok=True)
             for f in ("tstr.md", "shift.md"):
@@ -105,6 +112,9 @@ def _train(run: Path, data: Path, a: argparse.Namespace) -> list[str]:
             "--set", f"model.d_channels={a.channels}", "--set", "ckpt_every=250"]
     if name.startswith("dcgan-pair"):
         return cmd + ["--classes", name.rsplit("-", 1)[1], "--steps", str(a.pair_steps)]
+    if family == "ddpm":
+        return cmd + ["--epochs", str(a.ddpm_epochs or a.epochs), "--set", f"eval_samples={a.ddpm_eval_samples}",
+                      "--set", f"ckpt_every={a.ddpm_ckpt_every}"]
     return cmd + ["--epochs", str(a.epochs)]
 
 
@@ -121,6 +131,23 @@ def _row(g: str, proto: str, s: dict) -> dict:
             "shift_balanced_accuracy_ratio": sm.get("balanced_accuracy_ratio_mean"),
             "shift_balanced_accuracy_ratio_worst": sm.get("balanced_accuracy_ratio_worst"),
             "seed_spread_ratio": sm.get("roc_auc_seed_spread_ratio")}
+
+
+def _costs(g: str, members: list[Path], synth: Path, work: Path) -> dict:
+    """Training compute in hours (summed over a pair's runs: each logged window's images over its img/s, so quality
+    checks and pauses are left out; one thread per run), images seen, and the sampling time per image that
+    ``cxrgan sample`` recorded."""
+    seconds, kimg = 0.0, 0.0
+    for r in members:
+        rows = [x for x in read_metrics(r / "metrics.csv") if x.get("img_per_s")]
+        prev = 0.0
+        for x in rows:
+            seconds += (float(x["kimg"]) - prev) * 1000 / float(x["img_per_s"])
+            prev = float(x["kimg"])
+        kimg += prev
+    src = json.loads((synth / "manifest.json").read_text()).get("source", {})
+    return {"train_hours": seconds / 3600, "train_kimg": kimg,
+            "sample_ms_per_image": None if src.get("seconds_per_image") is None else 1000 * src["seconds_per_image"]}
 
 
 def _write(rows: list[dict], results: Path) -> None:

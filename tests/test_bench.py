@@ -20,6 +20,8 @@ def test_bench_prints_every_family_against_the_reference(phantom32, capsys):
         speed, ratio = next(v for k, v in rows.items() if k.startswith(f"{fam}: default"))
         assert speed > 0 and ratio > 0
     assert not any(k.startswith("cgan") for k in rows)
+    drawn = re.search(r"^  dcgan: ([\d.]+) img/s, ([\d.]+)x the reference; 1,000 images in ([\d.]+) s$", out, re.M)
+    assert drawn and float(drawn.group(1)) > 0 and "  dgm:" not in out  # the dgm translates images: no sampling row
 
 
 def test_bench_rejects_an_unknown_family(phantom32, capsys):

@@ -138,7 +138,7 @@ def loop_speed(data: Path, work: Path, family: str, batch: int, iters: int, prec
     shutil.rmtree(run, ignore_errors=True)
     cfg = load_config(None, [f"model.family={family}", f"data.path={data}", f"batch_size={batch}", f"steps={steps}",
                              f"precision={precision}", f"channels_last={channels_last}", f"device={device}", f"compile={compile}",
-                             f"log_every={log_every}", f"ckpt_every={10**9}", f"grid_every={10**9}", "eval_samples=256",
+                             f"log_every={log_every}", f"ckpt_every={10**9}", f"grid_every={10**9}", "eval_samples=32",
                              *overrides])
     quiet = logging.getLogger("cxrgan")
     level = quiet.level
@@ -151,6 +151,68 @@ def loop_speed(data: Path, work: Path, family: str, batch: int, iters: int, prec
         raise CxrganError("benchmark interrupted")
     speeds = [float(r["img_per_s"]) for r in read_metrics(run / "metrics.csv") if r.get("img_per_s")]
     return float(np.median(speeds[2:] or speeds[-1:]))
+
+
+def reference_sampling(size: int, n: int, batch: int, device: torch.device) -> float:
+    """Images/s of the reference DCGAN's generator drawing ``n`` images in eval mode, fp32."""
+    torch.manual_seed(0)
+    G = reference_models(size)[0].to(device).eval()
+    z = torch.randn(n, 100, 1, 1, device=device)
+    with torch.no_grad():
+        G(z[:batch])
+        sync(device)
+        t = time.perf_counter()
+        for i in range(0, n, batch):
+            G(z[i : i + batch])
+        sync(device)
+    return n / (time.perf_counter() - t)
+
+
+def sampling_speed(family: str, data: Path, n: int, batch: int, device: str, overrides: Sequence[str] = ()) -> float:
+    """Images/s of a freshly built family drawing ``n`` images from noise in eval mode at its default precision and
+    sampler (``ddpm``: its DDIM steps and guidance): what ``cxrgan sample`` spends per image, training aside."""
+    from .data import PreparedDataset
+    from .models.registry import build_family, get_family
+    from .runtime.execution import autocast, autocast_dtype, pick_device
+    from .train.config import load_config
+    from .train.data import TrainData
+
+    dev = pick_device(device)
+    cfg = load_config(None, [f"model.family={family}", f"data.path={data}", *overrides])
+    ds = PreparedDataset.open(data)
+    td = TrainData(ds, "train", cfg.data.classes or get_family(family).training_classes(cfg.model))
+    fam = build_family(cfg, ds.size, td.num_classes)
+    fam.bind_data(td)
+    fam.to(dev).eval()
+    amp = autocast_dtype(cfg.precision, dev, pixels=batch * ds.size * ds.size)
+    g = torch.Generator().manual_seed(0)
+    z = fam.sample_z(n, generator=g).to(dev)
+    y = torch.randint(0, td.num_classes, (n,), generator=g).to(dev)
+    with torch.no_grad(), autocast(dev, amp):
+        fam.generate(z[:batch], y[:batch])
+        sync(dev)
+        t = time.perf_counter()
+        for i in range(0, n, batch):
+            fam.generate(z[i : i + batch], y[i : i + batch])
+        sync(dev)
+    return n / (time.perf_counter() - t)
+
+
+def _sampling_table(families: Sequence[str], data: Path, size: int, batch: int, dev: torch.device,
+                    say: Callable[[str], None]) -> None:
+    """Print the images/s of drawing ``2 x batch`` images with each family that draws from noise, against the
+    reference generator drawing the same number in the same run."""
+    from .models.registry import get_family
+
+    drawing = [f for f in families if not get_family(f).translates]
+    if not drawing:
+        return
+    n = 2 * batch
+    ref = reference_sampling(size, n, batch, dev)
+    say(f"sampling {n} images, batch {batch}: reference DCGAN generator (fp32) {ref:.0f} img/s")
+    for fam in drawing:
+        speed = sampling_speed(fam, data, n, batch, str(dev))
+        say(f"  {fam}: {speed:.1f} img/s, {speed / ref:.3g}x the reference; 1,000 images in {1000 / speed:.1f} s")
 
 
 @dataclass
@@ -173,7 +235,7 @@ def machine_line(device: torch.device) -> str:
             f"torch {torch.__version__}")
 
 
-FAMILIES = ("gan", "dcgan", "cgan", "bigan", "semicond", "dgm")
+FAMILIES = ("gan", "dcgan", "cgan", "bigan", "semicond", "dgm", "ddpm")
 
 
 def run_bench(families: Sequence[str] = FAMILIES, size: int = 64, batch: int = 64, iters: int = 20, device: str = "auto",
@@ -219,6 +281,7 @@ def run_bench(families: Sequence[str] = FAMILIES, size: int = 64, batch: int = 6
             say(f"{r.variant:<{width}}{r.img_per_s:>9.1f}{r.vs_reference:>8.2f}{r.gflop_per_s:>9.0f}")
         say("vs ref: images/s over the reference's, measured in this run on this machine (for dcgan the same "
             "architecture; other families do different work per image, see GFLOP/s)")
+        _sampling_table(families, ds.root, size, batch, dev, say)
         if dev.type == "cuda":
             peak = matmul_tflops(dev)
             say(f"GPU: measured bf16 matrix multiply {peak:.0f} TFLOP/s; training reaches " + ", ".join(

@@ -238,6 +238,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--code", dest="codes", action="append", metavar="BLOCK=V[,V...]",
                    help="semicond runs: fix a code block, e.g. --code exponential=0.2,0.5,1,2,3 (one value per dimension, "
                    "or one for all); other blocks are drawn from their distributions (repeatable)")
+    p.add_argument("--sample-steps", type=int, help="ddpm runs: DDIM steps (default: the run's model.sample_steps); "
+                   "fewer is faster")
+    p.add_argument("--guidance", type=float, help="ddpm runs: classifier-free guidance weight (1 = none, one network "
+                   "pass per step; above 1 two passes; default: the run's model.guidance)")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -246,8 +250,11 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from .sample import sample
 
     ds = sample(a.runs, a.out, a.n, _csv_list(a.classes), a.truncation, a.seed, a.checkpoint, a.device, a.overwrite, not a.no_png,
-                codes=a.codes)
+                codes=a.codes, sample_steps=a.sample_steps, guidance=a.guidance, progress=not a.quiet)
     print(info_text(ds))
+    src = ds.manifest.get("source", {})
+    if src.get("seconds") is not None:
+        print(f"sampled {len(ds)} images in {src['seconds']:.1f} s ({1000 * src['seconds_per_image']:.1f} ms per image)")
     return 0
 
 
@@ -322,8 +329,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="training speed of every family on this machine, against a plain loop timed in the same run",
                        description="Times a plain eager PyTorch DCGAN loop (the reference), then every family through "
                        "cxrgan's training loop with its defaults and in fp32, and prints img/s, the ratio to the reference "
-                       "and GFLOP/s, with the CPU capability (and on a GPU the fraction of its measured bf16 matmul rate).")
-    p.add_argument("--families", default=",".join(("gan", "dcgan", "cgan", "bigan", "semicond", "dgm")))
+                       "and GFLOP/s, with the CPU capability (and on a GPU the fraction of its measured bf16 matmul rate); then "
+                       "how fast each family draws images (a ddpm at its default DDIM steps and guidance).")
+    p.add_argument("--families", default=",".join(("gan", "dcgan", "cgan", "bigan", "semicond", "dgm", "ddpm")))
     p.add_argument("--size", type=int, default=64, help="image size of the generated benchmark data (px)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step")
     p.add_argument("--iters", type=int, default=20, help="timed steps per variant (after warm-up)")

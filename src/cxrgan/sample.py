@@ -9,6 +9,11 @@ eval mode, so an image does not depend on the batch it was generated in.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -27,7 +32,10 @@ from .train.data import TrainData
 from .train.quality import QualityMonitor, quality_space
 from .train.rundir import read_run
 from .utils.images import labelled_rows, save_png, to_uint8
-from .utils.io import atomic_directory
+from .utils.io import atomic_directory, atomic_path, write_text_atomic
+from .utils.progress import progress_bar
+
+log = logging.getLogger("cxrgan.sample")
 
 @dataclass
 class LoadedRun:
@@ -137,17 +145,70 @@ def draw_latents(loaded: LoadedRun, n: int, generator: torch.Generator, truncati
                  fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
     """Latents for ``n`` images: noise (truncated when asked), then the family's structured part where it has one
     (:meth:`Family.extend_latents`: a semicond run's code blocks, a self-conditioned run's clusters)."""
-    return loaded.family.extend_latents(truncated_normal(n, loaded.cfg.model.z_dim, truncation, generator), generator, fixed)
+    return loaded.family.extend_latents(truncated_normal(n, loaded.family.noise_dim, truncation, generator), generator, fixed)
+
+
+def set_sampler(loaded: LoadedRun, steps: int | None, guidance: float | None) -> None:
+    """Apply ``--sample-steps`` and ``--guidance`` to a diffusion run (an error for a GAN run, which has no sampler)."""
+    if steps is None and guidance is None:
+        return
+    if not hasattr(loaded.family, "set_sampler"):
+        raise CxrganError(f"--sample-steps and --guidance choose a diffusion model's sampler; run {loaded.path} is a "
+                          f"{loaded.cfg.model.family} run, which draws an image in one pass")
+    try:
+        loaded.family.set_sampler(steps, guidance)
+    except ValueError as exc:
+        raise CxrganError(f"run {loaded.path}: {exc}") from None
+
+
+def _generate_resumable(loaded: LoadedRun, z: torch.Tensor, y: torch.Tensor, cache: Path, tag: str, bar,
+                        chunk: int = 256) -> np.ndarray:
+    """:func:`generate` a chunk at a time, each chunk kept in ``cache`` as it is finished (``tag``-NNNNN.npy), so an
+    interrupted ``sample`` run with the same request goes on from the chunks it has."""
+    out = []
+    for k, i in enumerate(range(0, len(z), chunk)):
+        f = cache / f"{tag}-{k:05d}.npy"
+        if f.is_file():
+            imgs = np.load(f)
+        else:
+            imgs = generate(loaded, z[i : i + chunk], y[i : i + chunk], batch=chunk)
+            with atomic_path(f) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, imgs)
+        out.append(imgs)
+        bar.update(len(imgs))
+    return np.concatenate(out)
+
+
+def _sampling_cache(out: Path, request: dict) -> Path:
+    """The folder beside ``out`` that keeps finished chunks of this exact ``request`` (emptied when it differs)."""
+    cache = out.with_name(f".{out.name}.sampling")
+    key = hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()
+    stamp = cache / "request.sha256"
+    if cache.is_dir() and (not stamp.is_file() or stamp.read_text().strip() != key):
+        shutil.rmtree(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    if not stamp.is_file():
+        write_text_atomic(stamp, key + "\n")
+    else:
+        done = len(list(cache.glob("*.npy")))
+        if done:
+            log.info("resuming: %d chunk(s) of this request were already generated in %s", done, cache)
+    return cache
 
 
 def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: Sequence[str] | None = None,
            truncation: float | None = None, seed: int = 0, checkpoint: str | int = "best", device: str = "auto",
-           overwrite: bool = False, png: bool = True, codes: Sequence[str] | None = None) -> PreparedDataset:
+           overwrite: bool = False, png: bool = True, codes: Sequence[str] | None = None, sample_steps: int | None = None,
+           guidance: float | None = None, progress: bool = False) -> PreparedDataset:
     """Generate ``n`` images per run (balanced over ``classes`` or the run's classes) into ``out``.
 
     Runs that do not carry ``classes`` are skipped when several runs are combined; a single run must carry
     them. ``codes`` pins code blocks of semicond runs (``BLOCK=V[,V...]``); the manifest records every image's
-    codes. Returns the synthetic set opened as a :class:`PreparedDataset`.
+    codes. ``sample_steps`` and ``guidance`` choose a diffusion run's sampler (its configuration's otherwise).
+    Images are generated 256 at a time, and finished chunks are kept beside ``out`` until the set is written, so
+    an interrupted call with the same arguments goes on where it stopped. The manifest records the seconds per
+    image. Returns the synthetic set opened as a :class:`PreparedDataset`.
     """
     if n < 1:
         raise CxrganError(f"--n must be at least 1, got {n}")
@@ -156,6 +217,8 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
         raise CxrganError(f"output {out} already exists; choose another --out or pass --overwrite")
     dev = pick_device(device)
     loaded = [require_sampler(load_run(r, checkpoint, dev)) for r in runs]
+    for lr in loaded:
+        set_sampler(lr, sample_steps, guidance)
     pinned = [fixed_codes(lr, codes) for lr in loaded]
     sizes = {int(lr.info["image_size"]) for lr in loaded}
     if len(sizes) > 1:
@@ -175,6 +238,11 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
     if classes:
         class_names = [c for c in class_names if c != "UNLABELLED"]
     total = sum(len(p) for _, p in plans)
+    request = {"runs": [(str(lr.checkpoint.resolve()), lr.step, _sampler_record(lr)) for lr, _ in plans], "n": n,
+               "classes": list(classes or []), "truncation": truncation, "seed": seed, "codes": list(codes or [])}
+    cache = _sampling_cache(out, request)
+    bar = progress_bar(total, progress, desc="sampling", unit="img")
+    t0 = time.perf_counter()
     with atomic_directory(out, overwrite=overwrite) as tmp:
         writer = DatasetWriter(tmp, total, size, with_masks=False)
         labels, items, runs_meta = [], [], []
@@ -183,7 +251,7 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
             z = draw_latents(lr, len(plan), gen, truncation, pinned[loaded.index(lr)])
             names = lr.info["class_names"]
             y = torch.tensor([names.index(c) if c in names else 0 for c in plan], dtype=torch.long)
-            imgs = generate(lr, z, y)
+            imgs = _generate_resumable(lr, z, y, cache, f"run{k}", bar)
             space = getattr(lr.family, "code_space", None)
             for i, (img, c) in enumerate(zip(imgs, plan)):
                 writer.append(img)
@@ -196,7 +264,7 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
                     save_png(img, tmp / "png" / c / f"{len(labels) - 1:06d}.png")
             runs_meta.append({"run": str(lr.path.resolve()), "family": lr.cfg.model.family, "checkpoint": lr.checkpoint.name,
                               "step": lr.step, "count": len(plan), "data_manifest_sha256": lr.info.get("data_manifest_sha256"),
-                              "classes": list(lr.info.get("classes") or [])})
+                              "classes": list(lr.info.get("classes") or []), **_sampler_record(lr)})
             if space is not None:
                 runs_meta[-1]["codes"] = {"blocks": [b.spec() for b in space.blocks], "correlation": space.correlation,
                                           "fixed": {name: [round(float(x), 6) for x in v] for name, v in pinned[loaded.index(lr)].items()}}
@@ -204,13 +272,23 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
         splits = np.zeros(len(lab), np.uint8)
         for meta, c in zip(items, lab):
             meta["label"], meta["split"] = int(c), 0
+        bar.close()
+        seconds = time.perf_counter() - t0
         manifest = base_manifest(
             source={"kind": "synthetic", "path": ",".join(str(r) for r in runs), "runs": runs_meta, "seed": seed,
-                    "truncation": truncation, "checkpoint": str(checkpoint)},
+                    "truncation": truncation, "checkpoint": str(checkpoint), "device": str(dev),
+                    "seconds": round(seconds, 3), "seconds_per_image": round(seconds / total, 5)},
             preprocess={"size": size}, class_names=class_names, multilabel=False, size=size, labels=lab, splits=splits,
             skipped=[], split_info={"from_source": True, "by_patient": False}, has_masks=False)
         writer.finalize(lab, splits, manifest, items)
+    shutil.rmtree(cache, ignore_errors=True)
     return PreparedDataset.open(out)
+
+
+def _sampler_record(loaded: LoadedRun) -> dict:
+    """A diffusion run's sampler settings as the manifest records them (nothing for a GAN run)."""
+    fam = loaded.family
+    return {"sample_steps": fam.sample_steps, "guidance": fam.guidance} if hasattr(fam, "set_sampler") else {}
 
 
 def _code_run(run: str | Path, checkpoint: str | int) -> LoadedRun:

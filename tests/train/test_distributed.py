@@ -88,6 +88,22 @@ def test_two_processes_equal_one(phantom32, tmp_path, family, extra):
     assert logged["kimg"] == pytest.approx(4 * 16 / 1000)  # images of the global batch
 
 
+def test_two_processes_equal_one_for_the_diffusion_family(phantom32, tmp_path):
+    # The noise, the timesteps and the label dropout are drawn for the global batch and split (runtime.distributed.sharded).
+    args = ["--model", "ddpm", "--data", str(phantom32), "--steps", "4", *TINY, "--set", "model.sample_steps=3",
+            "--set", "model.timesteps=100", "--set", "eval_samples=16"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    _train([*args, "--out", str(one)], 1)
+    _train([*args, "--out", str(two)], 2)
+    for step, tol in ((2, 1e-3), (4, 3e-3)):
+        _assert_close(_weights(one, step), _weights(two, step), tol)
+    # and not by chance: another seed's run is far away
+    other = tmp_path / "other"
+    _train([*args, "--seed", "1", "--out", str(other)], 1)
+    with pytest.raises(AssertionError):
+        _assert_close(_weights(one, 4), _weights(other, 4), 3e-3)
+
+
 def test_resume_with_another_number_of_processes(phantom32, tmp_path):
     args = ["--model", "dcgan", "--data", str(phantom32), *TINY]
     straight, mixed = tmp_path / "straight", tmp_path / "mixed"

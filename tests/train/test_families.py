@@ -18,7 +18,7 @@ from .helpers import tiny_config
 
 
 def test_registry_lists_the_families():
-    assert family_names() == ["bigan", "cgan", "dcgan", "dgm", "gan", "semicond"]
+    assert family_names() == ["bigan", "cgan", "dcgan", "ddpm", "dgm", "gan", "semicond"]
     with pytest.raises(CxrganError, match="unknown model 'stylegan'"):
         get_family("stylegan")
 
@@ -56,10 +56,11 @@ def test_dcgan_depth_follows_size(size):
 
 
 @pytest.mark.parametrize("size", [128, 256])
-@pytest.mark.parametrize("family", ["gan", "dcgan", "cgan", "bigan", "semicond", "dgm"])
+@pytest.mark.parametrize("family", ["gan", "dcgan", "cgan", "bigan", "semicond", "dgm", "ddpm"])
 def test_every_family_builds_for_large_images(family, size):
     # G and D (and E, and the DGM's decomposition) at the sizes people read radiographs at: shapes and ranges.
-    cfg = tiny_config("unused", family, "model.g_channels=4", "model.d_channels=4", "model.standardize=none")
+    cfg = tiny_config("unused", family, "model.g_channels=4", "model.d_channels=4", "model.standardize=none",
+                      "model.sample_steps=2")
     fam = build_family(cfg, size, 2).eval()
     with torch.no_grad():
         if family == "dgm":

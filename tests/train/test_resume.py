@@ -34,6 +34,8 @@ def _weights(run):
     ("semicond", ["model.code_correlation=0.3"]),
     ("dgm", []),  # inputs drawn from the bound training images with the loop's own generators
     ("dgm", ["augment.acquisition=1"]),  # random acquisition shifts of the inputs, from the global RNG
+    ("ddpm", ["model.sample_steps=4", "model.timesteps=100"]),  # noise, timesteps and label dropout from the global RNG
+    ("ddpm", ["model.sample_steps=4", "model.prediction=v_prediction", "model.guidance=2"]),
 ])
 def test_resume_equals_uninterrupted(phantom32, tmp_path, family, extra):
     straight = tiny_config(phantom32, family, "steps=8", "ckpt_every=4", *extra)

@@ -42,6 +42,7 @@ class Family(nn.Module):
     """
 
     conditional: bool = False
+    adversarial: bool = True  # trained against a discriminator (D's augmentation, D's losses and figures apply)
     has_encoder: bool = False
     translates: bool = False  # G maps images to images (dgm): its "latents" are input radiographs
     phases: dict[str, tuple[str, ...]] = {"D": ("D",), "G": ("G",)}
@@ -79,6 +80,12 @@ class Family(nn.Module):
     @property
     def latent_dim(self) -> int:
         """Width of the generator's latent input (``z_dim``, plus code dimensions for ``semicond``)."""
+        return self.z_dim
+
+    @property
+    def noise_dim(self) -> int:
+        """Width of the Gaussian noise a latent starts from (``z_dim``; the whole initial image for ``ddpm``): what
+        :meth:`extend_latents` completes into a latent."""
         return self.z_dim
 
     def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -194,6 +201,11 @@ class Family(nn.Module):
 
     # -- family-specific figures ---------------------------------------------------------------------
     metric_columns: tuple[str, ...] = ()
+
+    def progress_text(self, row: dict) -> str:
+        """The training figures of a logged metrics ``row`` in one line, for the log and the progress bar."""
+        return (f"G {row['g_loss']:.4f}  D {row['d_loss']:.4f}  acc real {row['d_acc_real']:.2f} "
+                f"fake {row['d_acc_fake']:.2f}")
 
     def checkpoint_figures(self, generate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                            nets: dict[str, nn.Module] | None = None) -> dict[str, float]:

@@ -55,4 +55,4 @@ def build_family(cfg: Any, image_size: int, num_classes: int) -> Any:
 
 
 def _load_builtin() -> None:
-    from . import bigan, cgan, dcgan, dgm, gan, semicond  # noqa: F401  (each registers itself)
+    from . import bigan, cgan, dcgan, ddpm, dgm, gan, semicond  # noqa: F401  (each registers itself)

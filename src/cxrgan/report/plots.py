@@ -64,7 +64,7 @@ def plot_run(run: Path) -> list[Path]:
 def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[Path]:
     """Write losses.png (G and D), d_accuracy.png (real and fake), quality.png (FD, diversity) and, for families
     with their own columns, family.png (one panel per column) for ``{label: metrics rows}``; several runs share
-    the axes, one colour per run."""
+    the axes, one colour per run. A figure none of the runs has figures for (D's, for a ddpm) is not drawn."""
     plt = _plt()
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -74,6 +74,8 @@ def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[
         ("quality.png", [("fd", "Fréchet distance (lower is better)"), ("diversity_ratio", "diversity / real diversity (worst class)")]),
     ]
     for name, keys in panels:
+        if not any(len(_series(rows, key)[0]) for rows in runs.values() for key, _ in keys if key != "diversity_ratio"):
+            continue  # nothing to draw: a family without a discriminator has no D losses or accuracies
         fig, axes = plt.subplots(1, len(keys), figsize=(5.5 * len(keys), 3.6))
         for ax, (key, title) in zip(np.atleast_1d(axes), keys):
             for i, (label, rows) in enumerate(runs.items()):
@@ -104,7 +106,7 @@ def plot_runs(runs: dict[str, Sequence[dict[str, str]]], out_dir: Path) -> list[
             for i, (label, rows) in enumerate(runs.items()):
                 x, y = _series(rows, key)
                 if len(x):
-                    sparse = len(x) < 0.5 * len([r for r in rows if r.get("g_loss")])  # measured at checkpoints only
+                    sparse = len(x) < 0.5 * len([r for r in rows if r.get("img_per_s")])  # measured at checkpoints only
                     ax.plot(x, y if sparse else smooth(y), label=label, color=f"C{i}", marker="o" if sparse else None, ms=3)
             if len(runs) > 1 and ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=8)

@@ -25,6 +25,7 @@ _COLUMN_TITLES = {
     "d_class_ce": "D class cross-entropy on real images", "g_class_kl": "G class-share divergence",
     "g_class_ce": "G class cross-entropy", "d_code_mse": "D code recovery MSE (real codes)",
     "g_code_mse": "G code recovery MSE", "class_acc": "D class accuracy on generated images",
+    "denoise_mse": "denoising loss (MSE of the predicted noise or velocity)",
 }
 
 

@@ -34,7 +34,13 @@ class ModelConfig:
     ``score_shift`` (pixels, 0 = off) makes its residual maps and pixel scores the consensus of inputs shifted by
     up to that many pixels (see ``models.dgm.shift_consensus``); ``standardize`` (``none``, ``pose``, ``intensity``
     or ``pose+intensity``) moves its inputs into a common frame first: pose aligned with an atlas of the normal
-    training images, intensities mapped onto theirs (see ``nets.standardize``)."""
+    training images, intensities mapped onto theirs (see ``nets.standardize``). For ``ddpm`` (see ``models.ddpm``):
+    ``g_channels`` is the UNet's base width, ``res_blocks`` residual blocks per level, self-attention at resolutions
+    up to ``attention_px``; ``timesteps`` of the ``schedule`` (``linear_beta``, ``scaled_linear_beta``,
+    ``sigmoid_beta``, ``cosine``); ``prediction`` (``epsilon`` or ``v_prediction``); ``label_dropout`` (the share of
+    training images shown with the null class, for classifier-free guidance); ``sample_steps`` (DDIM steps) and
+    ``guidance`` (classifier-free guidance weight, 1 = none) for sampling, which ``cxrgan sample --sample-steps
+    --guidance`` override."""
 
     family: str = "dcgan"
     z_dim: int = 100
@@ -67,6 +73,14 @@ class ModelConfig:
     sparsity_weight: float = 2.0
     score_shift: int = 1
     standardize: str = "none"
+    res_blocks: int = 1
+    attention_px: int = 8
+    timesteps: int = 1000
+    schedule: str = "cosine"
+    prediction: str = "epsilon"
+    label_dropout: float = 0.1
+    sample_steps: int = 25
+    guidance: float = 1.0
 
 
 @dataclass

@@ -203,6 +203,9 @@ class _Loop:
         reproducible(device)
         seed_everything(cfg.seed)
         self._build_family()
+        if cfg.augment.policy and not self.family.adversarial:
+            raise CxrganError(f"augment.policy={cfg.augment.policy!r} augments the images a discriminator sees; a "
+                              f"{cfg.model.family} run has none. Use augment.acquisition to augment the training images")
         self.augment = DiffAugment(cfg.augment.policy, cfg.augment.translation, cfg.augment.cutout)
         self.acquire = AcquisitionAugment(cfg.augment.acquisition, cfg.augment.acquisition_kinds)
         self.sampler = EpochSampler(len(data), cfg.batch_size, cfg.seed)
@@ -470,11 +473,11 @@ class _Loop:
 
     def _write_row(self, row: dict) -> None:
         self.metrics.write(row)
-        if "g_loss" in row:
-            self.bar.set_description(f"G {row['g_loss']:.3f} D {row['d_loss']:.3f} {row['img_per_s']:.0f} img/s")
+        if "img_per_s" in row:  # a logging step (a checkpoint row alone carries only the quality figures)
+            text = self.family.progress_text(row)
+            self.bar.set_description(f"{text}  {row['img_per_s']:.0f} img/s")
             if not self.progress:
-                log.info("step %d/%d  G %.4f  D %.4f  acc real %.2f fake %.2f  %.0f img/s%s", self.step, self.total,
-                         row["g_loss"], row["d_loss"], row["d_acc_real"], row["d_acc_fake"], row["img_per_s"],
+                log.info("step %d/%d  %s  %.0f img/s%s", self.step, self.total, text, row["img_per_s"],
                          f"  FD {row['fd']:.4g}" if "fd" in row else "")
 
     def _after_collapse(self) -> bool:
@@ -486,8 +489,10 @@ class _Loop:
             state = self._restore(ckpt.resolve(self.run_dir, healthy))
             self.step, self.images_seen, self.best = int(state["step"]), int(state["images_seen"]), dict(state["best"])
             self.rollbacks += 1
-            for group in self.optims["D"].param_groups:
-                group["lr"] *= cfg.collapse_lr_factor
+            slowed = [self.optims["D"]] if "D" in self.optims else list(self.optims.values())  # D's rate, else every rate
+            for opt in slowed:
+                for group in opt.param_groups:
+                    group["lr"] *= cfg.collapse_lr_factor
             dist.barrier()  # every process has read the checkpoint before rank 0 rewinds
             self.metrics.close()
             if self.main:
@@ -495,9 +500,10 @@ class _Loop:
                 self.metrics = self._metrics_log(self.step)
             self.saved_step = self.step
             self.outcome.rollbacks.append((collapsed_at, self.step))
-            log.warning("collapse at step %d: rolled back to step %d, the last healthy checkpoint, with the D learning rate "
-                        "x%g (now %.3g); rollback %d of at most %d", collapsed_at, self.step, cfg.collapse_lr_factor,
-                        self.optims["D"].param_groups[0]["lr"], self.rollbacks, cfg.max_rollbacks)
+            log.warning("collapse at step %d: rolled back to step %d, the last healthy checkpoint, with %s "
+                        "x%g (now %.3g); rollback %d of at most %d", collapsed_at, self.step,
+                        "the D learning rate" if "D" in self.optims else "the learning rates",
+                        cfg.collapse_lr_factor, slowed[0].param_groups[0]["lr"], self.rollbacks, cfg.max_rollbacks)
             return True
         self.outcome.stopped_on_collapse = True
         why = ("no healthy checkpoint to roll back to" if healthy is None else
