@@ -398,6 +398,10 @@ def _add_anomaly(sub: argparse._SubParsersAction) -> None:
                    help="residual maps as the consensus of the input shifted by up to PX pixels (0: one pass of G; "
                    "default: the run's model.score_shift, 1 unless set)")
     _shift_args(p)
+    p.add_argument("--site-normals", metavar="DATASET", help="normal radiographs from the site the test images come from "
+                   "(a prepared dataset; its normal-class images, every split): each method gets a second threshold there, "
+                   "set so that they are called normal as often as the validation normals were, and the report gives "
+                   "sensitivity and specificity at it beside the validation threshold's")
     p.set_defaults(func=_cmd_anomaly)
 
 
@@ -405,7 +409,7 @@ def _cmd_anomaly(a: argparse.Namespace) -> int:
     from .decompose import anomaly
 
     anomaly(a.run, a.data, a.out, a.normal_class, a.checkpoint, a.score, a.baseline_epochs, a.seed, a.device, a.score_shift,
-            a.shifts, a.test_data)
+            a.shifts, a.test_data, site_normals=a.site_normals)
     print((Path(a.out) / "report.md").read_text())
     return 0
 
@@ -564,6 +568,8 @@ def _add_cluster_split(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hold-out", type=int, default=None, metavar="K",
                    help="the cluster to hold out (default: the most atypical one with 20 test images of every class)")
     p.add_argument("--seed", type=int, default=0, help="seeds the clustering")
+    p.add_argument("--site-out", metavar="DIR", help="also write the held-out cluster's dropped training and validation "
+                   "images as a dataset (other patients of that cluster: for anomaly --site-normals)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_cluster_split)
 
@@ -573,10 +579,10 @@ def _cmd_cluster_split(a: argparse.Namespace) -> int:
     from .data.summary import info_text
     from .evaluate.shift import cluster_split
 
-    s = cluster_split(a.data, a.out, a.clusters, a.hold_out, a.seed, overwrite=a.overwrite)
+    s = cluster_split(a.data, a.out, a.clusters, a.hold_out, a.seed, overwrite=a.overwrite, site_out=a.site_out)
     print(info_text(PreparedDataset.open(a.out)))
     print(f"held out cluster {s['held_out']} of {s['clusters']} ({s['chosen_by']}); profiles in {a.out}/cluster_split.json, "
-          f"examples in {a.out}/clusters.png")
+          f"examples in {a.out}/clusters.png" + (f"; its {s['site_images']} dropped images in {a.site_out}" if a.site_out else ""))
     return 0
 
 

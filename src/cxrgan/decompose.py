@@ -232,20 +232,24 @@ def _method_row(name: str, val_abnormal: np.ndarray, val_scores: np.ndarray, abn
     op = am.operating_point(val_abnormal, val_scores, abnormal, scores)
     return {"method": name, "val_roc_auc": am.roc_auc(val_abnormal, val_scores), "roc_auc": am.roc_auc(abnormal, scores),
             "average_precision": am.average_precision(abnormal, scores), "threshold": op.threshold,
-            "sensitivity": op.sensitivity, "specificity": op.specificity,
+            "val_specificity": op.val_specificity, "sensitivity": op.sensitivity, "specificity": op.specificity,
             "balanced_accuracy": (op.sensitivity + op.specificity) / 2, "accuracy": op.accuracy, "f1": op.f1}
 
 
 def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: str = "NORMAL", checkpoint: str | int = "best",
             score: str = "auto", baseline_epochs: int = 10, seed: int = 0, device: str = "auto",
-            score_shift: int | None = None, shifts: str | None = "standard", test_data: Sequence[str | Path] = ()) -> dict:
+            score_shift: int | None = None, shifts: str | None = "standard", test_data: Sequence[str | Path] = (),
+            site_normals: str | Path | None = None) -> dict:
     """Score ``data``'s test split with a dgm run and the baselines; write the report under ``out``.
 
     ``score``: one of :data:`cxrgan.models.dgm.SCORES` or ``auto`` (the one with the highest validation ROC AUC).
     The threshold is chosen on validation (Youden's J); test figures are measured once. ``shifts`` and
     ``test_data``: the shift protocol's further test sets (:func:`cxrgan.evaluate.shift.protocol_conditions`), each
-    scored by every method with the same thresholds (``shift.md``, ``shift.csv``). Returns the summary."""
-    from .evaluate.shift import summarize_conditions, protocol_conditions
+    scored by every method with the same thresholds (``shift.md``, ``shift.csv``). ``site_normals``: a prepared
+    dataset of normal images from the site the test images come from; every method then also gets a site threshold
+    (:func:`cxrgan.evaluate.anomaly.site_threshold`) and its sensitivity and specificity on the test split and each
+    ``test_data`` set. Returns the summary."""
+    from .evaluate.shift import protocol_conditions, site_normals as read_site_normals, summarize_conditions
     from .models.dgm import SCORES
 
     if score != "auto" and score not in SCORES:
@@ -273,7 +277,8 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     dgm_maps = am.smooth_maps(np.clip(test_residuals, 0, None))  # the input denser than its normal image
 
     # The baselines on every image set at once: validation, then each test condition (the test split first).
-    sets = [val_u8, *(c.images for c in conditions)]
+    site_u8 = None if site_normals is None else read_site_normals(site_normals, ds, normal)
+    sets = [val_u8, *(c.images for c in conditions)] + ([] if site_u8 is None else [site_u8])
     baselines = {
         "autoencoder": am.autoencoder_scores(train_u8, val_u8[~val_ab], sets, ds.size, baseline_epochs, seed, device),
         "patch memory (PatchCore-style)": am.patch_memory_scores(train_u8, sets, seed=seed),
@@ -296,6 +301,10 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
         "n_val": int(len(val_rows)), "n_test": int(len(test_rows)), "n_test_abnormal": int(test_ab.sum()),
         "methods": table,
     }
+    if site_u8 is not None:
+        site_scores = [score_images(loaded, site_u8)[0][chosen]] + [res[-1][0] for res in baselines.values()]
+        summary["site_calibration"] = _site_calibration(site_normals, conditions, normal, table, site_scores,
+                                                        {name: t for name, (_, t, _) in methods.items()}, loaded, baselines, chosen)
     if len(conditions) > 1:
         summary["shift"] = _shift_figures(out, loaded, conditions, baselines, normal, val_ab,
                                           {name: v for name, (v, _, _) in methods.items()}, table, chosen)
@@ -308,6 +317,30 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
              table[0]["threshold"], chosen)
     write_text_atomic(out / "report.md", _markdown(summary))
     return summary
+
+
+def _site_calibration(path: str | Path, conditions, normal: int, table: list[dict], site_scores: list[np.ndarray],
+                      test_scores: dict[str, np.ndarray], loaded: LoadedRun, baselines: dict[str, list], chosen: str) -> dict:
+    """Each method's site threshold (from its scores of the site normals, at the specificity its validation threshold
+    had) and the sensitivity and specificity it gives on the test split and each external test set, beside the
+    validation threshold's."""
+    rows, thresholds = [], {}
+    for k, c in enumerate(conditions):
+        if c.kind == "acquisition":
+            continue  # a simulated shift has no site of its own to calibrate on
+        ab = c.labels != normal
+        if k == 0:
+            scores = [test_scores[r["method"]] for r in table]
+        else:
+            scores = [score_images(loaded, c.images)[0][chosen]] + [res[k + 1][0] for res in baselines.values()]
+        for r, site, t in zip(table, site_scores, scores):
+            cut = am.site_threshold(site, r["val_specificity"])
+            thresholds[r["method"]] = cut
+            vs, vp = am.rates(ab, t, r["threshold"])
+            ss, sp = am.rates(ab, t, cut)
+            rows.append({"condition": c.name, "method": r["method"], "val_threshold_sensitivity": vs,
+                         "val_threshold_specificity": vp, "site_threshold_sensitivity": ss, "site_threshold_specificity": sp})
+    return {"site_normals": str(path), "n_site_normals": int(len(site_scores[0])), "thresholds": thresholds, "rows": rows}
 
 
 def _shift_figures(out: Path, loaded: LoadedRun, conditions, baselines: dict[str, list], normal: int, val_ab: np.ndarray,
@@ -410,6 +443,13 @@ def _markdown(s: dict) -> str:
         lines.append(f"| {r['method']} | {f(r['val_roc_auc'])} | {f(r['roc_auc'])} | {f(r['average_precision'])} | "
                      f"{f(r['sensitivity'])} | {f(r['specificity'])} | {f(r.get('accuracy'))} | {f(r.get('f1'))} | "
                      f"{f(r.get('pixel_auc'))} | {f(r.get('best_dice'))} |")
+    sc = s.get("site_calibration")
+    if sc:
+        lines += ["", f"Site thresholds from {sc['n_site_normals']} normal images of `{sc['site_normals']}` (each method called "
+                  "them normal as often as its validation threshold called the validation normals); sensitivity / specificity:",
+                  "", "| test set | method | at the validation threshold | at the site threshold |", "|---|---|---|---|"]
+        lines += [f"| {r['condition']} | {r['method']} | {f(r['val_threshold_sensitivity'])} / {f(r['val_threshold_specificity'])} | "
+                  f"{f(r['site_threshold_sensitivity'])} / {f(r['site_threshold_specificity'])} |" for r in sc["rows"]]
     lines += ["", "Every DGM score (ROC AUC):", "", "| score | validation | test |", "|---|---|---|"]
     for k, v in s["val_roc_auc_by_score"].items():
         lines.append(f"| {k} | {f(v)} | {f(s['test_roc_auc_by_score'][k])} |")

@@ -66,6 +66,8 @@ def load_run(run: str | Path, which: str | int = "best", device: torch.device | 
     if ema_names:  # sample from the weight average when the run kept one
         ckpt.load_modules({n: modules[n] for n in ema_names}, tensors, prefix="ema.")
     family.to(device).eval()
+    if cfg.channels_last and torch.device(device).type != "mps":  # sample in the memory format the run trained in
+        family.to(memory_format=torch.channels_last)
     return LoadedRun(run, cfg, info, family, path, int(meta["step"]))
 
 

@@ -142,7 +142,7 @@ def test_conditions_and_external_test_sets(phantom32, tmp_path):
 
 def test_held_out_cluster_split(phantom32, tmp_path, capsys):
     out = tmp_path / "held"
-    s = cluster_split(phantom32, out, clusters=3, min_test_per_class=3)
+    s = cluster_split(phantom32, out, clusters=3, min_test_per_class=3, site_out=tmp_path / "site")
     ds, new = PreparedDataset.open(phantom32), PreparedDataset.open(out)
     from cxrgan.evaluate.shift import acquisition_clusters
 
@@ -161,6 +161,10 @@ def test_held_out_cluster_split(phantom32, tmp_path, capsys):
     assert not trained & {np.asarray(ds.images[i]).tobytes() for i in np.flatnonzero(cl.assignment == held)}
     assert leaky_groups(new.items()) == 0
     assert (out / "clusters.png").is_file() and json.loads((out / "cluster_split.json").read_text())["held_out"] == held
+    # The dropped images (the held-out cluster's training and validation images) are the site dataset.
+    site = PreparedDataset.open(tmp_path / "site")
+    dropped = {np.asarray(ds.images[i]).tobytes() for i in np.flatnonzero((cl.assignment == held) & (np.asarray(ds.splits) != 2))}
+    assert {np.asarray(site.images[i]).tobytes() for i in range(len(site))} == dropped and s["site_images"] == len(site)
     # every class is in every cluster: each class's mean was removed before clustering
     assert all(sum(per[split][c] for split in per) > 0 for per in s["counts"].values() for c in ds.class_names)
     assert main(["cluster-split", "--data", str(phantom32), "--out", str(tmp_path / "bad"), "--hold-out", "9"]) == 2

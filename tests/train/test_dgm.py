@@ -86,6 +86,18 @@ def test_metrics_on_constructed_cases():
     t = am.youden_threshold(abnormal, perfect)
     assert 0.4 < t < 0.6  # the midpoint between the classes
     assert am.rates(abnormal, perfect, t) == (1.0, 1.0)
+    # A site threshold restores the specificity a brighter site loses at the validation threshold, from its normal
+    # images alone: every score there is 3 higher.
+    rng = np.random.default_rng(0)
+    val_n, val_a = rng.normal(0, 1, 300), rng.normal(2.5, 1, 300)
+    val_scores, val_ab = np.concatenate([val_n, val_a]), np.r_[np.zeros(300, bool), np.ones(300, bool)]
+    cut = am.youden_threshold(val_ab, val_scores)
+    val_spec = am.rates(val_ab, val_scores, cut)[1]
+    site_test = np.concatenate([rng.normal(3, 1, 300), rng.normal(5.5, 1, 300)])
+    assert am.rates(val_ab, site_test, cut)[1] < 0.2  # the validation threshold calls most site normals abnormal
+    site_cut = am.site_threshold(rng.normal(3, 1, 40), val_spec)
+    sens, spec = am.rates(val_ab, site_test, site_cut)
+    assert abs(spec - val_spec) < 0.12 and sens > 0.75 and 2 < site_cut - cut < 4
     # The threshold comes from validation; test figures are measured at it (here one normal image is called abnormal).
     op = am.operating_point(abnormal, perfect, abnormal, np.array([0.1, 0.2, 0.3, 0.55, 0.6, 0.7, 0.8, 0.9]))
     assert op.threshold == t and op.val_sensitivity == 1.0 and op.sensitivity == 1.0 and op.specificity == 0.75
@@ -174,9 +186,21 @@ def test_decompose_end_to_end_with_bad_inputs(dgm_run, phantom32, tmp_path, caps
 
 def test_anomaly_end_to_end_reports_baselines_and_localization(dgm_run, phantom32, tmp_path, capsys):
     out = tmp_path / "an"
+    from cxrgan.data.dataset import write_subset
+
+    ds = PreparedDataset.open(phantom32)
+    site = write_subset(ds, ds.indices("train", ["NORMAL"])[:40], tmp_path / "site", {"kind": "site normals"}).root
     assert main(["anomaly", str(dgm_run), "--data", str(phantom32), "--out", str(out), "--baseline-epochs", "1",
-                 "--shifts", "exposure:strong,noise:0.5"]) == 0
+                 "--shifts", "exposure:strong,noise:0.5", "--site-normals", str(site)]) == 0
     s = json.loads((out / "anomaly.json").read_text())
+    # Site thresholds: one per method, applied to the test split (a simulated shift has no site to calibrate on).
+    sc = s["site_calibration"]
+    assert sc["n_site_normals"] == 40 and set(sc["thresholds"]) == {m["method"] for m in s["methods"]}
+    assert {r["condition"] for r in sc["rows"]} == {"test split"} and len(sc["rows"]) == len(s["methods"])
+    for r in sc["rows"]:
+        m = next(x for x in s["methods"] if x["method"] == r["method"])
+        assert r["val_threshold_specificity"] == m["specificity"] and 0 <= r["site_threshold_specificity"] <= 1
+    assert "Site thresholds from 40 normal images" in (out / "report.md").read_text()
     # every method under every test condition, with the thresholds chosen on validation
     rows = {r["condition"]: r for r in s["shift"]["rows"]}
     assert list(rows) == ["test split", "exposure:strong", "noise:0.5"]
@@ -218,6 +242,9 @@ def test_bad_inputs_get_one_clear_message(dgm_run, phantom32, tmp_path, capsys):
     normals = write_subset(ds, ds.indices("test", ["NORMAL"]), tmp_path / "normals", {"kind": "normal only"})
     with pytest.raises(CxrganError, match="needs both NORMAL and abnormal images"):
         anomaly(dgm_run, phantom32, tmp_path / "a", shifts="none", test_data=[normals.root])
+    pneu = write_subset(ds, ds.indices("test", ["PNEUMONIA"]), tmp_path / "pneu", {"kind": "abnormal only"})
+    with pytest.raises(CxrganError, match="--site-normals .*: 0 NORMAL image"):
+        anomaly(dgm_run, phantom32, tmp_path / "a", shifts="none", site_normals=pneu.root)
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CxrganError, match="none of the inputs could be read"):

@@ -85,6 +85,18 @@ def youden_threshold(abnormal: np.ndarray, scores: np.ndarray) -> float:
     return float(best)
 
 
+def site_threshold(site_normal_scores: np.ndarray, specificity: float) -> float:
+    """A threshold for another site from its normal images' scores alone: the one that calls them normal as often as
+    the validation threshold called the validation normals (``specificity``), i.e. that quantile of their scores.
+    Ranks transfer across sites when thresholds do not (a brighter site scores every image higher); a few dozen
+    normal images place it."""
+    s = np.sort(np.asarray(site_normal_scores, np.float64))
+    if len(s) == 0:
+        raise ValueError("no site normal scores")
+    k = int(np.clip(np.ceil(specificity * len(s)), 1, len(s)))  # scores below the k-th lowest are called normal
+    return float(s[k - 1] + (s[k] - s[k - 1]) / 2) if k < len(s) else float(s[-1] + 1e-9)
+
+
 def operating_point(val_abnormal: np.ndarray, val_scores: np.ndarray, test_abnormal: np.ndarray,
                     test_scores: np.ndarray) -> OperatingPoint:
     """Choose the threshold on validation (Youden's J), report sensitivity, specificity, accuracy and F1 on test."""

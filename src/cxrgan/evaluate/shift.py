@@ -105,6 +105,22 @@ def external_test(path: str | Path, ds: PreparedDataset) -> Condition:
     return Condition(f"external {Path(path).name}", "external", _resized(np.asarray(ext.images[rows]), ds.size), mapped, note)
 
 
+def site_normals(path: str | Path, ds: PreparedDataset, normal: int) -> np.ndarray:
+    """The images of ``path`` (a prepared dataset, every split) labelled with ``ds``'s normal class ``normal`` (matched
+    by name), resized to ``ds``'s size: normal radiographs of the site a test set comes from, to set a threshold there."""
+    site = PreparedDataset.open(path)
+    name = ds.class_names[normal]
+    names = [c.lower() for c in site.class_names]
+    if site.multilabel or name.lower() not in names:
+        raise CxrganError(f"--site-normals {path}: it has no {name} images (classes: {', '.join(site.class_names)}); give "
+                          f"a prepared dataset whose {name} images come from the site to calibrate for")
+    rows = np.flatnonzero(np.asarray(site.labels) == names.index(name.lower()))
+    if len(rows) < 5:
+        raise CxrganError(f"--site-normals {path}: {len(rows)} {name} image(s); a threshold needs at least 5 (a few dozen "
+                          "place it well)")
+    return _resized(np.asarray(site.images[rows]), ds.size)
+
+
 def protocol_conditions(ds: PreparedDataset, shifts: str | Sequence[str] | None = "standard",
                     test_data: Sequence[str | Path] = (), seed: int = 0, split: str = "test") -> list[Condition]:
     """The in-distribution test split first, then each acquisition shift of it, then each external test set."""
@@ -178,12 +194,14 @@ def _held_out_choice(cl: Clusters, class_names: Sequence[str], min_test_per_clas
 
 
 def cluster_split(real: str | Path, out: str | Path, clusters: int = 4, hold_out: int | None = None, seed: int = 0,
-                  min_test_per_class: int = 20, overwrite: bool = False) -> dict[str, Any]:
+                  min_test_per_class: int = 20, overwrite: bool = False, site_out: str | Path | None = None) -> dict[str, Any]:
     """Write ``real`` with one acquisition cluster held out: its training and validation images are dropped and
     its test split holds only that cluster's test images (the original splits are kept, so patient grouping is
     too). Beside the dataset, ``cluster_split.json`` (counts and feature profile of every cluster, the choice)
     and ``clusters.png`` (a row of examples per cluster). ``hold_out``: the cluster's index (default: the most
-    atypical one with at least ``min_test_per_class`` test images of every class). Returns the summary."""
+    atypical one with at least ``min_test_per_class`` test images of every class). ``site_out``: also write the
+    dropped images (the held-out cluster's training and validation images: other patients of the same "site") as a
+    dataset of their own, for calibrating a threshold there (``anomaly --site-normals``). Returns the summary."""
     ds = PreparedDataset.open(real)
     if ds.multilabel:
         raise CxrganError(f"{real} is multi-label; the held-out cluster split needs one class per image")
@@ -205,6 +223,11 @@ def cluster_split(real: str | Path, out: str | Path, clusters: int = 4, hold_out
                "kept_images": int(len(keep)), "note": "feature profiles are standardized, with each class's mean removed"}
     new = write_subset(ds, keep, out, {"kind": "held-out acquisition cluster", "clusters": clusters, "held_out": int(hold_out),
                                        "seed": seed}, overwrite=overwrite)
+    if site_out is not None:
+        site_rows = np.flatnonzero((cl.assignment == hold_out) & ~test)
+        write_subset(ds, site_rows, Path(site_out), {"kind": "held-out acquisition cluster, its training and validation "
+                     "images", "clusters": clusters, "held_out": int(hold_out), "seed": seed}, overwrite=overwrite)
+        summary["site_images"] = int(len(site_rows))
     write_json_atomic(new.root / "cluster_split.json", summary)
     rng = np.random.default_rng(seed)
     rows = [np.asarray(ds.images[np.sort(rng.choice(np.flatnonzero(cl.assignment == c), size=min(8, int((cl.assignment == c).sum())),

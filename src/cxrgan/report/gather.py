@@ -632,6 +632,15 @@ def anomaly_section(folder: Path) -> Section:
         if val:
             sec.blocks.append(Table(["DGM score", "val ROC AUC", "test ROC AUC"], [[k, _num(v), _num(test.get(k))] for k, v in val.items()],
                                     "every DGM score; the one with the best validation figure is reported above"))
+        site = s.get("site_calibration") or {}
+        if site.get("rows"):
+            sec.blocks.append(Table(["test set", "method", "sensitivity / specificity at the validation threshold",
+                                     "at the site threshold"], [
+                [r.get("condition", ""), r.get("method", ""),
+                 f"{_num(r.get('val_threshold_sensitivity'))} / {_num(r.get('val_threshold_specificity'))}",
+                 f"{_num(r.get('site_threshold_sensitivity'))} / {_num(r.get('site_threshold_specificity'))}"] for r in site["rows"]],
+                f"thresholds set on {site.get('n_site_normals')} normal images of the test images' site ({site.get('site_normals')}), "
+                "calling them normal as often as the validation threshold called the validation normals"))
         shift = s.get("shift") or {}
         if shift.get("rows"):
             names = [m.get("method", "") for m in methods]
