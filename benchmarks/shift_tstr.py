@@ -9,7 +9,9 @@ protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``, e.g. ``small:validation`` and 
 - ``summary.md`` / ``summary.csv``: per generator and protocol, TRTR and TSTR ROC AUC and balanced accuracy on the
   test split, the TSTR/TRTR ratios there and averaged over the fourteen acquisition shifts (and the worst), and
   the seed-spread ratio of ROC AUC (TSTR's standard deviation over TRTR's);
-- ``GENERATOR-PROTOCOL/``: each study's ``tstr.md`` and ``shift.md``.
+- ``GENERATOR-PROTOCOL/``: each study's ``tstr.md`` and ``shift.md``;
+- per generator, also its training compute, sampling time per image, and ``cxrgan evaluate``'s per-class FD,
+  precision, recall, coverage and memorization share in the dataset's classifier space; ``tstr_vs_compute.png``.
 
 Generators: ``cgan`` (50 epochs), ``dcgan-pair`` (a DCGAN per class, ``--pair-steps`` each), ``semicond`` (50
 epochs), all at width ``--channels``, and ``ddpm`` (the diffusion family, ``--ddpm-epochs``; its quality check draws
@@ -84,7 +86,8 @@ def main() -> None:
             if not (out / "tstr.json").is_file():
                 run_cli(["tstr", "--synthetic", str(synth), "--real", str(data), "--out", str(out), "--arch", arch,
                       "--epoch-choice", choice, "--seeds", a.seeds])
-            rows.append({**_row(g, proto, json.loads((out / "tstr.json").read_text())), **_costs(g, members, synth, work)})
+            rows.append({**_row(g, proto, json.loads((out / "tstr.json").read_text())), **_costs(g, members, synth, work),
+                         **_quality(synth, data, work / f"evaluate-{g}", a.report_only)})
             dest = results / f"{g}-{arch}-{choice}"
             dest.mkdir(parents=True, exist_ok=True)
             for f in ("tstr.md", "shift.md"):
@@ -150,6 +153,45 @@ def _costs(g: str, members: list[Path], synth: Path, work: Path) -> dict:
             "sample_ms_per_image": None if src.get("seconds_per_image") is None else 1000 * src["seconds_per_image"]}
 
 
+def _quality(synth: Path, data: Path, out: Path, report_only: bool) -> dict:
+    """``cxrgan evaluate`` of the synthetic set in the dataset's classifier space: FD, precision, recall and coverage
+    against the real training images of each class, averaged over the classes (a pooled figure would also count the
+    balanced set's class shares against the real 26/74), and the memorization audit's flagged share."""
+    if not (out / "metrics.json").is_file():
+        if report_only:
+            return {}
+        run_cli(["evaluate", str(synth), "--real", str(data), "--features", "classifier", "--out", str(out)])
+    s = json.loads((out / "metrics.json").read_text())
+    per = [r for r in s["metrics"] if r["comparison"] == "synthetic vs real train" and r["class"] != "all"
+           and r["space"].startswith("classifier")]
+    mem = {m["space"].split("-")[0]: m["flagged_fraction"] for m in s["memorization"]}
+    mean = lambda k: float(sum(r[k] for r in per) / len(per)) if per else None  # noqa: E731
+    return {"fd_per_class": mean("fd"), "precision": mean("precision"), "recall": mean("recall"),
+            "coverage": mean("coverage"), "memorized_pixels": mem.get("pixels"), "memorized_features": mem.get("classifier")}
+
+
+def _figure(rows: list[dict], path: Path) -> None:
+    """TSTR ROC AUC against training compute, one point per generator (classifier protocol ``small:validation``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [r for r in rows if r["protocol"] == "small:validation" and r.get("train_hours")]
+    if not pts:
+        return
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for r in pts:
+        ax.errorbar(r["train_hours"], r["tstr_roc_auc"], yerr=r["tstr_roc_auc_std"], marker="o", capsize=3, label=r["generator"])
+    ax.axhline(pts[0]["trtr_roc_auc"], color="grey", ls=":", lw=0.8, label="real training images (TRTR)")
+    ax.set_xlabel("training compute (hours on one CPU thread)")
+    ax.set_ylabel("TSTR ROC AUC (real test split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
 def _write(rows: list[dict], results: Path) -> None:
     if not rows:
         return
@@ -162,6 +204,7 @@ def _write(rows: list[dict], results: Path) -> None:
     fmt = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)] + ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     (results / "summary.md").write_text("\n".join(md) + "\n")
+    _figure(rows, results / "tstr_vs_compute.png")
     print("\n".join(md))
 
 

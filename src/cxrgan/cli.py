@@ -242,6 +242,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
                    "fewer is faster")
     p.add_argument("--guidance", type=float, help="ddpm runs: classifier-free guidance weight (1 = none, one network "
                    "pass per step; above 1 two passes; default: the run's model.guidance)")
+    p.add_argument("--eta", type=float, help="ddpm runs: DDIM's eta, from 0 (no noise added while sampling) to 1 (as much "
+                   "as the ancestral sampler; each image's noise is seeded by its latent); default: the run's model.sample_eta")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -250,7 +252,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from .sample import sample
 
     ds = sample(a.runs, a.out, a.n, _csv_list(a.classes), a.truncation, a.seed, a.checkpoint, a.device, a.overwrite, not a.no_png,
-                codes=a.codes, sample_steps=a.sample_steps, guidance=a.guidance, progress=not a.quiet)
+                codes=a.codes, sample_steps=a.sample_steps, guidance=a.guidance, progress=not a.quiet, eta=a.eta)
     print(info_text(ds))
     src = ds.manifest.get("source", {})
     if src.get("seconds") is not None:

@@ -150,15 +150,16 @@ def draw_latents(loaded: LoadedRun, n: int, generator: torch.Generator, truncati
     return loaded.family.extend_latents(truncated_normal(n, loaded.family.noise_dim, truncation, generator), generator, fixed)
 
 
-def set_sampler(loaded: LoadedRun, steps: int | None, guidance: float | None) -> None:
-    """Apply ``--sample-steps`` and ``--guidance`` to a diffusion run (an error for a GAN run, which has no sampler)."""
-    if steps is None and guidance is None:
+def set_sampler(loaded: LoadedRun, steps: int | None, guidance: float | None, eta: float | None = None) -> None:
+    """Apply ``--sample-steps``, ``--guidance`` and ``--eta`` to a diffusion run (an error for a GAN run, which has no
+    sampler)."""
+    if steps is None and guidance is None and eta is None:
         return
     if not hasattr(loaded.family, "set_sampler"):
-        raise CxrganError(f"--sample-steps and --guidance choose a diffusion model's sampler; run {loaded.path} is a "
+        raise CxrganError(f"--sample-steps, --guidance and --eta choose a diffusion model's sampler; run {loaded.path} is a "
                           f"{loaded.cfg.model.family} run, which draws an image in one pass")
     try:
-        loaded.family.set_sampler(steps, guidance)
+        loaded.family.set_sampler(steps, guidance, eta)
     except ValueError as exc:
         raise CxrganError(f"run {loaded.path}: {exc}") from None
 
@@ -202,12 +203,12 @@ def _sampling_cache(out: Path, request: dict) -> Path:
 def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: Sequence[str] | None = None,
            truncation: float | None = None, seed: int = 0, checkpoint: str | int = "best", device: str = "auto",
            overwrite: bool = False, png: bool = True, codes: Sequence[str] | None = None, sample_steps: int | None = None,
-           guidance: float | None = None, progress: bool = False) -> PreparedDataset:
+           guidance: float | None = None, progress: bool = False, eta: float | None = None) -> PreparedDataset:
     """Generate ``n`` images per run (balanced over ``classes`` or the run's classes) into ``out``.
 
     Runs that do not carry ``classes`` are skipped when several runs are combined; a single run must carry
     them. ``codes`` pins code blocks of semicond runs (``BLOCK=V[,V...]``); the manifest records every image's
-    codes. ``sample_steps`` and ``guidance`` choose a diffusion run's sampler (its configuration's otherwise).
+    codes. ``sample_steps``, ``guidance`` and ``eta`` choose a diffusion run's sampler (its configuration's otherwise).
     Images are generated 256 at a time, and finished chunks are kept beside ``out`` until the set is written, so
     an interrupted call with the same arguments goes on where it stopped. The manifest records the seconds per
     image. Returns the synthetic set opened as a :class:`PreparedDataset`.
@@ -220,7 +221,7 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
     dev = pick_device(device)
     loaded = [require_sampler(load_run(r, checkpoint, dev)) for r in runs]
     for lr in loaded:
-        set_sampler(lr, sample_steps, guidance)
+        set_sampler(lr, sample_steps, guidance, eta)
     pinned = [fixed_codes(lr, codes) for lr in loaded]
     sizes = {int(lr.info["image_size"]) for lr in loaded}
     if len(sizes) > 1:
@@ -290,7 +291,7 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
 def _sampler_record(loaded: LoadedRun) -> dict:
     """A diffusion run's sampler settings as the manifest records them (nothing for a GAN run)."""
     fam = loaded.family
-    return {"sample_steps": fam.sample_steps, "guidance": fam.guidance} if hasattr(fam, "set_sampler") else {}
+    return {"sample_steps": fam.sample_steps, "guidance": fam.guidance, "eta": fam.eta} if hasattr(fam, "set_sampler") else {}
 
 
 def _code_run(run: str | Path, checkpoint: str | int) -> LoadedRun:

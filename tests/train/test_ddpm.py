@@ -53,8 +53,10 @@ def test_the_denoising_loss_learns(phantom32, tmp_path):
     assert mse[0] > 0.5 and mse[-1] < 0.6 * mse[0], mse
 
 
-def test_samples_are_a_function_of_their_initial_noise():
-    fam = _family()
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_samples_are_a_function_of_their_initial_noise(eta):
+    # With eta > 0 every step adds noise, drawn per image from a generator seeded by the image's initial noise.
+    fam = _family(f"model.sample_eta={eta}")
     z = fam.sample_z(6, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 0, 1, 0, 1])
     with torch.no_grad():
@@ -85,6 +87,8 @@ def test_guidance_mixes_the_conditional_and_unconditional_branches():
         fam.set_sampler(steps=0)
     with pytest.raises(ValueError, match="guidance"):
         fam.set_sampler(guidance=-1)
+    with pytest.raises(ValueError, match="eta must be between 0 and 1"):
+        fam.set_sampler(eta=2)
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -115,11 +119,12 @@ def test_sample_chooses_the_sampler_and_records_it(ddpm_run, tmp_path, capsys):
     from cxrgan.data import PreparedDataset
 
     assert main(["sample", str(ddpm_run), "--out", str(tmp_path / "s"), "--n", "6", "--sample-steps", "2",
-                 "--guidance", "1.5", "--quiet"]) == 0
+                 "--guidance", "1.5", "--eta", "0.5", "--quiet"]) == 0
     assert "ms per image" in capsys.readouterr().out
     ds = PreparedDataset.open(tmp_path / "s")
     src = ds.manifest["source"]
-    assert src["runs"][0]["sample_steps"] == 2 and src["runs"][0]["guidance"] == 1.5 and src["seconds_per_image"] > 0
+    assert src["runs"][0]["sample_steps"] == 2 and src["runs"][0]["guidance"] == 1.5 and src["runs"][0]["eta"] == 0.5
+    assert src["seconds_per_image"] > 0
     assert len(ds) == 6 and sorted(set(ds.labels.tolist())) == [0, 1, 2]
     assert not (tmp_path / ".s.sampling").exists()  # the chunks are gone once the set is written
     assert main(["sample", str(ddpm_run), "--out", str(tmp_path / "t"), "--n", "2", "--sample-steps", "0", "--quiet"]) == 2

@@ -12,9 +12,10 @@ process, ``DDIMScheduler`` for sampling). MONAI needs only torch and NumPy (eino
   ``label_dropout``, so one network learns the conditional and the unconditional model (classifier-free guidance,
   Ho & Salimans 2022). Every random draw comes from the global stream through :func:`sharded`, so torchrun trains
   as one process does, and exact resume holds.
-- **Sampling** is DDIM (Song et al., 2021) with ``sample_steps`` steps and no added noise, so an image is a
-  deterministic function of its initial noise. That noise is this family's latent (``latent_dim`` = S x S): seeds,
-  the fixed grids, the quality monitor's latents and ``cxrgan sample --seed`` reproduce exactly as for a GAN.
+- **Sampling** is DDIM (Song et al., 2021) with ``sample_steps`` steps and ``sample_eta`` (0: no noise added; 1: as
+  much as the ancestral DDPM sampler adds, drawn per image from a generator seeded by its initial noise), so an image
+  is a function of its initial noise alone. That noise is this family's latent (``latent_dim`` = S x S): seeds, the
+  fixed grids, the quality monitor's latents and ``cxrgan sample --seed`` reproduce exactly as for a GAN.
   ``guidance`` w mixes the two branches, ``uncond + w (cond - uncond)``; w = 1 is the plain conditional model and
   costs one network pass per step instead of two.
 - The UNet's depth follows the image size (its lowest resolution is 8 px: 3 levels at 32 px, 4 at 64, 5 at 128,
@@ -25,6 +26,7 @@ process, ``DDIMScheduler`` for sampling). MONAI needs only torch and NumPy (eino
 from __future__ import annotations
 
 import math
+import zlib
 
 import torch
 from torch import nn
@@ -47,6 +49,20 @@ def unet_layout(size: int, base: int, attention_px: int) -> tuple[tuple[int, ...
     levels = max(2, int(math.log2(size // 8)) + 1)
     channels = tuple(base * m for m in _WIDTH_MULTIPLIERS[:levels])
     return channels, tuple((size >> i) <= attention_px for i in range(levels))
+
+
+class _ImageNoise:
+    """Fresh Gaussian noise for every image of a batch from a generator of its own, seeded by the image's initial noise:
+    a stochastic sampler (eta > 0) then still draws each image as a function of its latent alone, whatever batch it
+    is generated in."""
+
+    def __init__(self, z: torch.Tensor) -> None:
+        rows = z.detach().float().cpu().numpy()
+        self.generators = [torch.Generator().manual_seed(zlib.crc32(r.tobytes())) for r in rows]
+
+    def draw(self, like: torch.Tensor) -> torch.Tensor:
+        noise = torch.stack([torch.randn(like.shape[1:], generator=g) for g in self.generators])
+        return noise.to(like.device, like.dtype).contiguous(memory_format=torch.channels_last)
 
 
 class Denoiser(nn.Module):
@@ -79,7 +95,7 @@ class DDPM(Family):
 
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, res_blocks: int = 1,
                  attention_px: int = 8, timesteps: int = 1000, schedule: str = "cosine", prediction: str = "epsilon",
-                 sample_steps: int = 25, guidance: float = 1.0, label_dropout: float = 0.1, **kw) -> None:
+                 sample_steps: int = 25, guidance: float = 1.0, sample_eta: float = 1.0, label_dropout: float = 0.1, **kw) -> None:
         if kw.get("mode_seeking") or kw.get("r1_gamma"):
             raise ValueError("loss.mode_seeking and loss.r1_gamma are terms of a GAN's losses; a ddpm has no discriminator")
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
@@ -94,16 +110,17 @@ class DDPM(Family):
         if res_blocks < 1:
             raise ValueError(f"model.res_blocks must be at least 1, got {res_blocks}")
         self.timesteps, self.schedule, self.prediction, self.label_dropout = timesteps, schedule, prediction, label_dropout
-        self.sample_steps, self.guidance = 1, 1.0
-        self.set_sampler(sample_steps, guidance)
+        self.sample_steps, self.guidance, self.eta = 1, 1.0, 0.0
+        self.set_sampler(sample_steps, guidance, sample_eta)
         self.G = Denoiser(image_size, g_channels, num_classes, res_blocks, attention_px)
         from monai.networks.schedulers import DDPMScheduler
 
         self.noise = DDPMScheduler(num_train_timesteps=timesteps, schedule=schedule, prediction_type=prediction)
 
     # -- sampling -----------------------------------------------------------------------------------------------
-    def set_sampler(self, steps: int | None = None, guidance: float | None = None) -> None:
-        """Choose the DDIM sampler's number of steps and the guidance weight (``None`` keeps the current value)."""
+    def set_sampler(self, steps: int | None = None, guidance: float | None = None, eta: float | None = None) -> None:
+        """Choose the DDIM sampler's number of steps, the guidance weight and eta (0: deterministic; 1: as much fresh
+        noise per step as the ancestral DDPM sampler); ``None`` keeps the current value."""
         if steps is not None:
             if not 1 <= steps <= self.timesteps:
                 raise ValueError(f"sample steps must be between 1 and the {self.timesteps} training timesteps, got {steps}")
@@ -112,6 +129,10 @@ class DDPM(Family):
             if guidance < 0:
                 raise ValueError(f"guidance must be at least 0, got {guidance}")
             self.guidance = float(guidance)
+        if eta is not None:
+            if not 0 <= eta <= 1:
+                raise ValueError(f"eta must be between 0 and 1, got {eta}")
+            self.eta = float(eta)
 
     @property
     def latent_dim(self) -> int:
@@ -137,19 +158,33 @@ class DDPM(Family):
         if any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
                for p in net.parameters()):
             x = x.contiguous(memory_format=torch.channels_last)  # with channels-last weights: 1.2x on a CPU
-        sampler = DDIMScheduler(num_train_timesteps=self.timesteps, schedule=self.schedule, prediction_type=self.prediction)
-        sampler.set_timesteps(self.sample_steps)
+        schedule = DDIMScheduler(num_train_timesteps=self.timesteps, schedule=self.schedule, prediction_type=self.prediction)
+        alpha_bar = schedule.alphas_cumprod.to(x.device, torch.float32)
+        schedule.set_timesteps(self.sample_steps)  # step() reads the stride from it
+        stride = self.timesteps // self.sample_steps
+        # The DDIM paper's timesteps t = k * stride (MONAI's set_timesteps starts at T - 1, where the cosine schedule
+        # leaves no signal and an epsilon prediction cannot give the image).
+        steps = torch.arange(self.sample_steps - 1, -1, -1) * stride
+        noises = _ImageNoise(z) if self.eta > 0 else None
         guided = self.guidance != 1.0
         null = torch.full_like(y, self.num_classes)
-        for t in sampler.timesteps:
-            tt = torch.full((len(x),), int(t), dtype=torch.long, device=x.device)
+        for t in steps.tolist():
+            tt = torch.full((len(x),), t, dtype=torch.long, device=x.device)
             if guided:
-                both = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null])).float()
-                cond, uncond = both.chunk(2)
+                cond, uncond = net(torch.cat([x, x]), torch.cat([tt, tt]), torch.cat([y, null])).float().chunk(2)
                 out = uncond + self.guidance * (cond - uncond)
             else:
                 out = net(x, tt, y).float()
-            x, _ = sampler.step(out, int(t), x)
+            x0 = schedule.step(out, t, x)[1]  # MONAI's estimate of the clean image, clipped to [-1, 1]
+            a, a_prev = alpha_bar[t], alpha_bar[t - stride] if t >= stride else torch.tensor(1.0)
+            # Song et al.'s update (eq. 12) from the clipped estimate, with the noise estimate made consistent with it
+            # (as improved-diffusion does): clipping x0 alone, and keeping the network's noise, leaves a pattern of
+            # +-1 pixels that a deterministic sampler carries to the end.
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+            sigma = self.eta * ((1 - a_prev) / (1 - a) * (1 - a / a_prev)).clamp(min=0).sqrt()
+            x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
+            if noises is not None and t >= stride:
+                x = x + sigma * noises.draw(x)
         return x.clamp(-1, 1)
 
     # -- training -----------------------------------------------------------------------------------------------

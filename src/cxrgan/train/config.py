@@ -38,9 +38,10 @@ class ModelConfig:
     ``g_channels`` is the UNet's base width, ``res_blocks`` residual blocks per level, self-attention at resolutions
     up to ``attention_px``; ``timesteps`` of the ``schedule`` (``linear_beta``, ``scaled_linear_beta``,
     ``sigmoid_beta``, ``cosine``); ``prediction`` (``epsilon`` or ``v_prediction``); ``label_dropout`` (the share of
-    training images shown with the null class, for classifier-free guidance); ``sample_steps`` (DDIM steps) and
-    ``guidance`` (classifier-free guidance weight, 1 = none) for sampling, which ``cxrgan sample --sample-steps
-    --guidance`` override."""
+    training images shown with the null class, for classifier-free guidance); ``sample_steps`` (DDIM steps),
+    ``guidance`` (classifier-free guidance weight, 1 = none) and ``sample_eta`` (DDIM's eta: 0 adds no noise while
+    sampling, 1 as much as the ancestral sampler) for sampling, which ``cxrgan sample --sample-steps --guidance
+    --eta`` override."""
 
     family: str = "dcgan"
     z_dim: int = 100
@@ -81,6 +82,7 @@ class ModelConfig:
     label_dropout: float = 0.1
     sample_steps: int = 25
     guidance: float = 1.0
+    sample_eta: float = 1.0
 
 
 @dataclass
