@@ -184,6 +184,8 @@ def sampling_speed(family: str, data: Path, n: int, batch: int, device: str, ove
     fam = build_family(cfg, ds.size, td.num_classes)
     fam.bind_data(td)
     fam.to(dev).eval()
+    if cfg.channels_last and dev.type != "mps":  # as cxrgan sample loads a run
+        fam.to(memory_format=torch.channels_last)
     amp = autocast_dtype(cfg.precision, dev, pixels=batch * ds.size * ds.size)
     g = torch.Generator().manual_seed(0)
     z = fam.sample_z(n, generator=g).to(dev)
