@@ -85,22 +85,30 @@ def reference_flops(size: int, batch: int) -> float:
     return fc.get_total_flops() / batch
 
 
-def family_flops(family: str, data: Path, batch: int = 8, overrides: Sequence[str] = ()) -> float:
-    """FLOPs per image of one training step of ``family`` (every phase's loss and backward), on the CPU."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+def _bound_family(family: str, data: Path, overrides: Sequence[str] = ()):
+    """``family`` at its defaults (plus ``overrides``) built for ``data`` and bound to its training images, as a run
+    would build it: ``(config, training data, family)``."""
     from .data import PreparedDataset
-    from .models.registry import get_family
-    from .train.augment import DiffAugment
+    from .models.registry import build_family, get_family
     from .train.config import load_config
-    from .train.data import EpochSampler, TrainData
-    from .models.registry import build_family
+    from .train.data import TrainData
 
     cfg = load_config(None, [f"model.family={family}", f"data.path={data}", *overrides])
     ds = PreparedDataset.open(data)
     td = TrainData(ds, "train", cfg.data.classes or get_family(family).training_classes(cfg.model))
     fam = build_family(cfg, ds.size, td.num_classes)
     fam.bind_data(td)
+    return cfg, td, fam
+
+
+def family_flops(family: str, data: Path, batch: int = 8, overrides: Sequence[str] = ()) -> float:
+    """FLOPs per image of one training step of ``family`` (every phase's loss and backward), on the CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .train.augment import DiffAugment
+    from .train.data import EpochSampler
+
+    cfg, td, fam = _bound_family(family, data, overrides)
     augment = DiffAugment(cfg.augment.policy, cfg.augment.translation, cfg.augment.cutout)
     rows = EpochSampler(len(td), batch, 0).next()
     with FlopCounterMode(display=False) as fc:
@@ -171,22 +179,15 @@ def reference_sampling(size: int, n: int, batch: int, device: torch.device) -> f
 def sampling_speed(family: str, data: Path, n: int, batch: int, device: str, overrides: Sequence[str] = ()) -> float:
     """Images/s of a freshly built family drawing ``n`` images from noise in eval mode at its default precision and
     sampler (``ddpm``: its DDIM steps and guidance): what ``cxrgan sample`` spends per image, training aside."""
-    from .data import PreparedDataset
-    from .models.registry import build_family, get_family
     from .runtime.execution import autocast, autocast_dtype, pick_device
-    from .train.config import load_config
-    from .train.data import TrainData
 
     dev = pick_device(device)
-    cfg = load_config(None, [f"model.family={family}", f"data.path={data}", *overrides])
-    ds = PreparedDataset.open(data)
-    td = TrainData(ds, "train", cfg.data.classes or get_family(family).training_classes(cfg.model))
-    fam = build_family(cfg, ds.size, td.num_classes)
-    fam.bind_data(td)
+    cfg, td, fam = _bound_family(family, data, overrides)
     fam.to(dev).eval()
     if cfg.channels_last and dev.type != "mps":  # as cxrgan sample loads a run
         fam.to(memory_format=torch.channels_last)
-    amp = autocast_dtype(cfg.precision, dev, pixels=batch * ds.size * ds.size)
+    size = td.dataset.size
+    amp = autocast_dtype(cfg.precision, dev, pixels=batch * size * size)
     g = torch.Generator().manual_seed(0)
     z = fam.sample_z(n, generator=g).to(dev)
     y = torch.randint(0, td.num_classes, (n,), generator=g).to(dev)

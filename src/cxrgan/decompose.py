@@ -301,13 +301,16 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
         "n_val": int(len(val_rows)), "n_test": int(len(test_rows)), "n_test_abnormal": int(test_ab.sum()),
         "methods": table,
     }
+    # Every method's scores on every test condition, each scored once (the test split's are the table's).
+    condition_scores = [[t for _, t, _ in methods.values()]] + [
+        [score_images(loaded, c.images)[0][chosen]] + [res[k + 1][0] for res in baselines.values()]
+        for k, c in enumerate(conditions) if k > 0]
     if site_u8 is not None:
         site_scores = [score_images(loaded, site_u8)[0][chosen]] + [res[-1][0] for res in baselines.values()]
-        summary["site_calibration"] = _site_calibration(site_normals, conditions, normal, table, site_scores,
-                                                        {name: t for name, (_, t, _) in methods.items()}, loaded, baselines, chosen)
+        summary["site_calibration"] = _site_calibration(site_normals, conditions, condition_scores, normal, table, site_scores)
     if len(conditions) > 1:
-        summary["shift"] = _shift_figures(out, loaded, conditions, baselines, normal, val_ab,
-                                          {name: v for name, (v, _, _) in methods.items()}, table, chosen)
+        summary["shift"] = _shift_figures(out, conditions, condition_scores, normal, val_ab,
+                                          {name: v for name, (v, _, _) in methods.items()}, table)
         summary["shift"]["summary"] = {m: summarize_conditions({r["condition"]: r[f"{m} roc_auc"] for r in summary["shift"]["rows"]})
                                        for m in methods}
     write_json_atomic(out / "anomaly.json", summary)
@@ -319,51 +322,43 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
     return summary
 
 
-def _site_calibration(path: str | Path, conditions, normal: int, table: list[dict], site_scores: list[np.ndarray],
-                      test_scores: dict[str, np.ndarray], loaded: LoadedRun, baselines: dict[str, list], chosen: str) -> dict:
+def _site_calibration(path: str | Path, conditions, condition_scores: list[list[np.ndarray]], normal: int, table: list[dict],
+                      site_scores: list[np.ndarray]) -> dict:
     """Each method's site threshold (from its scores of the site normals, at the specificity its validation threshold
     had) and the sensitivity and specificity it gives on the test split and each external test set, beside the
-    validation threshold's."""
-    rows, thresholds = [], {}
-    for k, c in enumerate(conditions):
+    validation threshold's. ``condition_scores[k]``: every method's scores on ``conditions[k]``."""
+    thresholds = {r["method"]: am.site_threshold(site, r["val_specificity"]) for r, site in zip(table, site_scores)}
+    rows = []
+    for c, scores in zip(conditions, condition_scores):
         if c.kind == "acquisition":
             continue  # a simulated shift has no site of its own to calibrate on
         ab = c.labels != normal
-        if k == 0:
-            scores = [test_scores[r["method"]] for r in table]
-        else:
-            scores = [score_images(loaded, c.images)[0][chosen]] + [res[k + 1][0] for res in baselines.values()]
-        for r, site, t in zip(table, site_scores, scores):
-            cut = am.site_threshold(site, r["val_specificity"])
-            thresholds[r["method"]] = cut
+        for r, t in zip(table, scores):
             vs, vp = am.rates(ab, t, r["threshold"])
-            ss, sp = am.rates(ab, t, cut)
+            ss, sp = am.rates(ab, t, thresholds[r["method"]])
             rows.append({"condition": c.name, "method": r["method"], "val_threshold_sensitivity": vs,
                          "val_threshold_specificity": vp, "site_threshold_sensitivity": ss, "site_threshold_specificity": sp})
     return {"site_normals": str(path), "n_site_normals": int(len(site_scores[0])), "thresholds": thresholds, "rows": rows}
 
 
-def _shift_figures(out: Path, loaded: LoadedRun, conditions, baselines: dict[str, list], normal: int, val_ab: np.ndarray,
-                   val_scores: dict[str, np.ndarray], table: list[dict], chosen: str) -> dict:
-    """Every method on every test condition (the test split's figures are ``table``'s; ``baselines[name][k + 1]`` holds
-    a baseline's scores and maps on condition ``k``): ``shift.csv``/``shift.md``, ``shift_roc_auc.png``; returns
+def _shift_figures(out: Path, conditions, condition_scores: list[list[np.ndarray]], normal: int, val_ab: np.ndarray,
+                   val_scores: dict[str, np.ndarray], table: list[dict]) -> dict:
+    """Every method on every test condition (the test split's figures are ``table``'s; ``condition_scores[k]`` holds
+    every method's scores on condition ``k``): ``shift.csv``/``shift.md``, ``shift_roc_auc.png``; returns
     ``{"conditions", "rows"}``."""
     from .report.evalplots import condition_chart
     from .report.tables import write_table
 
     names = [r["method"] for r in table]
     rows = []
-    for k, c in enumerate(conditions):
+    for k, (c, scores) in enumerate(zip(conditions, condition_scores)):
         ab = c.labels != normal
-        if k == 0:
-            per = {r["method"]: r for r in table}
-        else:
-            scores = [score_images(loaded, c.images)[0][chosen]] + [res[k + 1][0] for res in baselines.values()]
-            per = {m: _method_row(m, val_ab, val_scores[m], ab, t) for m, t in zip(names, scores)}
+        per = ({r["method"]: r for r in table} if k == 0 else
+               {m: _method_row(m, val_ab, val_scores[m], ab, t) for m, t in zip(names, scores)})
         row: dict = {"condition": c.name, "kind": c.kind, "images": int(len(ab)), "abnormal": int(ab.sum())}
         for m in names:
-            for k in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy"):
-                row[f"{m} {k}"] = per[m][k]
+            for key in ("roc_auc", "sensitivity", "specificity", "balanced_accuracy"):
+                row[f"{m} {key}"] = per[m][key]
         rows.append(row)
     cols = ["condition", "kind", "images", "abnormal"] + [f"{m} {k}" for m in names for k in ("roc_auc", "sensitivity", "specificity")]
     write_table(rows, cols, out / "shift")

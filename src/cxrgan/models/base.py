@@ -89,8 +89,8 @@ class Family(nn.Module):
         return self.z_dim
 
     def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """Latents ``(n, latent_dim)``: N(0, I) here; families with structured latents extend them."""
-        return torch.randn(n, self.z_dim, generator=generator, device=device)
+        """Latents ``(n, latent_dim)``: N(0, I) of ``noise_dim`` here; families with structured latents extend them."""
+        return torch.randn(n, self.noise_dim, generator=generator, device=device)
 
     def extend_latents(self, z: torch.Tensor, generator: torch.Generator | None = None,
                        fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:

@@ -61,8 +61,7 @@ class _ImageNoise:
         self.generators = [torch.Generator().manual_seed(zlib.crc32(r.tobytes())) for r in rows]
 
     def draw(self, like: torch.Tensor) -> torch.Tensor:
-        noise = torch.stack([torch.randn(like.shape[1:], generator=g) for g in self.generators])
-        return noise.to(like.device, like.dtype).contiguous(memory_format=torch.channels_last)
+        return torch.stack([torch.randn(like.shape[1:], generator=g) for g in self.generators]).to(like.device, like.dtype)
 
 
 class Denoiser(nn.Module):
@@ -74,7 +73,6 @@ class Denoiser(nn.Module):
         from monai.networks.nets import DiffusionModelUNet
 
         channels, attention = unet_layout(size, base, attention_px)
-        self.null_class = num_classes
         self.net = DiffusionModelUNet(spatial_dims=2, in_channels=1, out_channels=1, num_res_blocks=res_blocks,
                                       channels=channels, attention_levels=attention, norm_num_groups=max(1, min(32, base // 2)),
                                       num_head_channels=base, num_class_embeds=num_classes + 1)
@@ -140,11 +138,8 @@ class DDPM(Family):
 
     @property
     def noise_dim(self) -> int:
+        """The initial noise of an image, flattened (``S * S``): the whole latent."""
         return self.latent_dim
-
-    def sample_z(self, n: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """The initial noise of ``n`` images, flattened: ``(n, S * S)``."""
-        return torch.randn(n, self.latent_dim, generator=generator, device=device)
 
     def generate(self, z: torch.Tensor, y: torch.Tensor | None = None, G: nn.Module | None = None) -> torch.Tensor:
         """DDIM from the initial noise ``z`` ``(N, S * S)`` for classes ``y``: images ``(N, 1, S, S)`` in [-1, 1]."""
