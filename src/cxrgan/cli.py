@@ -231,6 +231,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class", dest="classes", help="class(es) to generate, comma-separated")
     p.add_argument("--truncation", type=float, help="truncation trick: redraw latent values beyond +-PSI")
     p.add_argument("--seed", type=int, default=0, help="seeds the latents (the same seed gives the same images)")
+    p.add_argument("--seed-per-image", action="store_true", help="draw image i from seed SEED+i alone, so that one image "
+                   "can be drawn again with --n 1 --seed SEED+i (the app's seeds); the manifest records each image's seed")
     p.add_argument("--checkpoint", default="best", help="best (default), last or a step number")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-png", action="store_true", help="write only the dataset arrays")
@@ -252,7 +254,8 @@ def _cmd_sample(a: argparse.Namespace) -> int:
     from .sample import sample
 
     ds = sample(a.runs, a.out, a.n, _csv_list(a.classes), a.truncation, a.seed, a.checkpoint, a.device, a.overwrite, not a.no_png,
-                codes=a.codes, sample_steps=a.sample_steps, guidance=a.guidance, progress=not a.quiet, eta=a.eta)
+                codes=a.codes, sample_steps=a.sample_steps, guidance=a.guidance, progress=not a.quiet, eta=a.eta,
+                seed_per_image=a.seed_per_image)
     print(info_text(ds))
     src = ds.manifest.get("source", {})
     if src.get("seconds") is not None:
@@ -588,6 +591,35 @@ def _cmd_cluster_split(a: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- app
+def _add_app(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("app", help="a local web app over trained runs: generate, steer codes, decompose uploads",
+                       description="Serve a Gradio page over the runs under the given folders (run directories, or folders "
+                       "holding them such as the demo's): Generate (class, seeds, truncation, semicond code sliders, a zip "
+                       "in sample's format), Decompose (PNG, JPEG or DICOM uploads through a dgm run, scored against its "
+                       "validation threshold) and Runs (each run's summary). It binds 127.0.0.1 and sends nothing off the "
+                       "machine. A research tool, not a diagnosis.")
+    p.add_argument("paths", nargs="+", metavar="RUN_OR_FOLDER")
+    p.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only; "
+                   "0.0.0.0 opens it to the network, with no login)")
+    p.add_argument("--max-upload-mb", type=float, default=20, help="largest upload accepted, in MB (default 20)")
+    p.add_argument("--device", default="cpu", help="where the networks run (default cpu; auto picks a GPU)")
+    p.set_defaults(func=_cmd_app)
+
+
+def _cmd_app(a: argparse.Namespace) -> int:
+    from .app.page import serve
+    from .runtime.execution import pick_device
+
+    if not 0 < a.port < 65536:
+        raise CxrganError(f"--port must be from 1 to 65535, got {a.port}")
+    if a.max_upload_mb <= 0:
+        raise CxrganError(f"--max-upload-mb must be positive, got {a.max_upload_mb}")
+    serve(a.paths, a.host, a.port, a.max_upload_mb, str(pick_device(a.device)))
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- demo
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the whole system on the embedded phantom data, ending in an HTML report (the README's first command)",
@@ -621,7 +653,7 @@ def _cmd_demo(a: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_prepare, _add_info, _add_preview, _add_train, _add_sample, _add_traverse, _add_decompose, _add_anomaly, _add_compare, _add_report, _add_bench, _add_features, _add_evaluate, _add_tstr,
-    _add_augment_study, _add_cluster_split, _add_demo]
+    _add_augment_study, _add_cluster_split, _add_app, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

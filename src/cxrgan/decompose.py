@@ -102,7 +102,7 @@ def _is_dataset(path: Path) -> bool:
     return path.is_dir() and (path / "manifest.json").is_file() and (path / "images.npy").is_file()
 
 
-def _run_preprocess(loaded: LoadedRun) -> Preprocess:
+def run_preprocess(loaded: LoadedRun) -> Preprocess:
     """The preprocessing the run's training data had (size from the run), so inputs look like training images."""
     size = int(loaded.info["image_size"])
     try:
@@ -172,7 +172,7 @@ def decompose(run: str | Path, inputs: Sequence[str | Path], out: str | Path, ch
     Returns the CSV rows."""
     loaded = load_translator(run, checkpoint, device, score_shift)
     out = Path(out)
-    items = collect_inputs(inputs, _run_preprocess(loaded), split)
+    items = collect_inputs(inputs, run_preprocess(loaded), split)
     good = [it for it in items if it.image is not None]
     if not good:
         reasons = "; ".join(it.error for it in items[:3])
@@ -203,6 +203,41 @@ def decompose(run: str | Path, inputs: Sequence[str | Path], out: str | Path, ch
 
 
 # -- anomaly ------------------------------------------------------------------------------------------------
+@dataclass
+class Calibration:
+    """A dgm run's anomaly score and the threshold chosen for it on a validation split (Youden's J)."""
+
+    score: str
+    threshold: float
+    val_roc_auc: float
+    val_sensitivity: float
+    val_specificity: float
+    source: str  # where the threshold was chosen, in words
+
+
+def choose_score(val_abnormal: np.ndarray, val_scores: dict[str, np.ndarray], score: str = "auto") -> tuple[str, dict[str, float]]:
+    """The score to report (``score``, or with ``auto`` the one of highest validation ROC AUC) and every score's
+    validation ROC AUC."""
+    val_auc = {k: am.roc_auc(val_abnormal, v) for k, v in val_scores.items()}
+    return (max(val_auc, key=lambda k: val_auc[k]) if score == "auto" else score), val_auc
+
+
+def calibrate(loaded: LoadedRun, data: str | Path | None = None, normal_class: str | None = None) -> Calibration:
+    """Choose a dgm run's score and threshold on the validation split of ``data`` (default: the dataset the run trained
+    on), as ``cxrgan anomaly`` does; ``normal_class`` defaults to the run's."""
+    data = Path(data or loaded.info.get("data_path", ""))
+    if not (data / "manifest.json").is_file():
+        raise CxrganError(f"the dataset to choose a threshold on ({data}) is not found; give a prepared dataset with "
+                          "normal and abnormal validation images")
+    ds, normal = _dataset_for(loaded, data, normal_class or getattr(loaded.family, "normal_class", "NORMAL"))
+    rows, _, abnormal = _split(ds, "val", normal)
+    scores, _, _ = score_images(loaded, np.asarray(ds.images[rows]))
+    chosen, val_auc = choose_score(abnormal, scores)
+    t = am.youden_threshold(abnormal, scores[chosen])
+    sens, spec = am.rates(abnormal, scores[chosen], t)
+    return Calibration(chosen, t, val_auc[chosen], sens, spec, f"validation split of {data} ({len(rows)} images)")
+
+
 def _dataset_for(loaded: LoadedRun, data: str | Path, normal_class: str) -> tuple[PreparedDataset, int]:
     ds = PreparedDataset.open(data)
     if ds.multilabel:
@@ -272,8 +307,7 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
 
     val_scores, _, _ = score_images(loaded, val_u8)
     test_scores, test_normals, test_residuals = score_images(loaded, test_u8)
-    val_auc = {k: am.roc_auc(val_ab, v) for k, v in val_scores.items()}
-    chosen = max(val_auc, key=lambda k: val_auc[k]) if score == "auto" else score
+    chosen, val_auc = choose_score(val_ab, val_scores, score)
     dgm_maps = am.smooth_maps(np.clip(test_residuals, 0, None))  # the input denser than its normal image
 
     # The baselines on every image set at once: validation, then each test condition (the test split first).

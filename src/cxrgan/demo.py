@@ -248,4 +248,5 @@ def run_demo(out: Path, cfg: DemoConfig | None = None, quiet: bool = False) -> P
     write_json_atomic(out / "timings.json", {**_read_json(out / "timings.json"), **timings})
     print("\nstage times (s): " + ", ".join(f"{k} {v:g}" for k, v in timings.items()))
     print(f"\nthe report: {report.resolve()}")
+    print(f"to look and try in the browser: cxrgan app {out}")
     return report

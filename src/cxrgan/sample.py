@@ -158,6 +158,13 @@ def draw_latents(loaded: LoadedRun, n: int, generator: torch.Generator, truncati
     return loaded.family.extend_latents(truncated_normal(n, loaded.family.noise_dim, truncation, generator), generator, fixed)
 
 
+def draw_seeded_latents(loaded: LoadedRun, seeds: Sequence[int], truncation: float | None = None,
+                        fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """One latent per seed, each drawn by :func:`draw_latents` from a generator seeded with that seed alone: an image
+    is then a function of its own seed (and class), whatever set or batch it is drawn in."""
+    return torch.cat([draw_latents(loaded, 1, torch.Generator().manual_seed(int(s)), truncation, fixed) for s in seeds])
+
+
 def set_sampler(loaded: LoadedRun, steps: int | None, guidance: float | None, eta: float | None = None) -> None:
     """Apply ``--sample-steps``, ``--guidance`` and ``--eta`` to a diffusion run (an error for a GAN run, which has no
     sampler)."""
@@ -208,10 +215,11 @@ def _sampling_cache(out: Path, request: dict) -> Path:
     return cache
 
 
-def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: Sequence[str] | None = None,
+def sample(runs: Sequence[str | Path | LoadedRun], out: str | Path, n: int = 1000, classes: Sequence[str] | None = None,
            truncation: float | None = None, seed: int = 0, checkpoint: str | int = "best", device: str = "auto",
            overwrite: bool = False, png: bool = True, codes: Sequence[str] | None = None, sample_steps: int | None = None,
-           guidance: float | None = None, progress: bool = False, eta: float | None = None) -> PreparedDataset:
+           guidance: float | None = None, progress: bool = False, eta: float | None = None,
+           seed_per_image: bool = False) -> PreparedDataset:
     """Generate ``n`` images per run (balanced over ``classes`` or the run's classes) into ``out``.
 
     Runs that do not carry ``classes`` are skipped when several runs are combined; a single run must carry
@@ -219,7 +227,10 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
     codes. ``sample_steps``, ``guidance`` and ``eta`` choose a diffusion run's sampler (its configuration's otherwise).
     Images are generated 256 at a time, and finished chunks are kept beside ``out`` until the set is written, so
     an interrupted call with the same arguments goes on where it stopped. The manifest records the seconds per
-    image. Returns the synthetic set opened as a :class:`PreparedDataset`.
+    image. With ``seed_per_image``, image ``i`` of a run is drawn from seed ``seed + i`` alone
+    (:func:`draw_seeded_latents`), so any one image can be drawn again with ``n=1, seed=seed + i``; the manifest
+    records each image's seed. ``runs`` may be loaded already (:func:`load_run`; ``checkpoint`` and ``device`` are then
+    theirs). Returns the synthetic set opened as a :class:`PreparedDataset`.
     """
     if n < 1:
         raise CxrganError(f"--n must be at least 1, got {n}")
@@ -227,7 +238,7 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
     if out.exists() and not overwrite:
         raise CxrganError(f"output {out} already exists; choose another --out or pass --overwrite")
     dev = pick_device(device)
-    loaded = [require_sampler(load_run(r, checkpoint, dev)) for r in runs]
+    loaded = [require_sampler(r if isinstance(r, LoadedRun) else load_run(r, checkpoint, dev)) for r in runs]
     for lr in loaded:
         set_sampler(lr, sample_steps, guidance, eta)
     pinned = [fixed_codes(lr, codes) for lr in loaded]
@@ -250,7 +261,8 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
         class_names = [c for c in class_names if c != "UNLABELLED"]
     total = sum(len(p) for _, p in plans)
     request = {"runs": [(str(lr.checkpoint.resolve()), lr.step, _sampler_record(lr)) for lr, _ in plans], "n": n,
-               "classes": list(classes or []), "truncation": truncation, "seed": seed, "codes": list(codes or [])}
+               "classes": list(classes or []), "truncation": truncation, "seed": seed, "codes": list(codes or []),
+               "seed_per_image": seed_per_image}
     cache = _sampling_cache(out, request)
     bar = progress_bar(total, progress, desc="sampling", unit="img")
     t0 = time.perf_counter()
@@ -258,8 +270,10 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
         writer = DatasetWriter(tmp, total, size, with_masks=False)
         labels, items, runs_meta = [], [], []
         for k, (lr, plan) in enumerate(plans):
-            gen = torch.Generator().manual_seed(seed * 7919 + k)
-            z = draw_latents(lr, len(plan), gen, truncation, pinned[loaded.index(lr)])
+            if seed_per_image:
+                z = draw_seeded_latents(lr, range(seed, seed + len(plan)), truncation, pinned[loaded.index(lr)])
+            else:
+                z = draw_latents(lr, len(plan), torch.Generator().manual_seed(seed * 7919 + k), truncation, pinned[loaded.index(lr)])
             names = lr.info["class_names"]
             y = torch.tensor([names.index(c) if c in names else 0 for c in plan], dtype=torch.long)
             imgs = _generate_resumable(lr, z, y, cache, f"run{k}", bar)
@@ -268,6 +282,8 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
                 writer.append(img)
                 labels.append(class_names.index(c))
                 items.append({"origin": f"{lr.path.name}/{lr.checkpoint.name}/{i}", "sha256": ""})
+                if seed_per_image:
+                    items[-1]["seed"] = seed + i
                 if space is not None:
                     code = z[i, lr.cfg.model.z_dim :]
                     items[-1]["codes"] = {name: [round(float(v), 6) for v in code[sl]] for name, sl in space.slices().items()}
@@ -287,7 +303,7 @@ def sample(runs: Sequence[str | Path], out: str | Path, n: int = 1000, classes: 
         seconds = time.perf_counter() - t0
         manifest = base_manifest(
             source={"kind": "synthetic", "path": ",".join(str(r) for r in runs), "runs": runs_meta, "seed": seed,
-                    "truncation": truncation, "checkpoint": str(checkpoint), "device": str(dev),
+                    "seed_per_image": seed_per_image, "truncation": truncation, "checkpoint": str(checkpoint), "device": str(dev),
                     "seconds": round(seconds, 3), "seconds_per_image": round(seconds / total, 5)},
             preprocess={"size": size}, class_names=class_names, multilabel=False, size=size, labels=lab, splits=splits,
             skipped=[], split_info={"from_source": True, "by_patient": False}, has_masks=False)
@@ -302,14 +318,14 @@ def _sampler_record(loaded: LoadedRun) -> dict:
     return {"sample_steps": fam.sample_steps, "guidance": fam.guidance, "eta": fam.eta} if hasattr(fam, "set_sampler") else {}
 
 
-def _code_run(run: str | Path, checkpoint: str | int) -> LoadedRun:
-    loaded = require_sampler(load_run(run, checkpoint))
+def _code_run(run: str | Path | LoadedRun, checkpoint: str | int) -> LoadedRun:
+    loaded = require_sampler(run if isinstance(run, LoadedRun) else load_run(run, checkpoint))
     if getattr(loaded.family, "code_space", None) is None:
-        raise CxrganError(f"run {run} is a {loaded.cfg.model.family} run; traverse needs a semicond run (cxrgan train --model semicond)")
+        raise CxrganError(f"run {loaded.path} is a {loaded.cfg.model.family} run; traverse needs a semicond run (cxrgan train --model semicond)")
     return loaded
 
 
-def traverse(run: str | Path, block: str, out: str | Path, steps: int = 8, dim: int | None = None,
+def traverse(run: str | Path | LoadedRun, block: str, out: str | Path, steps: int = 8, dim: int | None = None,
              classes: Sequence[str] | None = None, seed: int = 0, checkpoint: str | int = "best") -> Path:
     """The semi-conditional study's figure: a row per class, columns sweeping code ``block`` (or its dimension ``dim``) over its
     5th-95th percentiles with the noise and the other blocks fixed; written as a labelled PNG at ``out``."""

@@ -18,7 +18,9 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
               "evaluation/metrics.json", "tstr/tstr.json", "anomaly/anomaly.json", "decomposition/scores.csv",
               "compare/summary.md", "report.html", "demo.json", "timings.json"):
         assert (out / f).is_file(), f
-    assert first.strip().splitlines()[-1] == f"the report: {(out / 'report.html').resolve()}"  # the report's path comes last
+    # the report's path and the command that opens the app on the same folder come last
+    assert first.strip().splitlines()[-2:] == [f"the report: {(out / 'report.html').resolve()}",
+                                               f"to look and try in the browser: cxrgan app {out}"]
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) == {s.name for s in STAGES} | {"report"}
     html = (out / "report.html").read_text()

@@ -11,7 +11,7 @@ import pytest
 
 from cxrgan.cli import main
 from cxrgan.demo import DemoConfig, run_demo
-from cxrgan.report.browser import check_page, find_chromium
+from cxrgan.report.browser import check_page, unavailable
 from cxrgan.report.html import build_report
 
 VOID = {"meta", "img", "br", "hr", "link", "input", "source"}
@@ -179,9 +179,8 @@ def test_cli_writes_the_report(demo, tmp_path, capsys):
     assert "anomaly-0" in page.ids and "decomposition-0" in page.ids
 
 
-CHROMIUM = find_chromium()
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian package `chromium`; .ci/run installs "
-                                    "it where it can, or set CXRGAN_CHROMIUM)")
+NO_BROWSER = unavailable()
+needs_chromium = pytest.mark.skipif(NO_BROWSER is not None, reason=f"{NO_BROWSER}; .ci/run installs Chromium where it can")
 
 
 @needs_chromium

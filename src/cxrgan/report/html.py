@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..utils.io import write_text_atomic
-from .gather import Chapter, gather
+from .gather import Chapter, gather, run_section
 
 
 def render(chapters: Sequence[Chapter], notes: Sequence[str], inputs: Sequence[str], title: str = "cxrgan report") -> str:
@@ -37,3 +37,10 @@ def build_report(paths: Sequence[str | Path], out: str | Path, title: str = "cxr
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, render(chapters, notes, [str(p) for p in paths], title))
     return out
+
+
+def run_page(run: str | Path) -> str:
+    """The HTML text of a page with one run's summary (status, curves, sample grids, the best checkpoint and why), as
+    the report shows it."""
+    run = Path(run)
+    return render([Chapter("runs", "Run", [run_section(run)])], [], [str(run)], title=f"run {run.name}")

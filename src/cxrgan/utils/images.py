@@ -34,7 +34,7 @@ def make_grid(images: np.ndarray, nrow: int, pad: int = 2, fill: int = 0) -> np.
     return grid
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has a fixed-size bitmap font only
@@ -54,7 +54,7 @@ def labelled_rows(
     strips = [make_grid(r, nrow=max(1, len(r)), pad=pad) for r in rows]
     width = max(s.shape[1] for s in strips)
     font_px = max(10, min(18, rows[0].shape[1] * scale // 3))
-    font = _font(font_px)
+    font = label_font(font_px)
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
     label_w = max(int(probe.textlength(str(t), font=font)) for t in labels) + 8
     heights = [s.shape[0] * scale for s in strips]
