@@ -48,6 +48,7 @@ def uploads(tmp_path_factory) -> dict[str, Path]:
     write_dicom(d / "chest.dcm")
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
     write_dicom(d / "nopixels.dcm", pixels=False)
+    (d / "large.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(1_200_000))  # over the test app's 1 MB limit
     return {p.name: p for p in d.iterdir()}
 
 
@@ -144,7 +145,7 @@ def test_a_broken_run_is_listed_with_its_reason_and_the_others_still_serve(runs,
     shutil.copytree(runs / "runs" / "dcgan", tmp_path / "runs" / "good")
     ws = Workspace([tmp_path / "runs"], tmp_path / "s")
     assert ws.names() == ["good"] and ws.runs["broken"].error
-    assert "Run broken" in ws.summary_html("broken")
+    assert "Run broken" in ws.summary_html("broken") and "<header>" not in ws.summary_html("good")  # the part only
     with pytest.raises(CxrganError, match="no trained run could be loaded"):
         Workspace([broken], tmp_path / "s2")
 
@@ -217,9 +218,12 @@ def test_the_app_in_a_real_browser(runs, uploads, offline, tmp_path):
             slider.dispatch_event("pointerup")
             page.wait_for_function("src => document.querySelector('#cxr-gallery img').getAttribute('src') != src", arg=before)
 
-            # Decompose: a DICOM gives the residual panel; a corrupt file gets the CLI's message; the page keeps serving
+            # Decompose: a file over the size limit is refused in the page; a DICOM gives the residual panel; a corrupt
+            # file gets the CLI's message; the page keeps serving
             page.get_by_role("tab", name="Decompose").click()
             assert "not a diagnosis" in page.inner_text("body")
+            page.locator("#cxr-upload input[type=file]").set_input_files([str(uploads["large.png"])])
+            page.wait_for_function("document.body.innerText.includes('exceed the maximum allowed size')")
             page.locator("#cxr-upload input[type=file]").set_input_files([str(uploads["chest.dcm"]), str(uploads["broken.png"])])
             page.wait_for_function("document.querySelector('#cxr-upload').innerText.includes('broken')")  # name and suffix in two spans
             page.locator("#cxr-decompose").click()

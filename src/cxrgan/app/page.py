@@ -36,7 +36,9 @@ DISCLAIMER = ("**A research tool, not a diagnosis.** The score measures how far 
 
 _CSS = """
 .cxr-note { color: #5b6570; font-size: .9rem; }
+.cxr-error { color: #9a5b00; background: #fff6e6; border-left: 3px solid #9a5b00; padding: .3rem .6rem; }
 #cxr-runs iframe { width: 100%; height: 900px; border: 1px solid #d8dde3; }
+#cxr-dec-gallery .thumbnail-item { aspect-ratio: auto; }
 """
 
 
@@ -48,8 +50,11 @@ def _private_environment(scratch: Path) -> None:
     os.environ["GRADIO_TEMP_DIR"] = str(scratch / "uploads")
 
 
-def _status(text: str) -> str:
-    return f"<div class='cxr-status'>{text}</div>" if text else ""
+def _error(exc: Exception) -> str:
+    """A request's error as the page shows it (the CLI's message, escaped)."""
+    import html
+
+    return f"<p class='cxr-error'>{html.escape(str(exc))}</p>"
 
 
 def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
@@ -110,15 +115,15 @@ def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
         try:
             res = ws.generate(name, cls, int(first_seed or 0), int(n), float(psi) or None, codes_of(name, pinned, values))
         except CxrganError as exc:
-            return _status(f"<p class='cxr-error'>{exc}</p>"), None, None, ""
+            return _error(exc), None, None, ""
         note = f"{len(res.images)} images in {res.seconds:.2f} s. The same set from the command line:\n\n```\n{res.command}\n```"
-        return _status(""), [(img, cap) for img, cap in zip(res.images, res.captions)], str(res.archive), note
+        return "", [(str(f), cap) for f, cap in zip(res.files, res.captions)], str(res.archive), note
 
     def on_traverse(name, blk, first_seed, cls):
         try:
-            return _status(""), str(ws.traverse_strip(name, blk, int(first_seed or 0), cls))
+            return "", str(ws.traverse_strip(name, blk, int(first_seed or 0), cls))
         except CxrganError as exc:
-            return _status(f"<p class='cxr-error'>{exc}</p>"), None
+            return _error(exc), None
 
     run.change(on_run, run, [klass, code_box, block, *sliders])
     inputs = [run, klass, seed, count, truncation, pin, *sliders]
@@ -133,8 +138,9 @@ def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
 def _calibration_text(cal: Calibration | str) -> str:
     if isinstance(cal, str):
         return cal
+    spec = "" if cal.val_specificity != cal.val_specificity else f", specificity {cal.val_specificity:.2f} at the threshold"
     return (f"Score **{cal.score}**, threshold **{cal.threshold:.4g}**, chosen on the {cal.source}: validation ROC AUC "
-            f"{cal.val_roc_auc:.3f}, specificity {cal.val_specificity:.2f} at the threshold.")
+            f"{cal.val_roc_auc:.3f}{spec}.")
 
 
 def _named(text: str, uploads: Sequence[str]) -> str:
@@ -144,7 +150,7 @@ def _named(text: str, uploads: Sequence[str]) -> str:
     return text
 
 
-def _decompose_tab(gr: Any, ws: Workspace) -> None:
+def _decompose_tab(gr: Any, ws: Workspace, max_upload_mb: float) -> None:
     """The Decompose tab: uploads through a dgm run, scored against its validation threshold."""
     translators = ws.names(translators=True)
     gr.Markdown(DISCLAIMER)
@@ -154,7 +160,7 @@ def _decompose_tab(gr: Any, ws: Workspace) -> None:
     with gr.Row():
         with gr.Column(scale=1, min_width=260):
             run = gr.Dropdown(translators, value=translators[0], label="dgm run")
-            files = gr.File(file_count="multiple", type="filepath", label="radiographs (PNG, JPEG or DICOM)",
+            files = gr.File(file_count="multiple", type="filepath", label=f"radiographs: PNG, JPEG, DICOM (≤ {max_upload_mb:g} MB)",
                             elem_id="cxr-upload")
             button = gr.Button("Decompose", variant="primary", elem_id="cxr-decompose")
         with gr.Column(scale=3):
@@ -208,8 +214,8 @@ def _runs_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, Any]:
     return pick, show, page
 
 
-def build_page(ws: Workspace):
-    """The Gradio ``Blocks`` of the app over ``ws``."""
+def build_page(ws: Workspace, max_upload_mb: float = 20):
+    """The Gradio ``Blocks`` of the app over ``ws`` (``max_upload_mb`` is shown; :func:`serve` enforces it)."""
     import gradio as gr
 
     with gr.Blocks(title="cxrgan", analytics_enabled=False, delete_cache=(300, 900)) as page:
@@ -217,7 +223,7 @@ def build_page(ws: Workspace):
         with gr.Tab("Generate"):
             gen = _generate_tab(gr, ws)
         with gr.Tab("Decompose"):
-            _decompose_tab(gr, ws)
+            _decompose_tab(gr, ws, max_upload_mb)
         with gr.Tab("Runs"):
             pick, show, html_out = _runs_tab(gr, ws)
         page.load(show, pick, html_out)
@@ -268,7 +274,7 @@ def serve(paths: Sequence[str | Path], host: str = "127.0.0.1", port: int = 7860
         raise CxrganError("the app needs Gradio: pip install 'cxrgan[app]' (make install brings it)") from None
     try:
         ws = Workspace(paths, scratch / "work", device)
-        page = build_page(ws)
+        page = build_page(ws, max_upload_mb)
         theme = gr.themes.Default(font=["system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"],
                                   font_mono=["ui-monospace", "SFMono-Regular", "Menlo", "monospace"])
         page.queue(default_concurrency_limit=2, max_size=64)

@@ -84,6 +84,7 @@ class GeneratedSet:
 
     images: np.ndarray
     captions: list[str]
+    files: list[Path]  # the set's PNG of each image, in order
     folder: Path
     archive: Path
     command: str
@@ -200,6 +201,7 @@ class Workspace:
                         codes=code_text, seed_per_image=True)
         images = np.asarray(ds.images)
         captions = [f"seed {int(seed) + i}" for i in range(len(images))]
+        files = sorted(out.glob("png/*/*.png"), key=lambda p: int(p.stem))
         archive = folder / f"cxrgan-{_slug(name)}-seed{int(seed)}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
             for f in sorted(out.rglob("*")):
@@ -212,7 +214,7 @@ class Workspace:
             cmd += ["--truncation", f"{truncation:g}"]
         for c in code_text:
             cmd += ["--code", c]
-        return GeneratedSet(images, captions, out, archive, shlex.join(cmd), time.perf_counter() - t0)
+        return GeneratedSet(images, captions, files, out, archive, shlex.join(cmd), time.perf_counter() - t0)
 
     def traverse_strip(self, name: str, block: str, seed: int = 0, class_name: str | None = None) -> Path:
         """The traverse figure of code ``block`` of a semicond run (one row per class, or the chosen class)."""
@@ -236,7 +238,7 @@ class Workspace:
                 if same:
                     m = s["methods"][0]
                     found = Calibration(s["score"], float(m["threshold"]), float(m["val_roc_auc"]), float("nan"),
-                                        float(m["val_specificity"]), f"validation split of {s['data']} (cxrgan anomaly "
+                                        float(m.get("val_specificity", "nan")), f"validation split of {s['data']} (cxrgan anomaly "
                                         f"report {report}; its test ROC AUC {float(m['roc_auc']):.3f})")
                     break
             except (OSError, ValueError, KeyError, TypeError):

@@ -16,8 +16,9 @@ from ..utils.io import write_text_atomic
 from .gather import Chapter, gather, run_section
 
 
-def render(chapters: Sequence[Chapter], notes: Sequence[str], inputs: Sequence[str], title: str = "cxrgan report") -> str:
-    """The HTML text of a report."""
+def render(chapters: Sequence[Chapter], notes: Sequence[str], inputs: Sequence[str], title: str = "cxrgan report",
+           bare: bool = False) -> str:
+    """The HTML text of a report (``bare``: without its header, navigation and chapter titles, to embed a part)."""
     import jinja2
 
     from ..version import __version__
@@ -27,7 +28,7 @@ def render(chapters: Sequence[Chapter], notes: Sequence[str], inputs: Sequence[s
                              undefined=jinja2.StrictUndefined)
     written = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return env.get_template("report.html.j2").render(title=title, version=__version__, written=written,
-                                                      inputs=list(inputs), chapters=chapters, notes=list(notes))
+                                                      inputs=list(inputs), chapters=chapters, notes=list(notes), bare=bare)
 
 
 def build_report(paths: Sequence[str | Path], out: str | Path, title: str = "cxrgan report") -> Path:
@@ -43,4 +44,4 @@ def run_page(run: str | Path) -> str:
     """The HTML text of a page with one run's summary (status, curves, sample grids, the best checkpoint and why), as
     the report shows it."""
     run = Path(run)
-    return render([Chapter("runs", "Run", [run_section(run)])], [], [str(run)], title=f"run {run.name}")
+    return render([Chapter("runs", "Run", [run_section(run)])], [], [str(run)], title=f"run {run.name}", bare=True)
