@@ -5,6 +5,7 @@ code slider that changes the image, a DICOM decomposed, a corrupt file's message
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import zipfile
 from pathlib import Path
@@ -183,10 +184,11 @@ def offline(monkeypatch):
 
 
 @pytest.mark.skipif(NO_BROWSER is not None, reason=f"{NO_BROWSER}; .ci/run installs Chromium where it can")
-def test_the_app_in_a_real_browser(runs, uploads, offline, tmp_path):
+def test_the_app_in_a_real_browser(runs, uploads, offline, tmp_path, caplog, capfd):
     from cxrgan.app.page import free_port, serve
     from cxrgan.report.browser import chromium
 
+    caplog.set_level(logging.DEBUG)
     port = free_port()
     server = serve([runs], port=port, max_upload_mb=1, block=False)
     scratch = server.scratch
@@ -247,6 +249,8 @@ def test_the_app_in_a_real_browser(runs, uploads, offline, tmp_path):
             outside = [u for u in requests if not u.startswith(f"http://127.0.0.1:{port}") and not u.startswith(("data:", "blob:"))]
             assert outside == []
         assert offline == []
+        logged = caplog.text + "".join(capfd.readouterr())
+        assert not any(f in logged for f in IDENTIFYING)  # nor in any log line or console output
         # the uploads were deleted once decoded, and no file the app wrote holds a patient field
         for f in scratch.rglob("*"):
             if f.is_file():
