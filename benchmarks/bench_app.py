@@ -5,7 +5,7 @@
 The app runs as its own process (``cxrgan app FOLDER --port P``), as a user starts it; requests come from
 ``gradio_client`` on 127.0.0.1. Measured, each as a median over ``--repeats``:
 
-- a Generate request for 16 images at 64 px (target: under 2 s), against ``Workspace.generate`` called in this
+- a Generate request for 16 images (``--count``) at 64 px (target: under 2 s), against ``Workspace.generate`` called in this
   process (the library's work, the reference);
 - a decomposition of one uploaded 64 px PNG (target: under 1 s), against ``Workspace.decompose``;
 - ``--concurrent`` Generate requests sent at once, twice: every one must be answered without error, and the server's
@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, help="a folder with 64 px runs (default: tiny ones trained here)")
     ap.add_argument("--repeats", type=int, default=10)
     ap.add_argument("--concurrent", type=int, default=20)
+    ap.add_argument("--count", type=int, default=16, help="images per Generate request (default 16)")
     a = ap.parse_args()
 
     from gradio_client import Client, handle_file
@@ -106,10 +107,10 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}/"
         _wait_up(url, proc)
         client = Client(url, verbose=False)
-        gen_args = dict(name=sampler, cls=klass, first_seed=0, n=16, psi=0, pinned=True)
+        gen_args = dict(name=sampler, cls=klass, first_seed=0, n=a.count, psi=0, pinned=True)
 
         def lib_generate():
-            ws.generate(sampler, klass, 0, 16)
+            ws.generate(sampler, klass, 0, a.count)
 
         def app_generate():
             client.predict(*_generate_inputs(gen_args), api_name="/on_generate")
@@ -120,7 +121,7 @@ def main() -> None:
         def app_decompose():
             client.predict(dgm, [handle_file(str(png))], api_name="/on_decompose")
 
-        rows = [("Generate, 16 images at 64 px", _median_s(app_generate, a.repeats), _median_s(lib_generate, a.repeats), 2.0),
+        rows = [(f"Generate, {a.count} images at 64 px", _median_s(app_generate, a.repeats), _median_s(lib_generate, a.repeats), 2.0),
                 ("Decompose, one 64 px PNG", _median_s(app_decompose, a.repeats), _median_s(lib_decompose, a.repeats), 1.0)]
 
         bursts = []
