@@ -166,10 +166,11 @@ def main() -> None:
 
 
 def _generate_inputs(args: dict) -> list:
-    """The Generate endpoint's inputs in order: run, class, seed, count, truncation, pin, then every code slider."""
+    """The Generate endpoint's inputs in order: run, class, seed, count, truncation, diffusion steps, pin, then every code
+    slider."""
     from cxrgan.app.page import MAX_SLIDERS
 
-    return [args["name"], args["cls"], args["first_seed"], args["n"], args["psi"], args["pinned"], *([0.0] * MAX_SLIDERS)]
+    return [args["name"], args["cls"], args["first_seed"], args["n"], args["psi"], 25, args["pinned"], *([0.0] * MAX_SLIDERS)]
 
 
 if __name__ == "__main__":

@@ -27,12 +27,14 @@ IDENTIFYING = ("Johnathan", "PAT-0001", "ACC98765", "19710203")  # write_dicom's
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """The shortened demo's folder (dcgan, cgan, dgm, an anomaly report) plus a tiny semicond run beside its runs."""
+    """The shortened demo's folder (dcgan, cgan, dgm, an anomaly report) plus tiny semicond and ddpm runs beside its runs."""
     from cxrgan.train.loop import train
 
     out = tmp_path_factory.mktemp("app") / "demo"
     assert run_demo(out, DemoConfig.quick(), quiet=True) is not None
     train(tiny_config(out / "data" / "phantom32", "semicond", "steps=4"), out / "runs" / "semicond", progress=False)
+    train(tiny_config(out / "data" / "phantom32", "ddpm", "steps=2", "model.sample_steps=4", "model.timesteps=100"),
+          out / "runs" / "ddpm", progress=False)
     return out
 
 
@@ -55,7 +57,7 @@ def uploads(tmp_path_factory) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------- the workspace
 def test_workspace_serves_every_run_and_sorts_them_by_what_they_do(workspace):
-    assert set(workspace.names()) == {"dcgan", "cgan", "dgm", "semicond"}
+    assert set(workspace.names()) == {"dcgan", "cgan", "dgm", "semicond", "ddpm"}
     assert workspace.names(translators=True) == ["dgm"]
     assert sorted(workspace.run("cgan").classes) == ["COVID", "NORMAL", "PNEUMONIA"]
     with pytest.raises(CxrganError, match="no loaded run named 'nope'"):
@@ -83,6 +85,18 @@ def test_a_generated_set_is_samples_format_and_each_image_comes_back_from_its_se
     assert np.array_equal(again.images, res.images)
     other = workspace.generate("cgan", "NORMAL", 10, 6)
     assert not np.array_equal(other.images, res.images)  # the class is used
+
+
+def test_a_diffusion_run_samples_with_the_steps_asked_for_and_its_own_otherwise(workspace):
+    assert workspace.run("ddpm").sample_steps == 4 and workspace.run("cgan").sample_steps is None
+    own = workspace.generate("ddpm", "NORMAL", 0, 2)
+    assert "--sample-steps" not in own.command
+    fewer = workspace.generate("ddpm", "NORMAL", 0, 2, sample_steps=2)
+    assert "--sample-steps 2" in fewer.command and not np.array_equal(fewer.images, own.images)
+    again = workspace.generate("ddpm", "NORMAL", 0, 2)  # the run's own steps again, not the last request's
+    assert np.array_equal(again.images, own.images)
+    with pytest.raises(CxrganError, match="between 1 and the 100"):
+        workspace.generate("ddpm", "NORMAL", 0, 2, sample_steps=500)
 
 
 def test_code_sliders_name_each_dimension_and_steer_the_image(workspace):

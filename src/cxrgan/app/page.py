@@ -72,6 +72,8 @@ def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
             seed = gr.Number(0, precision=0, minimum=0, label="first seed (image i has seed first + i)")
             count = gr.Slider(1, MAX_COUNT, 16, step=1, label="images")
             truncation = gr.Slider(0, 3, 0, step=0.1, label="truncation (0 = off; else latents within ±value)")
+            steps = gr.Slider(2, 100, first.sample_steps or 25, step=1, label="sampling steps (diffusion runs; fewer is faster)",
+                              visible=first.sample_steps is not None, elem_id="cxr-steps")
             button = gr.Button("Generate", variant="primary", elem_id="cxr-generate")
         with gr.Column(scale=3):
             status = gr.HTML(elem_id="cxr-gen-status")
@@ -99,6 +101,7 @@ def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
         updates += [gr.Slider(visible=False)] * (MAX_SLIDERS - len(updates))
         blocks = list(dict.fromkeys(s.block for s in sl))
         return [gr.Dropdown(choices=entry.classes, value=(entry.classes or [None])[0], interactive=len(entry.classes) > 1),
+                gr.Slider(value=entry.sample_steps or 25, visible=entry.sample_steps is not None),
                 gr.Accordion(visible=bool(sl)), gr.Dropdown(choices=blocks, value=(blocks or [None])[0]), *updates]
 
     def codes_of(name: str, pinned: bool, values: Sequence[float]) -> dict[str, list[float]] | None:
@@ -111,9 +114,11 @@ def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
         full = {s.block for s in sl[:MAX_SLIDERS]} - {s.block for s in sl[MAX_SLIDERS:]}
         return {b: v for b, v in out.items() if b in full}  # a block is pinned only when all its dimensions have sliders
 
-    def on_generate(name, cls, first_seed, n, psi, pinned, *values):
+    def on_generate(name, cls, first_seed, n, psi, n_steps, pinned, *values):
         try:
-            res = ws.generate(name, cls, int(first_seed or 0), int(n), float(psi) or None, codes_of(name, pinned, values))
+            steps_used = int(n_steps) if ws.run(name).sample_steps is not None else None
+            res = ws.generate(name, cls, int(first_seed or 0), int(n), float(psi) or None, codes_of(name, pinned, values),
+                              steps_used)
         except CxrganError as exc:
             return _error(exc), None, None, ""
         note = f"{len(res.images)} images in {res.seconds:.2f} s. The same set from the command line:\n\n```\n{res.command}\n```"
@@ -125,14 +130,14 @@ def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
         except CxrganError as exc:
             return _error(exc), None
 
-    run.change(on_run, run, [klass, code_box, block, *sliders])
-    inputs = [run, klass, seed, count, truncation, pin, *sliders]
+    run.change(on_run, run, [klass, steps, code_box, block, *sliders])
+    inputs = [run, klass, seed, count, truncation, steps, pin, *sliders]
     outputs = [status, gallery, download, command]
     button.click(on_generate, inputs, outputs, concurrency_limit=2)
     for s in sliders:
         s.release(on_generate, inputs, outputs, concurrency_limit=2)
     traverse_button.click(on_traverse, [run, block, seed, klass], [status, strip])
-    return run, on_run, [klass, code_box, block, *sliders]  # the page fills them for the first run as it opens
+    return run, on_run, [klass, steps, code_box, block, *sliders]  # the page fills them for the first run as it opens
 
 
 def _calibration_text(cal: Calibration | str) -> str:

@@ -51,6 +51,13 @@ class RunEntry:
         return bool(self.loaded and self.loaded.family.translates)
 
     @property
+    def sample_steps(self) -> int | None:
+        """A diffusion run's configured sampling steps (``None`` for a family that draws in one pass)."""
+        if not self.loaded or not hasattr(self.loaded.family, "set_sampler"):
+            return None
+        return int(self.loaded.cfg.model.sample_steps)
+
+    @property
     def classes(self) -> list[str]:
         """The classes a Generate request may ask for (one entry, the run's class, for a per-class run)."""
         if not self.loaded:
@@ -183,22 +190,25 @@ class Workspace:
         return root / f"{k:06d}"
 
     def generate(self, name: str, class_name: str | None, seed: int, count: int, truncation: float | None = None,
-                 codes: dict[str, list[float]] | None = None) -> GeneratedSet:
+                 codes: dict[str, list[float]] | None = None, sample_steps: int | None = None) -> GeneratedSet:
         """Draw ``count`` images of ``class_name`` with per-image seeds ``seed .. seed + count - 1`` (``cxrgan sample
-        --seed-per-image``); ``codes`` pins a semicond run's blocks. The set is written as ``sample`` writes it."""
+        --seed-per-image``); ``codes`` pins a semicond run's blocks; ``sample_steps`` sets a diffusion run's DDIM steps
+        (default: its configuration's). The set is written as ``sample`` writes it."""
         entry = self.run(name)
         if entry.translates:
             raise CxrganError(f"run {name} is a dgm run: it turns radiographs into normal ones; use the Decompose tab")
         if not 1 <= int(count) <= MAX_COUNT:
             raise CxrganError(f"count must be from 1 to {MAX_COUNT}, got {count}")
         classes = [class_name] if class_name else None
+        if entry.sample_steps is not None and sample_steps is None:
+            sample_steps = entry.sample_steps  # explicit each time: set_sampler keeps what it was given last
         code_text = [f"{b}={','.join(f'{v:g}' for v in vals)}" for b, vals in (codes or {}).items()]
         folder = self._new_folder("sets")
         out = folder / "set"
         t0 = time.perf_counter()
         with entry.lock:
             ds = sample([entry.loaded], out, n=int(count), classes=classes, truncation=truncation, seed=int(seed),
-                        codes=code_text, seed_per_image=True)
+                        codes=code_text, seed_per_image=True, sample_steps=sample_steps)
         images = np.asarray(ds.images)
         captions = [f"seed {int(seed) + i}" for i in range(len(images))]
         files = sorted(out.glob("png/*/*.png"), key=lambda p: int(p.stem))
@@ -214,6 +224,8 @@ class Workspace:
             cmd += ["--truncation", f"{truncation:g}"]
         for c in code_text:
             cmd += ["--code", c]
+        if sample_steps is not None and sample_steps != entry.sample_steps:
+            cmd += ["--sample-steps", str(int(sample_steps))]
         return GeneratedSet(images, captions, files, out, archive, shlex.join(cmd), time.perf_counter() - t0)
 
     def traverse_strip(self, name: str, block: str, seed: int = 0, class_name: str | None = None) -> Path:
