@@ -595,8 +595,8 @@ def _cmd_cluster_split(a: argparse.Namespace) -> int:
 def _add_app(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("app", help="a local web app over trained runs: generate, steer codes, decompose uploads",
                        description="Serve a Gradio page over the runs under the given folders (run directories, or folders "
-                       "holding them such as the demo's): Generate (class, seeds, truncation, semicond code sliders, a zip "
-                       "in sample's format), Decompose (PNG, JPEG or DICOM uploads through a dgm run, scored against its "
+                       "holding them such as the demo's): Generate (class, seeds, truncation, semicond code sliders, a ddpm "
+                       "run's sampling steps, a zip in sample's format), Decompose (PNG, JPEG or DICOM uploads through a dgm run, scored against its "
                        "validation threshold) and Runs (each run's summary). It binds 127.0.0.1 and sends nothing off the "
                        "machine. A research tool, not a diagnosis.")
     p.add_argument("paths", nargs="+", metavar="RUN_OR_FOLDER")
