@@ -230,6 +230,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=1000, help="images per run (default 1000)")
     p.add_argument("--class", dest="classes", help="class(es) to generate, comma-separated")
     p.add_argument("--truncation", type=float, help="truncation trick: redraw latent values beyond +-PSI")
+    p.add_argument("--temperature", type=float, default=1.0, help="multiply the latent noise by T after truncation "
+                   "(default 1: the training prior; above 1 wider and more varied, below 1 narrower; a semicond run's "
+                   "codes are left alone)")
     p.add_argument("--seed", type=int, default=0, help="seeds the latents (the same seed gives the same images)")
     p.add_argument("--seed-per-image", action="store_true", help="draw image i from seed SEED+i alone, so that one image "
                    "can be drawn again with --n 1 --seed SEED+i (the app's seeds); the manifest records each image's seed")
@@ -255,7 +258,7 @@ def _cmd_sample(a: argparse.Namespace) -> int:
 
     ds = sample(a.runs, a.out, a.n, _csv_list(a.classes), a.truncation, a.seed, a.checkpoint, a.device, a.overwrite, not a.no_png,
                 codes=a.codes, sample_steps=a.sample_steps, guidance=a.guidance, progress=not a.quiet, eta=a.eta,
-                seed_per_image=a.seed_per_image)
+                seed_per_image=a.seed_per_image, temperature=a.temperature)
     print(info_text(ds))
     src = ds.manifest.get("source", {})
     if src.get("seconds") is not None:
@@ -515,6 +518,9 @@ def _add_tstr(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True)
     _classifier_args(p)
     _shift_args(p)
+    p.add_argument("--reference", metavar="TSTR_OUT", help="reuse the TRTR arm of an earlier tstr (its --out folder) "
+                   "instead of training it again; refused unless it used the same real data, classifier settings, seeds "
+                   "and test conditions (comparing several generators under one classifier)")
     p.set_defaults(func=_cmd_tstr)
 
 
@@ -522,7 +528,8 @@ def _cmd_tstr(a: argparse.Namespace) -> int:
     from .studies.usefulness import tstr
 
     cfg, seeds = _classifier_cfg(a)
-    tstr(a.synthetic, a.real, a.out, cfg, seeds, a.allow_leaky, progress=not a.quiet, shifts=a.shifts, test_data=a.test_data)
+    tstr(a.synthetic, a.real, a.out, cfg, seeds, a.allow_leaky, progress=not a.quiet, shifts=a.shifts, test_data=a.test_data,
+         reference=a.reference)
     return 0
 
 

@@ -89,8 +89,11 @@ def require_sampler(loaded: LoadedRun) -> LoadedRun:
     return loaded
 
 
-def truncated_normal(n: int, dim: int, psi: float | None, generator: torch.Generator) -> torch.Tensor:
-    """``(n, dim)`` N(0, 1) latents; with ``psi``, values outside [-psi, psi] are redrawn (truncation trick)."""
+def truncated_normal(n: int, dim: int, psi: float | None, generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+    """``(n, dim)`` N(0, 1) latents; with ``psi``, values outside [-psi, psi] are redrawn (truncation trick); then
+    multiplied by ``temperature`` (above 1 draws from wider than the training prior, below 1 narrower)."""
+    if not temperature > 0:
+        raise CxrganError(f"--temperature must be positive, got {temperature}")
     z = torch.randn(n, dim, generator=generator)
     if psi is not None:
         if psi <= 0:
@@ -99,7 +102,7 @@ def truncated_normal(n: int, dim: int, psi: float | None, generator: torch.Gener
         while bad.any():
             z[bad] = torch.randn(int(bad.sum()), generator=generator)
             bad = z.abs() > psi
-    return z
+    return z * temperature if temperature != 1.0 else z
 
 
 @torch.no_grad()
@@ -152,17 +155,19 @@ def fixed_codes(loaded: LoadedRun, codes: Sequence[str] | None) -> dict[str, tor
 
 
 def draw_latents(loaded: LoadedRun, n: int, generator: torch.Generator, truncation: float | None = None,
-                 fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """Latents for ``n`` images: noise (truncated when asked), then the family's structured part where it has one
-    (:meth:`Family.extend_latents`: a semicond run's code blocks, a self-conditioned run's clusters)."""
-    return loaded.family.extend_latents(truncated_normal(n, loaded.family.noise_dim, truncation, generator), generator, fixed)
+                 fixed: dict[str, torch.Tensor] | None = None, temperature: float = 1.0) -> torch.Tensor:
+    """Latents for ``n`` images: noise (truncated and scaled by ``temperature`` when asked), then the family's
+    structured part where it has one (:meth:`Family.extend_latents`: a semicond run's code blocks, a self-conditioned
+    run's clusters), which ``temperature`` leaves alone."""
+    noise = truncated_normal(n, loaded.family.noise_dim, truncation, generator, temperature)
+    return loaded.family.extend_latents(noise, generator, fixed)
 
 
 def draw_seeded_latents(loaded: LoadedRun, seeds: Sequence[int], truncation: float | None = None,
-                        fixed: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                        fixed: dict[str, torch.Tensor] | None = None, temperature: float = 1.0) -> torch.Tensor:
     """One latent per seed, each drawn by :func:`draw_latents` from a generator seeded with that seed alone: an image
     is then a function of its own seed (and class), whatever set or batch it is drawn in."""
-    return torch.cat([draw_latents(loaded, 1, torch.Generator().manual_seed(int(s)), truncation, fixed) for s in seeds])
+    return torch.cat([draw_latents(loaded, 1, torch.Generator().manual_seed(int(s)), truncation, fixed, temperature) for s in seeds])
 
 
 def set_sampler(loaded: LoadedRun, steps: int | None, guidance: float | None, eta: float | None = None) -> None:
@@ -219,7 +224,7 @@ def sample(runs: Sequence[str | Path | LoadedRun], out: str | Path, n: int = 100
            truncation: float | None = None, seed: int = 0, checkpoint: str | int = "best", device: str = "auto",
            overwrite: bool = False, png: bool = True, codes: Sequence[str] | None = None, sample_steps: int | None = None,
            guidance: float | None = None, progress: bool = False, eta: float | None = None,
-           seed_per_image: bool = False) -> PreparedDataset:
+           seed_per_image: bool = False, temperature: float = 1.0) -> PreparedDataset:
     """Generate ``n`` images per run (balanced over ``classes`` or the run's classes) into ``out``.
 
     Runs that do not carry ``classes`` are skipped when several runs are combined; a single run must carry
@@ -229,7 +234,7 @@ def sample(runs: Sequence[str | Path | LoadedRun], out: str | Path, n: int = 100
     an interrupted call with the same arguments goes on where it stopped. The manifest records the seconds per
     image. With ``seed_per_image``, image ``i`` of a run is drawn from seed ``seed + i`` alone
     (:func:`draw_seeded_latents`), so any one image can be drawn again with ``n=1, seed=seed + i``; the manifest
-    records each image's seed. ``runs`` may be loaded already (:func:`load_run`; ``checkpoint`` and ``device`` are then
+    records each image's seed. ``temperature`` scales the latent noise (:func:`truncated_normal`). ``runs`` may be loaded already (:func:`load_run`; ``checkpoint`` and ``device`` are then
     theirs). Returns the synthetic set opened as a :class:`PreparedDataset`.
     """
     if n < 1:
@@ -262,7 +267,7 @@ def sample(runs: Sequence[str | Path | LoadedRun], out: str | Path, n: int = 100
     total = sum(len(p) for _, p in plans)
     request = {"runs": [(str(lr.checkpoint.resolve()), lr.step, _sampler_record(lr)) for lr, _ in plans], "n": n,
                "classes": list(classes or []), "truncation": truncation, "seed": seed, "codes": list(codes or []),
-               "seed_per_image": seed_per_image}
+               "seed_per_image": seed_per_image, **({"temperature": temperature} if temperature != 1.0 else {})}
     cache = _sampling_cache(out, request)
     bar = progress_bar(total, progress, desc="sampling", unit="img")
     t0 = time.perf_counter()
@@ -271,9 +276,10 @@ def sample(runs: Sequence[str | Path | LoadedRun], out: str | Path, n: int = 100
         labels, items, runs_meta = [], [], []
         for k, (lr, plan) in enumerate(plans):
             if seed_per_image:
-                z = draw_seeded_latents(lr, range(seed, seed + len(plan)), truncation, pinned[loaded.index(lr)])
+                z = draw_seeded_latents(lr, range(seed, seed + len(plan)), truncation, pinned[loaded.index(lr)], temperature)
             else:
-                z = draw_latents(lr, len(plan), torch.Generator().manual_seed(seed * 7919 + k), truncation, pinned[loaded.index(lr)])
+                z = draw_latents(lr, len(plan), torch.Generator().manual_seed(seed * 7919 + k), truncation, pinned[loaded.index(lr)],
+                                 temperature)
             names = lr.info["class_names"]
             y = torch.tensor([names.index(c) if c in names else 0 for c in plan], dtype=torch.long)
             imgs = _generate_resumable(lr, z, y, cache, f"run{k}", bar)
@@ -303,7 +309,7 @@ def sample(runs: Sequence[str | Path | LoadedRun], out: str | Path, n: int = 100
         seconds = time.perf_counter() - t0
         manifest = base_manifest(
             source={"kind": "synthetic", "path": ",".join(str(r) for r in runs), "runs": runs_meta, "seed": seed,
-                    "seed_per_image": seed_per_image, "truncation": truncation, "checkpoint": str(checkpoint), "device": str(dev),
+                    "seed_per_image": seed_per_image, "truncation": truncation, "temperature": temperature, "checkpoint": str(checkpoint), "device": str(dev),
                     "seconds": round(seconds, 3), "seconds_per_image": round(seconds / total, 5)},
             preprocess={"size": size}, class_names=class_names, multilabel=False, size=size, labels=lab, splits=splits,
             skipped=[], split_info={"from_source": True, "by_patient": False}, has_masks=False)

@@ -58,6 +58,29 @@ def test_tstr_and_augment_study_end_to_end(phantom32, synth32, tmp_path):
     assert (tmp_path / "aug" / "augment_study.md").is_file()
 
 
+def test_tstr_reuses_a_matching_trtr_reference_and_refuses_another(phantom32, synth32, tmp_path, monkeypatch):
+    import cxrgan.studies.usefulness as usefulness
+
+    first = tstr(synth32, phantom32, tmp_path / "a", TINY, seeds=(0,), progress=False, shifts="noise:mild")
+    trained = []
+    real_run_arm = usefulness.run_arm
+    monkeypatch.setattr(usefulness, "run_arm", lambda name, *a, **k: (trained.append(name), real_run_arm(name, *a, **k))[1])
+    again = tstr(synth32, phantom32, tmp_path / "b", TINY, seeds=(0,), progress=False, shifts="noise:mild", reference=tmp_path / "a")
+    assert trained == ["TSTR"]  # the real-data arm was not trained again
+    assert again["rows"][0] == json.loads(json.dumps(first["rows"][0]))
+    assert again["shift"]["summary"]["TRTR roc_auc"] == first["shift"]["summary"]["TRTR roc_auc"]
+    saved = json.loads((tmp_path / "b" / "tstr.json").read_text())
+    assert saved["trtr_reused_from"] == str(tmp_path / "a") and saved["reference_key"]["seeds"] == [0]
+    assert "TRTR" in (tmp_path / "b" / "shift.md").read_text()
+    for changed, what in ((dict(seeds=(1,)), "seeds"), (dict(shifts="noise:strong"), "test conditions"),
+                          (dict(cfg=ClassifierConfig(width=4, epochs=1, batch_size=32, device="cpu")), "classifier settings")):
+        kw = dict(cfg=TINY, seeds=(0,), shifts="noise:mild") | changed
+        with pytest.raises(CxrganError, match=what):
+            tstr(synth32, phantom32, tmp_path / "c", kw.pop("cfg"), progress=False, reference=tmp_path / "a", **kw)
+    with pytest.raises(CxrganError, match="no tstr.json"):
+        tstr(synth32, phantom32, tmp_path / "d", TINY, seeds=(0,), progress=False, shifts="noise:mild", reference=tmp_path / "nowhere")
+
+
 def test_water_fill_levels_smallest_first():
     assert water_fill(np.array([10, 100]), 50).tolist() == [50, 0]
     assert water_fill(np.array([10, 100]), 110).tolist() == [100, 10]

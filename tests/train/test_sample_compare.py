@@ -56,6 +56,26 @@ def test_truncation_bounds_latents():
     assert z.abs().max() <= 0.5 and z.std() > 0.2
 
 
+def test_temperature_scales_the_noise_and_is_recorded(runs, tmp_path):
+    import torch
+
+    z1 = truncated_normal(400, 8, None, torch.Generator().manual_seed(0))
+    z2 = truncated_normal(400, 8, None, torch.Generator().manual_seed(0), temperature=1.5)
+    assert torch.allclose(z2, 1.5 * z1)
+    zt = truncated_normal(400, 8, 0.5, torch.Generator().manual_seed(0), temperature=2.0)
+    assert zt.abs().max() <= 1.0 and zt.abs().max() > 0.5
+    with pytest.raises(CxrganError, match="temperature must be positive"):
+        truncated_normal(4, 8, None, torch.Generator(), temperature=0)
+    cold = sample([runs / "cgan"], tmp_path / "cold", n=12, seed=3, png=False, temperature=0.01)
+    hot = sample([runs / "cgan"], tmp_path / "hot", n=12, seed=3, png=False, temperature=2.0)
+    base = sample([runs / "cgan"], tmp_path / "base", n=12, seed=3, png=False)
+    assert hot.manifest["source"]["temperature"] == 2.0 and base.manifest["source"]["temperature"] == 1.0
+    spread = {k: float(np.asarray(d.images, np.float32)[d.labels == 0].std(axis=0).mean()) for k, d in
+              (("cold", cold), ("base", base))}
+    assert spread["cold"] < 0.5 * spread["base"]  # near-zero noise: one class's images nearly alike
+    assert not np.array_equal(np.asarray(hot.images), np.asarray(base.images))
+
+
 def test_compare_writes_figures_grid_and_table(runs, tmp_path):
     from cxrgan.report.compare import compare
 

@@ -15,6 +15,7 @@ the smallest classes first (water-filling), then in proportion.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -166,12 +167,55 @@ def combined_synthetic(synthetic: Sequence[str | Path], ds: PreparedDataset) -> 
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
+def reference_key(ds: PreparedDataset, cfg: ClassifierConfig, seeds: Sequence[int], conditions: Sequence[Condition]) -> dict[str, Any]:
+    """What a TRTR reference depends on: the real dataset (its manifest hash), the classifier's configuration, the
+    seeds and the test conditions (a hash of their names, images and labels). Two ``tstr`` calls with equal keys
+    train the same real-data classifiers and test them on the same images."""
+    h = hashlib.sha256()
+    for c in conditions:
+        h.update(c.name.encode())
+        h.update(np.ascontiguousarray(c.images).tobytes())
+        h.update(np.ascontiguousarray(c.labels, np.int64).tobytes())
+    key = {"real_manifest_sha256": ds.manifest_hash, "classifier": dict(cfg.__dict__), "seeds": [int(s) for s in seeds],
+           "test_conditions_sha256": h.hexdigest()}
+    return json.loads(json.dumps(key))  # as it reads back from tstr.json (tuples become lists)
+
+
+def load_reference(path: str | Path, key: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The TRTR row and per-seed figures of an earlier ``tstr`` (its ``--out`` folder or ``tstr.json``), after
+    checking that its :func:`reference_key` equals ``key``; one clear error otherwise."""
+    path = Path(path)
+    f = path / "tstr.json" if path.is_dir() else path
+    what = "pass the --out folder of an earlier `cxrgan tstr` run on the same --real data"
+    if not f.is_file():
+        raise CxrganError(f"--reference {path}: no tstr.json there; {what}")
+    try:
+        d = json.loads(f.read_text())
+        row = next(r for r in d["rows"] if r["name"] == "TRTR")
+        per_seed = d["per_seed"]["TRTR"]
+    except (ValueError, KeyError, StopIteration, TypeError) as e:
+        raise CxrganError(f"--reference {f}: not a readable tstr.json ({type(e).__name__}: {e}); {what}") from None
+    got = d.get("reference_key")
+    if got is None:
+        raise CxrganError(f"--reference {f} does not record what its TRTR was measured on (an older cxrgan wrote it); "
+                          "run that tstr again, or leave --reference out")
+    labels = {"real_manifest_sha256": "real dataset", "classifier": "classifier settings (--arch, --epochs, --epoch-choice)",
+              "seeds": "seeds (--seeds)", "test_conditions_sha256": "test conditions (--shifts, --test-data)"}
+    differ = [labels[k] for k in key if got.get(k) != key[k]]
+    if differ:
+        raise CxrganError(f"--reference {f} measured TRTR with other {' and '.join(differ)} than this call; use the same "
+                          "settings, or leave --reference out to train the real-data reference again")
+    return row, per_seed
+
+
 def tstr(synthetic: str | Path | Sequence[str | Path], real: str | Path, out: str | Path, cfg: ClassifierConfig | None = None,
          seeds: Sequence[int] = (0, 1, 2), allow_leaky: bool = False, progress: bool = True, shifts: str | None = "standard",
-         test_data: Sequence[str | Path] = ()) -> dict[str, Any]:
+         test_data: Sequence[str | Path] = (), reference: str | Path | None = None) -> dict[str, Any]:
     """Train on synthetic (one set or several, combined), test on real; beside TRTR (the same classifier trained
     on the real training split). ``shifts`` and ``test_data``: the shift protocol's test conditions
-    (:func:`cxrgan.evaluate.shift.protocol_conditions`; ``none`` for the test split alone)."""
+    (:func:`cxrgan.evaluate.shift.protocol_conditions`; ``none`` for the test split alone). ``reference``: an
+    earlier ``tstr`` output whose TRTR arm is reused instead of trained again (comparing several generators under one
+    classifier), refused unless it was measured exactly as this call would (:func:`reference_key`)."""
     cfg = cfg or ClassifierConfig()
     ds = PreparedDataset.open(real)
     check_leaks(ds, allow_leaky)
@@ -179,14 +223,21 @@ def tstr(synthetic: str | Path | Sequence[str | Path], real: str | Path, out: st
     xs, ys = combined_synthetic(synthetic, ds)
     say = print if progress else (lambda s: None)
     conditions = protocol_conditions(ds, shifts, test_data)
+    key = reference_key(ds, cfg, seeds, conditions)
+    reused = load_reference(reference, key) if reference is not None else None
     val, test = _real(ds, "val"), (conditions[0].images, conditions[0].labels)
     rows, per_seed = [], {}
     for name, (x, y) in (("TRTR", _real(ds, "train")), ("TSTR", (xs, ys))):
-        row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say, conditions[1:])
+        if name == "TRTR" and reused is not None:
+            row, ps = reused
+            say(f"  TRTR: reused from {reference}")
+        else:
+            row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say, conditions[1:])
         rows.append(row)
         per_seed[name] = ps
     ratios = {f"{k}_ratio": rows[1][f"{k}_mean"] / rows[0][f"{k}_mean"] for k in ("roc_auc", "balanced_accuracy")}
-    extra: dict[str, Any] = {"synthetic": [str(s) for s in synthetic], "real": str(ds.root), "classifier": cfg.__dict__, **ratios}
+    extra: dict[str, Any] = {"synthetic": [str(s) for s in synthetic], "real": str(ds.root), "classifier": cfg.__dict__, **ratios,
+                             "reference_key": key, "trtr_reused_from": str(reference) if reused is not None else None}
     shift_note = ""
     if len(conditions) > 1:
         table = _write_shift(Path(out), rows, conditions, "TSTR vs TRTR")
