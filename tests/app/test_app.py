@@ -85,6 +85,11 @@ def test_a_generated_set_is_samples_format_and_each_image_comes_back_from_its_se
     assert np.array_equal(again.images, res.images)
     other = workspace.generate("cgan", "NORMAL", 10, 6)
     assert not np.array_equal(other.images, res.images)  # the class is used
+    hot = workspace.generate("cgan", "PNEUMONIA", 10, 2, temperature=1.5)
+    assert "--temperature 1.5" in hot.command and not np.array_equal(hot.images, res.images[:2])
+    alone = sample([workspace.run("cgan").path], tmp_path / "hot", n=1, classes=["PNEUMONIA"], seed=11, seed_per_image=True,
+                   device="cpu", temperature=1.5)
+    assert np.array_equal(np.asarray(alone.images[0]), hot.images[1])  # the command it shows draws the same image
 
 
 def test_a_diffusion_run_samples_with_the_steps_asked_for_and_its_own_otherwise(workspace):

@@ -1,6 +1,6 @@
 """``cxrgan app``: the web page (Gradio) over a :class:`~cxrgan.app.workspace.Workspace`.
 
-Three tabs: **Generate** (a run, a class, seeds, truncation; a semicond run's codes as sliders and a traverse strip;
+Three tabs: **Generate** (a run, a class, seeds, truncation, temperature; a semicond run's codes as sliders and a traverse strip;
 the set as a zip in ``cxrgan sample``'s format), **Decompose** (uploaded PNG, JPEG or DICOM files through a dgm run:
 input, normal image, residual and overlay, with the score against the validation threshold) and **Runs** (the
 report's summary of each run).
@@ -72,6 +72,8 @@ def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
             seed = gr.Number(0, precision=0, minimum=0, label="first seed (image i has seed first + i)")
             count = gr.Slider(1, MAX_COUNT, 16, step=1, label="images")
             truncation = gr.Slider(0, 3, 0, step=0.1, label="truncation (0 = off; else latents within ±value)")
+            temperature = gr.Slider(0.1, 2, 1, step=0.05, label="temperature (latent noise × value; 1 = as trained)",
+                                    elem_id="cxr-temperature")
             steps = gr.Slider(2, 100, first.sample_steps or 25, step=1, label="sampling steps (diffusion runs; fewer is faster)",
                               visible=first.sample_steps is not None, elem_id="cxr-steps")
             button = gr.Button("Generate", variant="primary", elem_id="cxr-generate")
@@ -114,11 +116,11 @@ def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
         full = {s.block for s in sl[:MAX_SLIDERS]} - {s.block for s in sl[MAX_SLIDERS:]}
         return {b: v for b, v in out.items() if b in full}  # a block is pinned only when all its dimensions have sliders
 
-    def on_generate(name, cls, first_seed, n, psi, n_steps, pinned, *values):
+    def on_generate(name, cls, first_seed, n, psi, temp, n_steps, pinned, *values):
         try:
             steps_used = int(n_steps) if ws.run(name).sample_steps is not None else None
             res = ws.generate(name, cls, int(first_seed or 0), int(n), float(psi) or None, codes_of(name, pinned, values),
-                              steps_used)
+                              steps_used, float(temp or 1.0))
         except CxrganError as exc:
             return _error(exc), None, None, ""
         note = f"{len(res.images)} images in {res.seconds:.2f} s. The same set from the command line:\n\n```\n{res.command}\n```"
@@ -131,7 +133,7 @@ def _generate_tab(gr: Any, ws: Workspace) -> tuple[Any, Any, list[Any]] | None:
             return _error(exc), None
 
     run.change(on_run, run, [klass, steps, code_box, block, *sliders])
-    inputs = [run, klass, seed, count, truncation, steps, pin, *sliders]
+    inputs = [run, klass, seed, count, truncation, temperature, steps, pin, *sliders]
     outputs = [status, gallery, download, command]
     button.click(on_generate, inputs, outputs, concurrency_limit=2)
     for s in sliders:

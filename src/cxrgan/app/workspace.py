@@ -190,10 +190,12 @@ class Workspace:
         return root / f"{k:06d}"
 
     def generate(self, name: str, class_name: str | None, seed: int, count: int, truncation: float | None = None,
-                 codes: dict[str, list[float]] | None = None, sample_steps: int | None = None) -> GeneratedSet:
+                 codes: dict[str, list[float]] | None = None, sample_steps: int | None = None,
+                 temperature: float = 1.0) -> GeneratedSet:
         """Draw ``count`` images of ``class_name`` with per-image seeds ``seed .. seed + count - 1`` (``cxrgan sample
         --seed-per-image``); ``codes`` pins a semicond run's blocks; ``sample_steps`` sets a diffusion run's DDIM steps
-        (default: its configuration's). The set is written as ``sample`` writes it."""
+        (default: its configuration's); ``temperature`` scales the latent noise. The set is written as ``sample``
+        writes it."""
         entry = self.run(name)
         if entry.translates:
             raise CxrganError(f"run {name} is a dgm run: it turns radiographs into normal ones; use the Decompose tab")
@@ -208,7 +210,7 @@ class Workspace:
         t0 = time.perf_counter()
         with entry.lock:
             ds = sample([entry.loaded], out, n=int(count), classes=classes, truncation=truncation, seed=int(seed),
-                        codes=code_text, seed_per_image=True, sample_steps=sample_steps)
+                        codes=code_text, seed_per_image=True, sample_steps=sample_steps, temperature=temperature)
         images = np.asarray(ds.images)
         captions = [f"seed {int(seed) + i}" for i in range(len(images))]
         files = sorted(out.glob("png/*/*.png"), key=lambda p: int(p.stem))
@@ -222,6 +224,8 @@ class Workspace:
             cmd += ["--class", class_name]
         if truncation is not None:
             cmd += ["--truncation", f"{truncation:g}"]
+        if temperature != 1.0:
+            cmd += ["--temperature", f"{temperature:g}"]
         for c in code_text:
             cmd += ["--code", c]
         if sample_steps is not None and sample_steps != entry.sample_steps:
