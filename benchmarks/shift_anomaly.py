@@ -7,7 +7,7 @@ standard shift protocol and writes into ``--results``:
 
 - ``summary.md`` / ``summary.csv``: per variant, the validation-chosen score, ROC AUC on the test split, the mean
   and the worst over the fourteen acquisition shifts, on the held-out cluster, and the same for the two
-  baselines; sensitivity and specificity at the validation threshold;
+  baselines; sensitivity, specificity, accuracy and F1 at the validation threshold;
 - ``shift_roc_auc.png``: ROC AUC per test condition, one line per variant;
 - ``VARIANT/``: each variant's ``report.md`` and decomposition panels for the test split.
 
@@ -110,7 +110,7 @@ def _rows(variant: str, data: str, s: dict) -> list[dict]:
         method = "dgm" if m["method"].startswith("dgm") else m["method"]
         row = {"variant": variant, "data": data, "method": method, "score": s["score"] if method == "dgm" else "",
                "step": s["checkpoint_step"], "val_roc_auc": m["val_roc_auc"], "test_roc_auc": m["roc_auc"],
-               "sensitivity": m["sensitivity"], "specificity": m["specificity"]}
+               "sensitivity": m["sensitivity"], "specificity": m["specificity"], "accuracy": m.get("accuracy"), "f1": m.get("f1")}
         sm = summary.get(m["method"], {})
         row.update({"shift_mean": sm.get("acquisition_mean"), "shift_worst": sm.get("acquisition_worst"),
                     "worst_shift": sm.get("acquisition_worst_shift", "")})
@@ -121,7 +121,7 @@ def _rows(variant: str, data: str, s: dict) -> list[dict]:
 def _write(rows: list[dict], results: Path, variants: dict[str, list[str]], work: Path, tag: str) -> None:
     results.mkdir(parents=True, exist_ok=True)
     cols = ["variant", "method", "score", "step", "val_roc_auc", "test_roc_auc", "shift_mean", "shift_worst", "worst_shift",
-            "held_out_cluster", "sensitivity", "specificity"]
+            "held_out_cluster", "sensitivity", "specificity", "accuracy", "f1"]
     table, first = [], next(iter(variants))
     for r in rows:
         if r["data"] != "in-distribution" or (r["method"] != "dgm" and r["variant"] != first):
