@@ -4,6 +4,9 @@ Takes the generators that ``benchmarks/shift_tstr.py`` trained in ``--work`` (th
 the semi-conditional GAN, the ddpm) and samples each of ``--variants`` from them: the latent noise at another
 temperature (``cxrgan sample --temperature``), two generators mixed half and half (same total count), the ddpm with
 classifier-free guidance (guidance above 1 pushes each image away from the unconditional one, towards its class).
+It also trains the CGAN and the pair again with acquisition augmentation (``augment.acquisition=1``: every training
+image shifted at random in exposure, contrast, sharpness, noise, rotation, translation and zoom, each up to its
+strong setting), so that the generator itself draws radiographs acquired in all those ways.
 Each set is measured by ``cxrgan tstr`` under the standard shift protocol, all against one TRTR reference
 (``tstr --reference``), so the variants differ only in the synthetic images.
 
@@ -31,12 +34,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _cli import prepared, run_cli  # noqa: E402  (sibling scripts)
-from long_runs import REAL, ROOT  # noqa: E402
+from long_runs import REAL, ROOT, _run_all  # noqa: E402
 from shift_tstr import _row  # noqa: E402
 
 from cxrgan.data import PreparedDataset  # noqa: E402
 
-GENERATOR_RUNS = {"pair": ["dcgan-pair-NORMAL", "dcgan-pair-PNEUMONIA"], "cgan": ["cgan"], "semicond": ["semicond"], "ddpm": ["ddpm"]}
+GENERATOR_RUNS = {"pair": ["dcgan-pair-NORMAL", "dcgan-pair-PNEUMONIA"], "cgan": ["cgan"], "semicond": ["semicond"], "ddpm": ["ddpm"],
+                  "pair-acq": ["dcgan-pair-acq-NORMAL", "dcgan-pair-acq-PNEUMONIA"], "cgan-acq": ["cgan-acq"]}
+# Generators this script trains itself (shift_tstr.py trains the others): the same recipe as there, with the
+# training images shifted at random by every acquisition kind, each up to its strong setting.
+ACQUISITION = ["--set", "augment.acquisition=1.0"]
 # name: (generator or generators mixed half and half, extra `cxrgan sample` arguments)
 VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "pair-t1": (["pair"], []), "pair-t0.75": (["pair"], ["--temperature", "0.75"]),
@@ -46,7 +53,28 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "mix-pair-cgan": (["pair", "cgan"], []), "mix-pair-semicond": (["pair", "semicond"], []),
     "ddpm-s10-g1": (["ddpm"], ["--checkpoint", "last", "--sample-steps", "10", "--guidance", "1"]),
     "ddpm-s10-g2": (["ddpm"], ["--checkpoint", "last", "--sample-steps", "10", "--guidance", "2"]),
+    "pair-acq-t1": (["pair-acq"], []), "cgan-acq-t1": (["cgan-acq"], []),
 }
+
+
+def train_acquisition_runs(names: list[str], work: Path, data: Path, a: argparse.Namespace) -> None:
+    """Train (or resume) the acquisition-augmented generators that ``names``' variants use, ``--parallel`` at a time."""
+    jobs = {}
+    for g in sorted({g for n in names for g in VARIANTS[n][0] if g.endswith("-acq")}):
+        for run in GENERATOR_RUNS[g]:
+            cmd = [sys.executable, "-m", "cxrgan", "--quiet", "train", "--out", str(work / run)]
+            if (work / run / "config.yaml").is_file():
+                jobs[run] = cmd + ["--resume"]
+                continue
+            cmd += ["--data", str(data), "--set", f"model.g_channels={a.channels}", "--set", f"model.d_channels={a.channels}",
+                    "--set", "ckpt_every=250", *ACQUISITION]
+            if run.startswith("dcgan-pair"):
+                cmd += ["--model", "dcgan", "--classes", run.rsplit("-", 1)[1], "--steps", str(a.pair_steps)]
+            else:
+                cmd += ["--model", "cgan", "--epochs", str(a.epochs)]
+            jobs[run] = cmd
+    if jobs:
+        _run_all(jobs, work, a.parallel)
 
 
 def tuning_split(src: Path, out: Path, seed: int = 0) -> Path:
@@ -122,6 +150,10 @@ def main() -> None:
     ap.add_argument("--final", default="", help="variants to measure once on the real test split")
     ap.add_argument("--n", type=int, default=1000, help="synthetic images per class")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--epochs", type=int, default=50, help="the acquisition-augmented CGAN's training epochs")
+    ap.add_argument("--pair-steps", type=int, default=2000, help="each acquisition-augmented DCGAN's steps")
+    ap.add_argument("--channels", type=int, default=32)
+    ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--report-only", action="store_true", help="sample and measure nothing: tabulate what exists")
     a = ap.parse_args()
     work = Path(a.work)
@@ -129,6 +161,8 @@ def main() -> None:
     study.mkdir(parents=True, exist_ok=True)
     tune = tuning_split(REAL, study / "tune64")
     real = prepared(REAL, work / "real64")
+    if not a.report_only:
+        train_acquisition_runs([v for v in (a.variants + "," + a.final).split(",") if v in VARIANTS], work, real, a)
     rows = []
     for split, names, data in (("tuning", a.variants, tune), ("test", a.final, real)):
         names = [v for v in names.split(",") if v]
