@@ -15,6 +15,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -159,6 +160,68 @@ def loop_speed(data: Path, work: Path, family: str, batch: int, iters: int, prec
         raise CxrganError("benchmark interrupted")
     speeds = [float(r["img_per_s"]) for r in read_metrics(run / "metrics.csv") if r.get("img_per_s")]
     return float(np.median(speeds[2:] or speeds[-1:]))
+
+
+@dataclass
+class StepProfile:
+    """What one training step of a family asks of the device (:func:`profile_steps`): operators dispatched (kernel
+    launches on a GPU) and host reads of tensor values (each one a wait for the GPU), per plain step and per logging
+    step, with the places the plain steps' reads came from."""
+
+    family: str
+    batch: int
+    ops_per_step: float
+    views_per_step: float
+    reads_per_step: float
+    reads_per_log_step: float
+    read_sites: dict[str, float]
+    top_ops: dict[str, float]
+
+
+def profile_steps(family: str, data: Path, work: Path, batch: int = 64, steps: int = 14, device: str = "auto",
+                  precision: str = "auto", overrides: Sequence[str] = ()) -> StepProfile:
+    """Train ``family`` at its defaults for ``steps`` steps (logging every 4th, no checkpoint before the last) with
+    :class:`~cxrgan.runtime.syncs.HostReads` and :class:`~cxrgan.runtime.syncs.OpCount` active, and average per
+    step over steps 3 to ``steps - 1`` (the first build caches; the last evaluates and saves)."""
+    from .runtime.syncs import HostReads, OpCount
+    from .train.config import load_config
+    from .train.loop import train
+
+    log_every = 4
+    run = work / f"profile-{family}-{batch}"
+    shutil.rmtree(run, ignore_errors=True)
+    cfg = load_config(None, [f"model.family={family}", f"data.path={data}", f"batch_size={batch}", f"steps={steps}",
+                             f"precision={precision}", f"device={device}", f"log_every={log_every}", f"ckpt_every={10**9}",
+                             f"grid_every={10**9}", "eval_samples=32", *overrides])
+    reads, ops = HostReads(), OpCount()
+    marks: list[tuple[int, int, Counter, int]] = []
+
+    def mark(step: int, stats: dict) -> None:
+        marks.append((step, len(reads.reads), ops.ops.copy(), sum(ops.views.values())))
+
+    quiet = logging.getLogger("cxrgan")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        with reads, ops:
+            train(cfg, run, progress=False, on_step=mark)
+    finally:
+        quiet.setLevel(level)
+    plain, logged, sites, op_counts, views = [], [], Counter(), Counter(), 0
+    for (_, r0, o0, v0), (step, r1, o1, v1) in zip(marks, marks[1:]):
+        if step < 3 or step == steps:
+            continue
+        if step % log_every == 0:
+            logged.append(r1 - r0)
+            continue
+        plain.append(r1 - r0)
+        sites.update(f"{name} at {site}" for name, site in reads.reads[r0:r1])
+        op_counts.update(o1 - o0)
+        views += v1 - v0
+    n = max(len(plain), 1)
+    return StepProfile(family, batch, sum(op_counts.values()) / n, views / n, float(np.mean(plain)) if plain else float("nan"),
+                       float(np.mean(logged)) if logged else float("nan"), {k: v / n for k, v in sites.most_common()},
+                       {k: v / n for k, v in op_counts.most_common(8)})
 
 
 def reference_sampling(size: int, n: int, batch: int, device: torch.device) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -23,13 +24,14 @@ Augment = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class Batch:
     """One training batch: ``x`` ``(N, 1, S, S)`` float in [-1, 1], ``y`` ``(N,)`` int64 class indices, ``rows``
-    ``(N,)`` int64 positions of the images in the training subset the family was bound to (where known);
+    ``(N,)`` int64 positions of the images in the training subset the family was bound to (where known), a host-side
+    NumPy array (reading it never waits for a GPU);
     ``augmented``: ``x`` was changed after it was read (acquisition augmentation), so it is no longer the stored
     image at ``rows``."""
 
     x: torch.Tensor
     y: torch.Tensor
-    rows: torch.Tensor | None = None
+    rows: np.ndarray | None = None
     augmented: bool = False
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import torch
@@ -42,6 +43,11 @@ class CodeBlock:
     def discrete(self) -> bool:
         return self.dist == "bernoulli"
 
+    @cached_property
+    def _marginal(self) -> D.Distribution:
+        """The marginal, built (and its parameters validated) once: sampling then reads no tensor value back."""
+        return self.marginal()
+
     def marginal(self) -> D.Distribution:
         p = self.params
         if self.dist == "bernoulli":
@@ -56,7 +62,7 @@ class CodeBlock:
         """Values of this block's marginal at probabilities ``u`` in (0, 1) (its inverse CDF)."""
         if self.dist == "bernoulli":
             return (u > 1.0 - self.params["p"]).to(torch.float32)
-        return self.marginal().icdf(u.clamp(1e-6, 1 - 1e-6)).to(torch.float32)
+        return self._marginal.icdf(u.clamp(1e-6, 1 - 1e-6)).to(torch.float32)
 
     def spec(self) -> str:
         params = ",".join(f"{k}={v:g}" for k, v in self.params.items())
@@ -148,7 +154,7 @@ class CodeSpace:
         """Codes ``(n, dim)``; blocks named in ``fixed`` take the given values (a ``(dim,)`` or ``(n, dim)`` tensor)."""
         parts = []
         for b in self.blocks:
-            u = torch.distributions.Normal(0.0, 1.0).cdf(self._normals(n, b.dim, generator))
+            u = 0.5 * (1 + torch.erf(self._normals(n, b.dim, generator) / math.sqrt(2)))  # the standard normal CDF
             values = b.from_uniform(u)
             if fixed and b.name in fixed:
                 values = torch.as_tensor(fixed[b.name], dtype=torch.float32).expand(n, b.dim).clone()

@@ -111,7 +111,7 @@ class DCGAN(LabelAwareD, Family):
             return (batch.x,)
         if self._cluster_of is None or batch.rows is None:
             raise RuntimeError("a self-conditioned dcgan needs bind_data and batches that carry their rows")
-        return (batch.x, self._onehot(self._cluster_of[batch.rows.cpu()], batch.x))
+        return (batch.x, self._onehot(self._cluster_of[torch.from_numpy(batch.rows)], batch.x))
 
     def fake_inputs(self, z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
         image = self.generate(z, y)

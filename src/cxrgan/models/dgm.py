@@ -189,7 +189,7 @@ class DGM(Family):
             return batch.x
         if self._standard_pool is None or batch.rows is None or batch.augmented:
             return self.G.standardized(batch.x)[0]
-        x = self._pool_view(batch.rows.cpu().numpy(), batch.x.device).to(batch.x.dtype)
+        x = self._pool_view(batch.rows, batch.x.device).to(batch.x.dtype)
         return x.contiguous(memory_format=torch.channels_last) if batch.x.is_contiguous(memory_format=torch.channels_last) else x
 
     @property

@@ -77,7 +77,7 @@ class TrainData:
         x = to_model_range(torch.from_numpy(self.uint8(rows)).to(device))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(x=x, y=torch.from_numpy(self.labels[rows]).to(device), rows=torch.from_numpy(np.asarray(rows, np.int64)))
+        return Batch(x=x, y=torch.from_numpy(self.labels[rows]).to(device), rows=np.asarray(rows, np.int64))
 
 
 class EpochSampler:

@@ -29,13 +29,20 @@ class EMA:
 
     @torch.no_grad()
     def update(self, modules: dict[str, nn.Module], step: int) -> None:
+        """Move the shadow weights towards ``modules``' and copy their buffers: one multi-tensor operation each
+        (``torch._foreach_*``: a few kernel launches on a GPU instead of one per tensor; the same arithmetic)."""
         d = min(self.decay, (1.0 + step) / (self.warmup + step))
+        shadow_p, live_p, shadow_b, live_b = [], [], [], []
         for name, m in modules.items():
             s = self.shadow[name]
-            for p_s, p in zip(s.parameters(), m.parameters()):
-                p_s.lerp_(p.detach(), 1.0 - d)
-            for b_s, b in zip(s.buffers(), m.buffers()):
-                b_s.copy_(b)
+            shadow_p += list(s.parameters())
+            live_p += [p.detach() for p in m.parameters()]
+            shadow_b += list(s.buffers())
+            live_b += list(m.buffers())
+        if shadow_p:
+            torch._foreach_lerp_(shadow_p, live_p, 1.0 - d)
+        if shadow_b:
+            torch._foreach_copy_(shadow_b, live_b)
 
     @torch.no_grad()
     def recalibrate(self, name: str, inputs: Iterable[object], forward: Callable[[nn.Module, object], object]) -> None:

@@ -101,7 +101,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
           on_step: Callable[[int, dict], None] | None = None, on_end: Callable[[Path], None] | None = None) -> RunResult:
     """Train ``cfg`` into the run directory ``out`` (or continue it with ``resume=True``).
 
-    ``on_step(step, stats)`` is called after every step (for notebooks and tests); ``on_end(run)`` once when the
+    ``on_step(step, stats)`` is called after every step (for notebooks and tests; a figure of ``stats`` may be a
+    0-d tensor still on the device: ``float()`` it when needed, which waits for the device); ``on_end(run)`` once when the
     run ends, finished or interrupted, on the main process (the CLI draws the training curves with
     :func:`cxrgan.report.plots.plot_run` there; the loop itself only writes ``metrics.csv``). Raises
     :class:`CxrganError` for user errors, including a NaN/infinite loss (the last good checkpoint stays), and,
@@ -161,6 +162,7 @@ class _Loop:
         self.outcome = RunResult(run=run, step=self.step)
         self.last_eval: dict[str, float] = {}
         self.saved_step = self.step
+        self.unchecked: list[tuple[int, str, torch.Tensor]] = []  # (step, phase, loss) not yet checked for NaN
         self.latest_explained = False  # the log explains the latest-healthy rule once per process; best.json every time
 
     # -- setting up -------------------------------------------------------------------------------------------------
@@ -334,7 +336,9 @@ class _Loop:
 
     def _evaluate_and_save(self, row: dict) -> dict:
         """Quality figures, collapse check, checkpoint, best pointer, pruning (on rank 0, which shares the best
-        checkpoint and the collapse flag with the other processes); returns the metrics row."""
+        checkpoint and the collapse flag with the other processes); returns the metrics row. The losses since the
+        last check are checked first: a checkpoint of weights a NaN reached is never written."""
+        self._check_finite()
         out = self._evaluate_and_save_main(row) if self.main else dict(row)
         shared = dist.from_main({"best": self.best, "collapse": out.get("collapse", 0), "collapse_step": self.outcome.collapse_step})
         self.best, out["collapse"], self.outcome.collapse_step = shared["best"], shared["collapse"], shared["collapse_step"]
@@ -394,7 +398,7 @@ class _Loop:
 
     def run(self, on_step: Callable[[int, dict], None] | None) -> None:
         cfg, total = self.cfg, self.total
-        window: dict[str, list[float]] = {}
+        window: dict[str, list[torch.Tensor | float]] = {}
         t_window, n_window = time.perf_counter(), 0
         with _StopFlag() as stop:
             while self.step < total:
@@ -424,7 +428,9 @@ class _Loop:
                     if self._after_collapse():
                         continue
                     break
-                if dist.any_process(bool(stop.requested)):
+                # A stop request is shared at logging steps under torchrun (a collective per step would wait on
+                # every process each step); a single process looks at every step.
+                if (self.w.size == 1 or log_now) and dist.any_process(bool(stop.requested)):
                     if self.saved_step != self.step:
                         self.metrics.write(self._evaluate_and_save({}))
                     self.outcome.interrupted = True
@@ -447,11 +453,7 @@ class _Loop:
                     family.zero_grad(set_to_none=True)
                     with autocast(self.device, self.amp), dist.syncing():
                         loss, phase_stats = family.phase_loss(phase, batch, self.augment)
-                    if not torch.isfinite(loss):
-                        raise CxrganError(
-                            f"{phase} loss became {loss.item()} at step {self.step + 1}; training stopped. The last good "
-                            f"checkpoint is kept in {self.run_dir / 'checkpoints'}. Lower the learning rate (optim.lr_g/lr_d), "
-                            "try loss.kind=hinge or model.spectral_norm=true, or use precision=fp32")
+                    self.unchecked.append((self.step + 1, phase, loss.detach()))
                     loss.backward()
                     dist.average_gradients(params)
                     if log_now:
@@ -459,14 +461,37 @@ class _Loop:
                             torch.stack([p.grad.detach().float().norm() for p in params if p.grad is not None])))
                     self.optims[phase].step()
                     for k, v in phase_stats.items():
-                        stats[k] = float(v)
+                        stats[k] = v.detach() if isinstance(v, torch.Tensor) else float(v)
         if self.ema is not None:
             self.ema.update({n: self.modules[n] for n in family.ema_modules}, self.step)
+        if log_now:
+            self._check_finite()
         return stats, len(batch.y) * self.w.size
 
-    def _log_row(self, window: dict[str, list[float]], stats: dict[str, float], img_per_s: float) -> dict:
-        """The metrics row of a logging step: the window's mean figures (over processes), the last gradient norms."""
-        row = dist.mean_over_processes({k: float(np.mean(v)) for k, v in window.items() if not k.endswith("grad_norm")})
+    def _check_finite(self) -> None:
+        """Raise if a loss since the last check was NaN or infinite. The losses stay on the device until a logging
+        step or a checkpoint asks (one host read for all of them), so a step never waits for the device; a
+        checkpoint is only written after its losses were checked, so the last one kept is a good one."""
+        if not self.unchecked:
+            return
+        values = torch.stack([loss.float().reshape(()) for _, _, loss in self.unchecked])
+        bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
+        pending, self.unchecked = self.unchecked, []
+        if bad:
+            step, phase, _ = pending[bad[0]]
+            raise CxrganError(
+                f"{phase} loss became {float(values[bad[0]])} at step {step}; training stopped. The last good "
+                f"checkpoint is kept in {self.run_dir / 'checkpoints'}. Lower the learning rate (optim.lr_g/lr_d), "
+                "try loss.kind=hinge or model.spectral_norm=true, or use precision=fp32")
+
+    def _log_row(self, window: dict[str, list[torch.Tensor | float]], stats: dict[str, torch.Tensor | float],
+                 img_per_s: float) -> dict:
+        """The metrics row of a logging step: the window's mean figures (over processes), the last gradient norms.
+        The window's figures are read from the device here, all at once."""
+        keys = [k for k in window if not k.endswith("grad_norm")]
+        means = torch.stack([torch.stack([torch.as_tensor(v, device=self.device).float().reshape(()) for v in window[k]]).mean()
+                             for k in keys]).tolist() if keys else []
+        row = dist.mean_over_processes(dict(zip(keys, means)))
         row.update({k: stats[k] for k in stats if k.endswith("grad_norm")})
         row.update(step=self.step, epoch=self.sampler.epoch, kimg=round(self.images_seen / 1000, 3), img_per_s=img_per_s)
         return row
