@@ -2,7 +2,7 @@
 
 Takes the generators that ``benchmarks/shift_tstr.py`` trained in ``--work`` (the CGAN, the per-class DCGAN pair,
 the semi-conditional GAN, the ddpm) and samples each of ``--variants`` from them: the latent noise at another
-temperature (``cxrgan sample --temperature``), two generators mixed half and half (same total count), the ddpm with
+temperature (``cxrgan sample --temperature``), two or three generators mixed in equal parts (same total count), the ddpm with
 classifier-free guidance (guidance above 1 pushes each image away from the unconditional one, towards its class).
 It also trains the CGAN and the pair again with acquisition augmentation (``augment.acquisition=1``: every training
 image shifted at random in exposure, contrast, sharpness, noise, rotation, translation and zoom, each up to its
@@ -51,6 +51,7 @@ VARIANTS: dict[str, tuple[list[str], list[str]]] = {
     "cgan-t1": (["cgan"], []), "cgan-t1.25": (["cgan"], ["--temperature", "1.25"]), "cgan-t1.5": (["cgan"], ["--temperature", "1.5"]),
     "semicond-t1": (["semicond"], []), "semicond-t1.5": (["semicond"], ["--temperature", "1.5"]),
     "mix-pair-cgan": (["pair", "cgan"], []), "mix-pair-semicond": (["pair", "semicond"], []),
+    "mix-pair-cgan-semicond": (["pair", "cgan", "semicond"], []),
     "ddpm-s10-g1": (["ddpm"], ["--checkpoint", "last", "--sample-steps", "10", "--guidance", "1"]),
     "ddpm-s10-g2": (["ddpm"], ["--checkpoint", "last", "--sample-steps", "10", "--guidance", "2"]),
     "pair-acq-t1": (["pair-acq"], []), "cgan-acq-t1": (["cgan-acq"], []),
