@@ -137,6 +137,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss", choices=LOSS_KINDS)
     p.add_argument("--lr", type=float, help="learning rate of both G and D")
     p.add_argument("--augment", help="DiffAugment policy, e.g. translation,cutout,color")
+    p.add_argument("--acquisition", type=float, metavar="SCALE",
+                   help="shift every training image at random in exposure, contrast, sharpness, noise, rotation, "
+                   "translation and zoom, each up to SCALE times its strong setting (augment.acquisition; 0 = off, the "
+                   "default). The generator then draws radiographs acquired in all those ways: with 1, classifiers "
+                   "trained on its images held up under shift as well as real-trained ones, at the cost of fidelity "
+                   "to the training images (FD, precision); see docs/results/shift")
     p.add_argument("--seed", type=int, help="seeds weights, latents, data order and augmentation (default 0)")
     p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
@@ -162,7 +168,7 @@ def _cmd_train(a: argparse.Namespace) -> int:
 
     flags = {"model.family": a.model, "data.path": a.data, "data.classes": a.classes, "steps": a.steps,
              "epochs": a.epochs, "batch_size": a.batch_size, "loss.kind": a.loss, "optim.lr_g": a.lr, "optim.lr_d": a.lr,
-             "augment.policy": a.augment, "seed": a.seed, "device": a.device, "precision": a.precision,
+             "augment.policy": a.augment, "augment.acquisition": a.acquisition, "seed": a.seed, "device": a.device, "precision": a.precision,
              "on_collapse": a.on_collapse, "model.code_correlation": a.code_correlation,
              "model.codes": json.dumps(a.codes) if a.codes else None, "model.normal_class": a.normal_class}
     overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + list(a.overrides)

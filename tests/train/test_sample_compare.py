@@ -102,7 +102,8 @@ def test_cli_round_trip(tmp_path, capsys):
     assert main(["prepare", "phantom", "--count", "80", "--size", "32", "--out", str(d), "--quiet"]) == 0
     assert main(["train", "--model", "dcgan", "--data", str(d), "--out", str(r), "--steps", "4", "--batch-size", "8",
                  "--set", "model.g_channels=8", "--set", "model.d_channels=8", "--set", "ckpt_every=2",
-                 "--set", "eval_samples=32", "--quiet"]) == 0
+                 "--set", "eval_samples=32", "--acquisition", "0.5", "--quiet"]) == 0
+    assert "acquisition: 0.5" in (r / "config.yaml").read_text()
     assert main(["train", "--out", str(r), "--resume", "--steps", "6", "--quiet"]) == 0
     assert main(["sample", str(r), "--n", "9", "--out", str(tmp_path / "s"), "--quiet"]) == 0
     assert main(["compare", str(r), "--out", str(tmp_path / "c"), "--quiet"]) == 0
