@@ -48,3 +48,29 @@ def test_counters_see_reads_ops_and_views():
     assert [name for name, _ in reads.reads] == ["item", "__bool__", "tolist"]
     assert ops.ops["mm"] == 1 and ops.ops["relu"] == 1 and ops.views["view"] == 1 and ops.views["t"] == 1
     assert ops.total == sum(ops.ops.values())
+
+
+def test_a_nan_is_caught_within_the_bound_of_unchecked_losses(phantom32, tmp_path, monkeypatch):
+    """With logging and checkpoints far apart, the losses kept on the device are still checked every
+    MAX_UNCHECKED phases, so a NaN stops the run soon after, naming its step."""
+    import cxrgan.train.loop as loop
+    from cxrgan.errors import CxrganError
+    from cxrgan.models.base import Family
+
+    from .helpers import tiny_config
+
+    real = Family.phase_loss
+    calls = {"n": 0}
+
+    def poisoned(self, phase, batch, augment):
+        loss, stats = real(self, phase, batch, augment)
+        calls["n"] += 1
+        return (loss * float("nan"), stats) if calls["n"] == 5 else (loss, stats)  # step 3, D
+
+    monkeypatch.setattr(Family, "phase_loss", poisoned)
+    monkeypatch.setattr(loop, "MAX_UNCHECKED", 4)
+    steps = []
+    cfg = tiny_config(phantom32, "dcgan", "steps=40", "log_every=1000", "ckpt_every=1000", "grid_every=1000")
+    with pytest.raises(CxrganError, match=r"D loss became nan at step 3"):
+        loop.train(cfg, tmp_path / "r", progress=False, on_step=lambda step, stats: steps.append(step))
+    assert steps == [1, 2, 3]  # checked at the end of step 4 (8 losses kept), before its on_step

@@ -64,6 +64,9 @@ class RunResult:
     best_what: str | None = None  # that figure in words
 
 
+MAX_UNCHECKED = 1024  # losses kept on the device between NaN checks at most (a long log_every still checks)
+
+
 class _StopFlag:
     """Turns SIGINT/SIGTERM into a request to stop after the current step (a second Ctrl-C aborts)."""
 
@@ -464,7 +467,7 @@ class _Loop:
                         stats[k] = v.detach() if isinstance(v, torch.Tensor) else float(v)
         if self.ema is not None:
             self.ema.update({n: self.modules[n] for n in family.ema_modules}, self.step)
-        if log_now:
+        if log_now or len(self.unchecked) >= MAX_UNCHECKED:
             self._check_finite()
         return stats, len(batch.y) * self.w.size
 
