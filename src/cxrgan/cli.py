@@ -404,7 +404,7 @@ def _add_anomaly(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="prepared dataset (its val and test splits are used)")
     p.add_argument("--normal-class", default="NORMAL")
     p.add_argument("--out", required=True)
-    p.add_argument("--score", default="auto", help="auto (best on validation) or encoding, residual, residual_l2, opacity, peak, dfeature")
+    p.add_argument("--score", default="auto", help="auto (best on validation) or encoding, residual, residual_l2, opacity, peak, dfeature, encoding_opacity")
     p.add_argument("--checkpoint", default="best", help="best (default), last or a step number")
     p.add_argument("--baseline-epochs", type=int, default=10, help="training epochs of the autoencoder baseline")
     p.add_argument("--seed", type=int, default=0, help="seeds the baselines' training")

@@ -81,7 +81,7 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     assert bigan.model.d_classes == 1.0 and bigan.model.d_class_projection  # the label-aware D, with its projection
     assert bigan.model.g_class_share == 1.0 and dcgan.model.g_class_share == 0.0  # G asked for the class shares
     dgm = load_config(None, ["model.family=dgm"])  # inputs standardized: the figures that held under acquisition shifts
-    assert dgm.model.standardize == "pose+intensity" and dcgan.model.standardize == "none"
+    assert dgm.model.standardize == "pose+intensity+fill+smooth" and dcgan.model.standardize == "none"
     f = tmp_path / "c.yaml"
     f.write_text("model:\n  family: cgan\noptim:\n  lr_d: 0.0001\n")
     mine = load_config(f, ["loss.kind=bce"])

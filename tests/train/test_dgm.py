@@ -365,8 +365,9 @@ def test_pose_estimate_undoes_a_known_move_and_quantiles_undo_exposure():
 
 
 def test_standardized_dgm_scores_in_its_frame_and_keeps_the_identity(phantom32, tmp_path):
-    with pytest.raises(CxrganError, match="standardize must be one of"):
-        build_family(tiny_config(phantom32, "dgm", "model.standardize=tilt"), 32, 3)
+    for bad in ("tilt", "pose+pose", "intensity+fill"):
+        with pytest.raises(CxrganError, match="standardize"):
+            build_family(tiny_config(phantom32, "dgm", f"model.standardize={bad}"), 32, 3)
     cfg = tiny_config(phantom32, "dgm", "steps=4", "ckpt_every=4", "model.standardize=pose+intensity")
     train(cfg, tmp_path / "r", progress=False)
     from cxrgan.decompose import load_translator
@@ -385,6 +386,55 @@ def test_standardized_dgm_scores_in_its_frame_and_keeps_the_identity(phantom32, 
     a, b = std(x)[0], std(apply(x, p))[0]
     inner = (slice(None), slice(None), slice(6, 26), slice(6, 26))
     assert (a - b)[inner].abs().mean() < 0.5 * (x - apply(x, p))[inner].abs().mean()  # the standardizer undoes most of it
+
+
+def test_pose_margin_keeps_an_uncovered_strip_from_pulling_the_alignment():
+    from cxrgan.data.acquisition import AcquisitionParams, apply, estimate_pose
+    from cxrgan.nets.standardize import POSE_MARGIN, build_standardizer
+
+    x = _smooth_chest(6, 48) * 0.5 + 0.3  # a grey surround, so the strip a move uncovers (black) stands out
+    tmpl = x.mean(0, keepdim=True)
+    p = AcquisitionParams.identity(6)
+    p.dy, p.dx = torch.tensor([0.08, -0.08, 0.08, -0.08, 0.06, -0.06]), torch.tensor([0.0, 0.0, 0.05, -0.05, 0.0, 0.0])
+    moved = apply(x, p)
+    errors = {}
+    for margin in (0.0, POSE_MARGIN):
+        shift = estimate_pose(moved, tmpl, margin=margin) - estimate_pose(x, tmpl, margin=margin)
+        errors[margin] = float(torch.cat([shift[:, 1] - 2 * p.dx, shift[:, 2] - 2 * p.dy]).abs().mean())
+    assert errors[POSE_MARGIN] < 0.015 and 2 * errors[POSE_MARGIN] < errors[0.0]  # 0.005 against 0.041 half-sides
+    with pytest.raises(ValueError, match="margin"):
+        estimate_pose(x, tmpl, margin=0.5)
+    std = build_standardizer("pose", 48)
+    assert float(std.pose_margin) == POSE_MARGIN
+    state = {k: v for k, v in std.state_dict().items() if k != "pose_margin"}  # saved before the margin existed
+    std.load_state_dict(state)
+    assert float(std.pose_margin) == 0.0  # aligns as it was trained to
+
+
+def test_fill_paints_the_margin_an_aligned_image_leaves_with_the_atlas():
+    from cxrgan.data.acquisition import coverage, warp
+    from cxrgan.nets.standardize import Standardizer, build_standardizer
+
+    assert torch.equal(coverage(torch.zeros(2, 4), 16), torch.ones(2, 1, 16, 16))  # no move: every pixel covered
+    zoomed_out = coverage(torch.tensor([[0.0, 0.0, 0.0, 0.2]]), 32)  # sampling 1.22x wider than the image
+    assert zoomed_out[..., 16, 16].item() == 1 and zoomed_out[..., 0, 16].item() == 0 and zoomed_out[..., :, 0].max() == 0
+    with pytest.raises(ValueError, match="fill needs pose"):
+        Standardizer(32, pose=False, fill=True)
+    with pytest.raises(ValueError, match="fill needs pose"):
+        build_standardizer("intensity+fill", 32)
+    x = _smooth_chest(6, 32) * 0.5 + 0.3  # a grey surround, unlike the black that a margin gets without fill
+    black, filled = build_standardizer("pose", 32), build_standardizer("pose+fill", 32)
+    for std in (black, filled):
+        std.fit(x)
+    closer = warp(x, torch.tensor([[0.0, 0.0, 0.0, -0.25]]).expand(6, 4))  # taken closer: the chest fills the frame
+    (b, pose_b), (f, pose_f) = black(closer), filled(closer)
+    margin_b, margin_f = coverage(pose_b, 32) < 0.01, coverage(pose_f, 32) < 0.01
+    assert margin_b.float().mean() > 0.05 and margin_f.float().mean() > 0.05  # aligned back, a margin it never showed
+    assert torch.allclose(b[margin_b], torch.full_like(b[margin_b], -1.0), atol=0.05)  # black without fill
+    assert torch.allclose(f[margin_f], filled.atlas.expand_as(f)[margin_f], atol=0.02)  # the atlas with it
+    inside = coverage(pose_f, 32) > 0.99
+    assert torch.allclose(f[inside], warp(closer, pose_f).clamp(-1, 1)[inside], atol=0.02)  # what the image shows stays
+    assert (f - x).abs().mean() < (b - x).abs().mean()  # nearer the unmoved chests
 
 
 def test_standardizing_dgm_looks_up_its_training_images_unless_they_were_augmented(phantom32):

@@ -258,6 +258,14 @@ def warp(x: torch.Tensor, pose: torch.Tensor, mode: str = "bicubic") -> torch.Te
     return _resample_black(x, grid, mode)
 
 
+def coverage(pose: torch.Tensor, size: int) -> torch.Tensor:
+    """``(N, 1, size, size)`` in [0, 1]: how much of each pixel of :func:`warp`'s output ``pose`` ``(N, 4)`` takes from
+    inside the image (1) rather than from beyond its edge (0), partly at the edge."""
+    ones = torch.ones(len(pose), 1, size, size, device=pose.device)
+    grid = F.affine_grid(similarity_theta(pose.float()), list(ones.shape), align_corners=False)
+    return F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
 def unwarp(maps: torch.Tensor, pose: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
     """The inverse of :func:`warp` for maps ``(N, C, S, S)`` of differences (0 = none): from the standardized frame
     back into the frame of the image they came from; where that frame saw nothing of the image, 0."""
@@ -274,19 +282,27 @@ def _ncc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a * b).sum((2, 3, 1)) / (a.flatten(1).norm(dim=1) * b.flatten(1).norm(dim=1) + 1e-6)
 
 
-def estimate_pose(x: torch.Tensor, template: torch.Tensor, steps: int = 60, lr: float = 0.03) -> torch.Tensor:
+def estimate_pose(x: torch.Tensor, template: torch.Tensor, steps: int = 60, lr: float = 0.03, margin: float = 0.0) -> torch.Tensor:
     """The similarity transform ``(N, 4)`` (see :func:`similarity_theta`) that best aligns each image of ``x``
     ``(N, 1, S, S)`` with ``template`` ``(1, 1, S, S)``: normalized cross-correlation (blind to brightness and
-    contrast) maximized by Adam at half resolution, within :data:`POSE_BOUNDS`. Deterministic; fp32 whatever the
-    autocast around it; no gradient flows back to ``x``."""
+    contrast) maximized by Adam at half resolution, within :data:`POSE_BOUNDS`, over the frame less ``margin`` (a
+    fraction of the side) on every side. With a margin, what an aligned image brings to the edge of the frame (an
+    unexposed border, the end of a field of view) does not pull the alignment: on the test split at 64 px a margin of
+    1/8 leaves a third of the error that strong translation, zoom and rotation leave with none. Deterministic; fp32
+    whatever the autocast around it; no gradient flows back to ``x``."""
+    if not 0 <= margin < 0.5:
+        raise ValueError(f"margin is a fraction of the side from 0 to below 0.5, got {margin}")
     with torch.enable_grad(), torch.autocast(x.device.type, enabled=False):
         small = F.avg_pool2d(x.detach().float(), 2) if x.shape[-1] >= 32 else x.detach().float()
         tmpl = (F.avg_pool2d(template.float(), 2) if x.shape[-1] >= 32 else template.float()).expand_as(small)
+        k = int(round(small.shape[-1] * margin))
+        inner = (..., slice(k, small.shape[-2] - k), slice(k, small.shape[-1] - k))
+        tmpl = tmpl[inner]
         pose = torch.zeros(len(x), 4, device=x.device, requires_grad=True)
         opt = torch.optim.Adam([pose], lr=lr)
         bound = torch.tensor([POSE_BOUNDS[0], POSE_BOUNDS[1], POSE_BOUNDS[1], POSE_BOUNDS[2]], device=x.device)
         for _ in range(steps):
-            loss = -_ncc(warp(small, pose, mode="bilinear"), tmpl).sum()
+            loss = -_ncc(warp(small, pose, mode="bilinear")[inner], tmpl).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

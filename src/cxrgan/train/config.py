@@ -32,9 +32,10 @@ class ModelConfig:
     variation and encoding terms for ``dgm``; ``abnormal_weight`` > 0 makes ``dgm`` train on the abnormal classes
     too (their synthesized normal image must fool D, their residual is kept sparse by ``sparsity_weight``);
     ``score_shift`` (pixels, 0 = off) makes its residual maps and pixel scores the consensus of inputs shifted by
-    up to that many pixels (see ``models.dgm.shift_consensus``); ``standardize`` (``none``, ``pose``, ``intensity``
-    or ``pose+intensity``) moves its inputs into a common frame first: pose aligned with an atlas of the normal
-    training images, intensities mapped onto theirs (see ``nets.standardize``). For ``ddpm`` (see ``models.ddpm``):
+    up to that many pixels (see ``models.dgm.shift_consensus``); ``standardize`` (``none``, or steps joined by ``+`` from
+    ``pose``, ``intensity``, ``fill`` and ``smooth``) moves its inputs into a common frame first: pose aligned with an
+    atlas of the normal training images, the margin that leaves filled from the atlas, one resolution, intensities
+    mapped onto theirs (see ``nets.standardize``). For ``ddpm`` (see ``models.ddpm``):
     ``g_channels`` is the UNet's base width, ``res_blocks`` residual blocks per level, self-attention at resolutions
     up to ``attention_px``; ``timesteps`` of the ``schedule`` (``linear_beta``, ``scaled_linear_beta``,
     ``sigmoid_beta``, ``cosine``); ``prediction`` (``epsilon`` or ``v_prediction``); ``label_dropout`` (the share of
