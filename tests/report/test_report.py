@@ -91,6 +91,15 @@ def test_full_report_has_every_section(demo, tmp_path):
     assert page.imgs >= 30
 
 
+def test_an_empty_confusion_cell_is_said_not_missing():
+    from cxrgan.report.gather import _empty_panels
+
+    assert _empty_panels([{"sensitivity": 0.4, "specificity": 1.0}]) == {"normal_judged_abnormal.png"}
+    assert _empty_panels([{"sensitivity": 1.0, "specificity": 0.0}]) == {"abnormal_judged_normal.png", "normal_judged_normal.png"}
+    assert _empty_panels([{"sensitivity": 0.0, "specificity": 0.5}]) == {"abnormal_judged_abnormal.png"}
+    assert _empty_panels([{"sensitivity": 0.7, "specificity": 0.8}]) == set() == _empty_panels([{}])
+
+
 def test_absent_sections_name_their_command(demo, tmp_path):
     out = build_report([demo / "runs" / "dcgan"], tmp_path / "r.html")
     page = parse(out)

@@ -652,9 +652,25 @@ def anomaly_section(folder: Path) -> Section:
     _figures_of(folder, [("roc.png", "ROC curves"), ("box.png", "scores per class")], sec)
     if (folder / "shift.csv").is_file():
         _figures_of(folder, [("shift_roc_auc.png", "ROC AUC per test condition")], sec)
-    _figures_of(folder, [("normal_judged_normal.png", "normal judged normal"), ("abnormal_judged_normal.png", "abnormal judged normal"),
-                         ("normal_judged_abnormal.png", "normal judged abnormal"), ("abnormal_judged_abnormal.png", "abnormal judged abnormal")], sec)
+    panels = [("normal_judged_normal.png", "normal judged normal"), ("abnormal_judged_normal.png", "abnormal judged normal"),
+              ("normal_judged_abnormal.png", "normal judged abnormal"), ("abnormal_judged_abnormal.png", "abnormal judged abnormal")]
+    empty = _empty_panels((s or {}).get("methods") or [{}])
+    if empty:
+        sec.blocks.append(Facts([("no example", f"{title}: no test image fell in that cell") for name, title in panels if name in empty]))
+    _figures_of(folder, [p for p in panels if p[0] not in empty], sec)
     return sec
+
+
+def _empty_panels(methods: list[dict]) -> set[str]:
+    """The example panels an anomaly report has no image for, read off the DGM's sensitivity and specificity at its
+    threshold (the first method): a specificity of 1 leaves no normal image judged abnormal, and so on."""
+    sens, spec = methods[0].get("sensitivity"), methods[0].get("specificity")
+    empty = set()
+    if isinstance(spec, (int, float)):
+        empty |= {"normal_judged_abnormal.png"} if spec >= 1 else {"normal_judged_normal.png"} if spec <= 0 else set()
+    if isinstance(sens, (int, float)):
+        empty |= {"abnormal_judged_normal.png"} if sens >= 1 else {"abnormal_judged_abnormal.png"} if sens <= 0 else set()
+    return empty
 
 
 def decomposition_section(folder: Path, limit: int = 8) -> Section:
