@@ -35,6 +35,10 @@ from .utils.images import labelled_rows, save_png, to_uint8
 from .utils.io import write_json_atomic, write_text_atomic
 from .utils.tensors import batches
 
+PANELS = ("normal_judged_normal", "abnormal_judged_normal", "normal_judged_abnormal", "abnormal_judged_abnormal")
+"""The example panels of an anomaly report, one per cell of the confusion matrix at the validation threshold."""
+
+
 def load_translator(run: str | Path, checkpoint: str | int = "best", device: str = "auto",
                     score_shift: int | None = None) -> LoadedRun:
     """Load a ``dgm`` run (its averaged G and its D); any other family is refused with a clear message.
@@ -347,11 +351,12 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
                                           {name: v for name, (v, _, _) in methods.items()}, table)
         summary["shift"]["summary"] = {m: summarize_conditions({r["condition"]: r[f"{m} roc_auc"] for r in summary["shift"]["rows"]})
                                        for m in methods}
-    write_json_atomic(out / "anomaly.json", summary)
     _write_scores_csv(out / "scores.csv", test_rows, test_labels, ds.class_names, test_scores,
                       {name: res[1][0] for name, res in baselines.items()}, test_scores[chosen] >= table[0]["threshold"])
     _figures(out, ds, methods, test_ab, test_labels, test_u8, test_normals, test_residuals, test_scores[chosen],
              table[0]["threshold"], chosen)
+    summary["figures"] = [n for n in ("roc.png", "box.png", *(p + ".png" for p in PANELS)) if (out / n).is_file()]
+    write_json_atomic(out / "anomaly.json", summary)
     write_text_atomic(out / "report.md", _markdown(summary))
     return summary
 
@@ -445,13 +450,13 @@ def _figures(out: Path, ds: PreparedDataset, methods: dict, abnormal: np.ndarray
     plt.close(fig)
 
     called = chosen_scores >= threshold
-    panels = {"normal_judged_normal": ~abnormal & ~called, "abnormal_judged_normal": abnormal & ~called,
-              "normal_judged_abnormal": ~abnormal & called, "abnormal_judged_abnormal": abnormal & called}
+    panels = dict(zip(PANELS, (~abnormal & ~called, abnormal & ~called, ~abnormal & called, abnormal & called)))
     for name, sel in panels.items():
         idx = np.flatnonzero(sel)
         # The most confident examples of each cell: far from the threshold.
         idx = idx[np.argsort(-np.abs(chosen_scores[idx] - threshold))][:3]
         if len(idx) == 0:
+            (out / f"{name}.png").unlink(missing_ok=True)  # an earlier report's panel would show images not in the cell
             continue
         rows = [x_u8[idx], to_uint8(normals[idx]), to_uint8(residuals[idx])]  # residual: grey = 0
         save_png(labelled_rows(rows, ["input", "normal", "residual"], scale=max(1, 128 // ds.size)), out / f"{name}.png")
@@ -496,6 +501,9 @@ def _markdown(s: dict) -> str:
             if "acquisition_mean" in v:
                 lines.append(f"| {m} | {f(v['in_distribution'])} | {f(v['acquisition_mean'])} | "
                              f"{f(v['acquisition_worst'])} ({v['acquisition_worst_shift']}) |")
-    lines += ["", "Figures: roc.png, box.png, normal_judged_normal.png, abnormal_judged_normal.png, "
-              "normal_judged_abnormal.png, abnormal_judged_abnormal.png.", ""]
-    return "\n".join(lines)
+    figures = s.get("figures") or ["roc.png", "box.png"]
+    lines += ["", f"Figures: {', '.join(figures)}."]
+    empty = [n for n in PANELS if n + ".png" not in figures]
+    if empty and s.get("figures"):
+        lines.append(f"No test image fell in {', '.join(n.replace('_', ' ') for n in empty)}: no panel for it.")
+    return "\n".join(lines + [""])

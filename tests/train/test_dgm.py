@@ -216,6 +216,14 @@ def test_anomaly_end_to_end_reports_baselines_and_localization(dgm_run, phantom3
         assert 0 <= m["roc_auc"] <= 1 and 0 <= m["sensitivity"] <= 1 and 0 <= m["pixel_auc"] <= 1 and 0 <= m["best_dice"] <= 1
     for f in ("roc.png", "box.png", "report.md", "scores.csv", "abnormal_judged_abnormal.png"):
         assert (out / f).is_file(), f
+    # The report names the panels there are, and says which cell had no image (none had its panel written).
+    from cxrgan.decompose import PANELS
+
+    written = [p for p in PANELS if (out / f"{p}.png").is_file()]
+    assert s["figures"] == ["roc.png", "box.png"] + [p + ".png" for p in written]
+    text = (out / "report.md").read_text()
+    assert all(p + ".png" in text for p in written)
+    assert all(p.replace("_", " ") in text and p + ".png" not in text for p in PANELS if p not in written)
     assert "autoencoder" in capsys.readouterr().out
     assert s["score_shift"] == 1 and "consensus of the input shifted by up to 1 px" in (out / "report.md").read_text()
     assert main(["decompose", str(dgm_run), str(phantom32), "--out", str(tmp_path / "one"), "--score-shift", "0"]) == 0
