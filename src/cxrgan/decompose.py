@@ -29,15 +29,12 @@ from .data.preprocess import Preprocess
 from .data.sources.folder import classify_file, walk_files
 from .errors import CxrganError
 from .evaluate import anomaly as am
+from .evaluate.anomaly import PANELS
 from .sample import LoadedRun, load_run
 from .runtime.execution import pick_device
 from .utils.images import labelled_rows, save_png, to_uint8
 from .utils.io import write_json_atomic, write_text_atomic
 from .utils.tensors import batches
-
-PANELS = ("normal_judged_normal", "abnormal_judged_normal", "normal_judged_abnormal", "abnormal_judged_abnormal")
-"""The example panels of an anomaly report, one per cell of the confusion matrix at the validation threshold."""
-
 
 def load_translator(run: str | Path, checkpoint: str | int = "best", device: str = "auto",
                     score_shift: int | None = None) -> LoadedRun:
@@ -501,9 +498,8 @@ def _markdown(s: dict) -> str:
             if "acquisition_mean" in v:
                 lines.append(f"| {m} | {f(v['in_distribution'])} | {f(v['acquisition_mean'])} | "
                              f"{f(v['acquisition_worst'])} ({v['acquisition_worst_shift']}) |")
-    figures = s.get("figures") or ["roc.png", "box.png"]
-    lines += ["", f"Figures: {', '.join(figures)}."]
-    empty = [n for n in PANELS if n + ".png" not in figures]
-    if empty and s.get("figures"):
+    lines += ["", f"Figures: {', '.join(s['figures'])}."]
+    empty = [n for n in PANELS if n + ".png" not in s["figures"]]
+    if empty:
         lines.append(f"No test image fell in {', '.join(n.replace('_', ' ') for n in empty)}: no panel for it.")
     return "\n".join(lines + [""])

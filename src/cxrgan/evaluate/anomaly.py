@@ -16,6 +16,10 @@ import torch
 
 from ..utils.tensors import batches
 
+PANELS = ("normal_judged_normal", "abnormal_judged_normal", "normal_judged_abnormal", "abnormal_judged_abnormal")
+"""The example panels of an anomaly report (``NAME.png``), one per cell of the confusion matrix at the validation
+threshold."""
+
 
 @dataclass
 class OperatingPoint:

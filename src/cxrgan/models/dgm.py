@@ -25,7 +25,7 @@ from torch import nn
 
 from . import losses
 from ..nets.blocks import ConvDiscriminator, ConvEncoder, ConvGenerator
-from ..nets.standardize import build_standardizer, parse_mode
+from ..nets.standardize import build_standardizer
 from ..utils.images import to_uint8
 from ..utils.tensors import to_model_range
 from .base import Augment, Batch, Family
@@ -121,7 +121,6 @@ class DGM(Family):
         self.score_shift = score_shift
         self._normal_rows: np.ndarray | None = None  # positions of the normal images in the bound pool
         self._normal_index = -1  # the normal class's label, once bound with abnormal_weight > 0
-        parse_mode(standardize)  # a ValueError names the steps there are
         self.G = NormalSynthesizer(image_size, z_dim, g_channels, standardize)
         self.D = ConvDiscriminator(image_size, d_channels, self.d_norm(spectral_norm), spectral_norm)
         self._pool = None

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from ..errors import CxrganError
+from ..evaluate.anomaly import PANELS
 from .tables import column_title, fmt
 
 log = logging.getLogger("cxrgan.report")
@@ -652,8 +653,7 @@ def anomaly_section(folder: Path) -> Section:
     _figures_of(folder, [("roc.png", "ROC curves"), ("box.png", "scores per class")], sec)
     if (folder / "shift.csv").is_file():
         _figures_of(folder, [("shift_roc_auc.png", "ROC AUC per test condition")], sec)
-    panels = [("normal_judged_normal.png", "normal judged normal"), ("abnormal_judged_normal.png", "abnormal judged normal"),
-              ("normal_judged_abnormal.png", "normal judged abnormal"), ("abnormal_judged_abnormal.png", "abnormal judged abnormal")]
+    panels = [(f"{name}.png", name.replace("_", " ")) for name in PANELS]
     empty = _empty_panels((s or {}).get("methods") or [{}])
     if empty:
         sec.blocks.append(Facts([("no example", f"{title}: no test image fell in that cell") for name, title in panels if name in empty]))
