@@ -398,8 +398,8 @@ def _add_anomaly(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("anomaly", help="dgm: anomaly detection on a dataset's test split beside three baselines",
                        description="Scores the test split with the dgm run, a plain autoencoder, a PatchCore-style patch memory "
                        "and the distance to the mean normal image; the DGM score (--score auto) and every threshold are chosen "
-                       "on the validation split. Writes anomaly.json, report.md, scores.csv, roc.png, box.png, the four example "
-                       "panels, and shift.md/shift.csv/shift_roc_auc.png for the shift protocol's test sets.")
+                       "on the validation split. Writes anomaly.json, report.md, scores.csv, roc.png, box.png, an example "
+                       "panel per cell of the confusion matrix that holds a test image, and shift.md/shift.csv/shift_roc_auc.png for the shift protocol's test sets.")
     p.add_argument("run", help="a dgm run directory")
     p.add_argument("--data", required=True, help="prepared dataset (its val and test splits are used)")
     p.add_argument("--normal-class", default="NORMAL")
