@@ -44,6 +44,18 @@ def _kill_after(proc: subprocess.Popen, seconds: float) -> bool:
         return True
 
 
+def _kill_past_step(proc: subprocess.Popen, run: Path, step: int, delay: float) -> bool:
+    """SIGKILL ``proc`` ``delay`` seconds after ``run`` has published a checkpoint at ``step`` or later, unless it
+    ended first; True when it was killed. Tied to the run's progress, not to the clock, so the kills land inside
+    the training however fast the machine is."""
+    while proc.poll() is None:
+        if any(s >= step for s in ckpt.list_checkpoints(run)):
+            time.sleep(delay)
+            return _kill_after(proc, 0.0)
+        time.sleep(0.002)
+    return False
+
+
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     tensors, _, _ = ckpt.load_checkpoint(ckpt.resolve(run, "last"), "dcgan", with_state=False)
     return tensors
@@ -60,7 +72,10 @@ def test_train_survives_kill_9_at_random_moments(phantom32, tmp_path):
     for attempt in range(8):
         proc = _cli("train", "--data", str(phantom32), "--out", str(run), *TRAIN_ARGS, *(["--resume"] if started else []))
         started = True
-        if attempt < 4 and _kill_after(proc, float(rng.uniform(2.0, 6.0))):
+        # A kill at a random moment of the steps or the checkpoint writes one or two checkpoints further on.
+        done = max(ckpt.list_checkpoints(run), default=0)
+        if attempt < 4 and done < 32 and _kill_past_step(proc, run, done + 4 * int(rng.integers(1, 3)),
+                                                         float(rng.uniform(0.0, 0.2))):
             kills += 1
             for step in ckpt.list_checkpoints(run):  # every published checkpoint is whole at any moment
                 ckpt.load_checkpoint(run / "checkpoints" / ckpt.ckpt_name(step), "dcgan")
