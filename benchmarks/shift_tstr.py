@@ -1,6 +1,6 @@
 """Synthetic images under distribution shift: do the decisions they teach hold on radiographs acquired elsewhere?
 
-Prepares ``../shared/data/cxr_real_64.npz``, trains each generator at its defaults (one ``cxrgan train`` process per
+Prepares ``../shared/data/cxr_real_64.npz`` (or ``--data`` at ``--size``), trains each generator at its defaults (one ``cxrgan train`` process per
 run, ``--parallel`` at a time, one thread each; existing runs are resumed), samples ``--n`` images per class from
 each run's best checkpoint, and runs ``cxrgan tstr`` with the standard shift protocol under each classifier
 protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``, e.g. ``small:validation`` and ``small:last``). Writes into
@@ -15,7 +15,8 @@ protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``, e.g. ``small:validation`` and 
 
 Generators: ``cgan`` (50 epochs), ``dcgan-pair`` (a DCGAN per class, ``--pair-steps`` each), ``semicond`` (50
 epochs), all at width ``--channels``, and ``ddpm`` (the diffusion family, ``--ddpm-epochs``; its quality check draws
-``--ddpm-eval-samples`` images with its full sampler every ``--ddpm-ckpt-every`` steps). ``walls.json`` in ``--work``
+``--ddpm-eval-samples`` images with its full sampler every ``--ddpm-ckpt-every`` steps). Under each protocol the
+real-data arm (TRTR) is trained once and reused by the other generators' studies (``cxrgan tstr --reference``). ``walls.json`` in ``--work``
 keeps each run's training wall time, and the summary reports it with the sampling time per image.
 
     python benchmarks/shift_tstr.py --work /tmp/shift --results docs/results/shift/synthesis
@@ -42,6 +43,7 @@ GENERATORS = ("cgan", "dcgan-pair", "semicond", "ddpm")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(REAL), help="source to prepare (npz) or a prepared dataset")
+    ap.add_argument("--size", type=int, default=64, help="image size the source is prepared at (px)")
     ap.add_argument("--work", required=True)
     ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "shift" / "synthesis"))
     ap.add_argument("--generators", default=",".join(GENERATORS))
@@ -59,13 +61,13 @@ def main() -> None:
     a = ap.parse_args()
     work, results = Path(a.work), Path(a.results)
     work.mkdir(parents=True, exist_ok=True)
-    data = prepared(Path(a.data), work / "real64")
+    data = prepared(Path(a.data), work / f"real{a.size}", a.size)
     gens = [g for g in a.generators.split(",") if g]
     runs = _runs(gens, work)
     if not a.report_only:
         # A finished run given --resume stops at once, so every run is (re)started.
         _run_all({name: _train(run, data, a) for name, run in runs.items()}, work, a.parallel)
-    rows = []
+    rows, references = [], {}  # protocol -> the first study measured under it, whose TRTR arm the others reuse
     for g in gens:
         members = [r for n, r in runs.items() if n == g or n.startswith(f"{g}-")]
         if not all((r / "checkpoints" / "last.json").is_file() for r in members):
@@ -84,8 +86,10 @@ def main() -> None:
                 print(f"{g} under {proto}: not measured, left out")
                 continue
             if not (out / "tstr.json").is_file():
+                reuse = ["--reference", str(references[proto])] if proto in references else []
                 run_cli(["tstr", "--synthetic", str(synth), "--real", str(data), "--out", str(out), "--arch", arch,
-                      "--epoch-choice", choice, "--seeds", a.seeds])
+                         "--epoch-choice", choice, "--seeds", a.seeds, *reuse])
+            references.setdefault(proto, out)
             rows.append({**_row(g, proto, json.loads((out / "tstr.json").read_text())), **_costs(g, members, synth, work),
                          **_quality(synth, data, work / f"evaluate-{g}", a.report_only)})
             dest = results / f"{g}-{arch}-{choice}"

@@ -520,7 +520,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
 
 def _add_tstr(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tstr", help="train a classifier on synthetic images, test it on real ones (beside TRTR)")
-    p.add_argument("--synthetic", required=True, nargs="+", help="synthetic set(s) (cxrgan sample) with real class names; several are combined")
+    p.add_argument("--synthetic", required=True, nargs="+", help="synthetic set(s) (cxrgan sample) with real class names; several are combined; "
+                   "resized to the real data's size when theirs differs")
     p.add_argument("--real", required=True, help="prepared real dataset (val picks epoch and threshold; test is reported)")
     p.add_argument("--out", required=True)
     _classifier_args(p)
@@ -543,7 +544,7 @@ def _cmd_tstr(a: argparse.Namespace) -> int:
 def _add_augment_study(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("augment-study", help="the BR/BG/IR/RS/GS augmentation study with synthetic images")
     p.add_argument("--real", required=True)
-    p.add_argument("--synthetic", nargs="+", help="one or more synthetic sets")
+    p.add_argument("--synthetic", nargs="+", help="one or more synthetic sets (resized to the real data's size when theirs differs)")
     p.add_argument("--out", help="output directory of the study")
     p.add_argument("--minority-fraction", type=float, default=1.0, help="keep this fraction of the smallest class's training images")
     p.add_argument("--synthetic-ratio", default="1", help="GS arms: synthetic images as multiples of the real training set, e.g. 0.25,0.5,1,2")

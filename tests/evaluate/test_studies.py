@@ -81,6 +81,23 @@ def test_tstr_reuses_a_matching_trtr_reference_and_refuses_another(phantom32, sy
         tstr(synth32, phantom32, tmp_path / "d", TINY, seeds=(0,), progress=False, shifts="noise:mild", reference=tmp_path / "nowhere")
 
 
+def test_a_synthetic_set_of_another_size_is_judged_at_the_real_data_size(phantom32, tmp_path, caplog):
+    from cxrgan.data import Preprocess, SourceOptions, prepare
+    from cxrgan.data.preprocess import resize_images
+    from cxrgan.studies.usefulness import synthetic_by_real_class
+
+    big = tmp_path / "synth64"
+    prepare("phantom", big, Preprocess(size=64), SourceOptions(count=90, seed=3), progress=False, workers=1)
+    real = PreparedDataset.open(phantom32)
+    with caplog.at_level("INFO", logger="cxrgan.studies"):
+        x, y = synthetic_by_real_class(big, real)
+    assert x.shape == (90, 32, 32) and x.dtype == np.uint8 and len(y) == 90
+    assert np.array_equal(x, resize_images(np.asarray(PreparedDataset.open(big).images), 32))
+    assert "is 64 px: resized to 32 px" in caplog.text
+    res = tstr(big, phantom32, tmp_path / "tstr", TINY, seeds=(0,), progress=False, shifts="none")
+    assert res["rows"][1]["train_images"] == 90 and np.isfinite(res["rows"][1]["roc_auc_mean"])
+
+
 def test_water_fill_levels_smallest_first():
     assert water_fill(np.array([10, 100]), 50).tolist() == [50, 0]
     assert water_fill(np.array([10, 100]), 110).tolist() == [100, 10]

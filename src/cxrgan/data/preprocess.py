@@ -106,6 +106,16 @@ def resize(a: np.ndarray, size: int, resample: int = Image.LANCZOS) -> np.ndarra
     return np.asarray(im.resize((size, size), resample, reducing_gap=2.0), dtype=np.float32)
 
 
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images ``(N, S0, S0)`` resized (Lanczos, antialiased) to ``(N, size, size)``; returned as they are when
+    already that size."""
+    if images.shape[-1] == size:
+        return np.asarray(images)
+    if len(images) == 0:
+        return np.zeros((0, size, size), np.uint8)
+    return np.stack([np.asarray(Image.fromarray(np.asarray(im)).resize((size, size), Image.LANCZOS)) for im in images])
+
+
 def equalize(u8: np.ndarray) -> np.ndarray:
     """Global histogram equalization of a uint8 image."""
     hist = np.bincount(u8.ravel(), minlength=256)

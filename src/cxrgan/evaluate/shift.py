@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 
 from ..data.acquisition import FEATURE_NAMES, KINDS, STRENGTH_NAMES, acquisition_features, shift_images
 from ..data.dataset import PreparedDataset, write_subset
+from ..data.preprocess import resize_images
 from ..errors import CxrganError
 from ..utils.images import labelled_rows, save_png
 from ..utils.io import write_json_atomic
@@ -76,13 +76,6 @@ def parse_shifts(spec: str | Sequence[str] | None) -> list[tuple[str, str]]:
     return list(dict.fromkeys(out))
 
 
-def _resized(images: np.ndarray, size: int) -> np.ndarray:
-    if images.shape[-1] == size:
-        return np.asarray(images)
-    return np.stack([np.asarray(Image.fromarray(np.asarray(im)).resize((size, size), Image.LANCZOS)) for im in images]) \
-        if len(images) else np.zeros((0, size, size), np.uint8)
-
-
 def external_test(path: str | Path, ds: PreparedDataset) -> Condition:
     """Another prepared dataset as a test set for ``ds``'s models: its test split when it has one, else every
     image, resized to ``ds``'s size when needed; every class must be one of ``ds``'s (case-insensitive)."""
@@ -102,7 +95,7 @@ def external_test(path: str | Path, ds: PreparedDataset) -> Condition:
                           f"is not a class of {ds.root} ({', '.join(ds.class_names)}); an external test set needs the same class names")
     mapped = np.array([lower[ext.class_names[c].lower()] for c in labels], np.int64)
     note = f"{split} of {ext.root}" + ("" if ext.size == ds.size else f", resized from {ext.size} px to {ds.size} px")
-    return Condition(f"external {Path(path).name}", "external", _resized(np.asarray(ext.images[rows]), ds.size), mapped, note)
+    return Condition(f"external {Path(path).name}", "external", resize_images(np.asarray(ext.images[rows]), ds.size), mapped, note)
 
 
 def site_normals(path: str | Path, ds: PreparedDataset, normal: int) -> np.ndarray:
@@ -118,7 +111,7 @@ def site_normals(path: str | Path, ds: PreparedDataset, normal: int) -> np.ndarr
     if len(rows) < 5:
         raise CxrganError(f"--site-normals {path}: {len(rows)} {name} image(s); a threshold needs at least 5 (a few dozen "
                           "place it well)")
-    return _resized(np.asarray(site.images[rows]), ds.size)
+    return resize_images(np.asarray(site.images[rows]), ds.size)
 
 
 def protocol_conditions(ds: PreparedDataset, shifts: str | Sequence[str] | None = "standard",

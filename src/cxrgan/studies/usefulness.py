@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..data.dataset import PreparedDataset
+from ..data.preprocess import resize_images
 from ..data.splits import leaky_groups
 from ..errors import CxrganError
 from ..report.evalplots import bar_chart, condition_chart, confusion_figure
@@ -59,14 +60,20 @@ def _real(ds: PreparedDataset, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def synthetic_by_real_class(target: str | Path, ds: PreparedDataset) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic images and their labels as indices of ``ds``'s classes; errors if a class has no match."""
+    """Synthetic images and their labels as indices of ``ds``'s classes; errors if a class has no match. Images of
+    another size than ``ds``'s are resized to it (Lanczos, as ``prepare`` and external test sets are), so a
+    generator is judged by the classifier of the data at hand whatever size it was trained at; a line says so."""
     synth = load_synthetic(target)
     mapping = match_classes(synth, ds)
     unknown = sorted(set(synth.classes.tolist()) - set(mapping))
     if unknown:
         raise CxrganError(f"synthetic set {synth.source} has class {unknown[0]!r}, which {ds.root} does not have "
                           f"({', '.join(ds.class_names)}); sample class-labelled images (per-class runs or a conditional run)")
-    return synth.images, np.array([mapping[c] for c in synth.classes], np.int64)
+    images = synth.images
+    if images.shape[-1] != ds.size:
+        log.info("synthetic set %s is %d px: resized to %d px, the size of %s", synth.source, images.shape[-1], ds.size, ds.root)
+        images = resize_images(images, ds.size)
+    return images, np.array([mapping[c] for c in synth.classes], np.int64)
 
 
 CONDITION_KEYS = ("roc_auc", "balanced_accuracy", "accuracy")
