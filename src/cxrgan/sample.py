@@ -175,7 +175,7 @@ def set_sampler(loaded: LoadedRun, steps: int | None, guidance: float | None, et
     sampler)."""
     if steps is None and guidance is None and eta is None:
         return
-    if not hasattr(loaded.family, "set_sampler"):
+    if loaded.family.sampler_settings() is None:
         raise CxrganError(f"--sample-steps, --guidance and --eta choose a diffusion model's sampler; run {loaded.path} is a "
                           f"{loaded.cfg.model.family} run, which draws an image in one pass")
     try:
@@ -320,8 +320,7 @@ def sample(runs: Sequence[str | Path | LoadedRun], out: str | Path, n: int = 100
 
 def _sampler_record(loaded: LoadedRun) -> dict:
     """A diffusion run's sampler settings as the manifest records them (nothing for a GAN run)."""
-    fam = loaded.family
-    return {"sample_steps": fam.sample_steps, "guidance": fam.guidance, "eta": fam.eta} if hasattr(fam, "set_sampler") else {}
+    return loaded.family.sampler_settings() or {}
 
 
 def _code_run(run: str | Path | LoadedRun, checkpoint: str | int) -> LoadedRun:

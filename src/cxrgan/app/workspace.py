@@ -53,7 +53,7 @@ class RunEntry:
     @property
     def sample_steps(self) -> int | None:
         """A diffusion run's configured sampling steps (``None`` for a family that draws in one pass)."""
-        if not self.loaded or not hasattr(self.loaded.family, "set_sampler"):
+        if not self.loaded or self.loaded.family.sampler_settings() is None:
             return None
         return int(self.loaded.cfg.model.sample_steps)
 

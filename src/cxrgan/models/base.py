@@ -110,6 +110,15 @@ class Family(nn.Module):
         """Images ``(N, 1, S, S)`` in [-1, 1] from latents (and classes, for conditional families)."""
         return (G or self.G)(z)
 
+    def sampler_settings(self) -> dict[str, float | int] | None:
+        """The settings of an iterative sampler (a diffusion family's steps, guidance, eta) as ``sample``'s manifest
+        records them; ``None`` for a family that draws an image in one pass, as this one does."""
+        return None
+
+    def set_sampler(self, steps: int | None = None, guidance: float | None = None, eta: float | None = None) -> None:
+        """Choose the iterative sampler's settings (``None`` keeps one); a one-pass family has none to choose."""
+        raise ValueError("this family draws an image in one pass; it has no sampler settings")
+
     # -- how samples are shown to D ---------------------------------------------------------------
     def real_inputs(self, batch: Batch) -> tuple[torch.Tensor, ...]:
         return (batch.x,)

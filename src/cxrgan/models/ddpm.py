@@ -132,6 +132,9 @@ class DDPM(Family):
                 raise ValueError(f"eta must be between 0 and 1, got {eta}")
             self.eta = float(eta)
 
+    def sampler_settings(self) -> dict[str, float | int]:
+        return {"sample_steps": self.sample_steps, "guidance": self.guidance, "eta": self.eta}
+
     @property
     def latent_dim(self) -> int:
         return self.image_size * self.image_size
