@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000, help="synthetic images per class")
     ap.add_argument("--seeds", default="0,1,2", help="classifier seeds")
     ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--reference", help="an earlier `cxrgan tstr` output on the same real data and classifier "
+                    "settings whose TRTR arm every study reuses (refused by tstr if anything differs)")
     ap.add_argument("--report-only", action="store_true", help="train nothing and run no study: tabulate what exists")
     a = ap.parse_args()
     work, results = Path(a.work), Path(a.results)
@@ -67,7 +69,8 @@ def main() -> None:
     if not a.report_only:
         # A finished run given --resume stops at once, so every run is (re)started.
         _run_all({name: _train(run, data, a) for name, run in runs.items()}, work, a.parallel)
-    rows, references = [], {}  # protocol -> the first study measured under it, whose TRTR arm the others reuse
+    # protocol -> the study whose TRTR arm the others reuse: --reference, else the first measured under it
+    rows, references = [], {proto: Path(a.reference) for proto in a.protocols.split(",")} if a.reference else {}
     for g in gens:
         members = [r for n, r in runs.items() if n == g or n.startswith(f"{g}-")]
         if not all((r / "checkpoints" / "last.json").is_file() for r in members):
