@@ -1,10 +1,10 @@
 """Synthetic images under distribution shift: do the decisions they teach hold on radiographs acquired elsewhere?
 
-Prepares ``../shared/data/cxr_real_64.npz`` (or ``--data`` at ``--size``), trains each generator at its defaults (one ``cxrgan train`` process per
-run, ``--parallel`` at a time, one thread each; existing runs are resumed), samples ``--n`` images per class from
-each run's best checkpoint, and runs ``cxrgan tstr`` with the standard shift protocol under each classifier
-protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``, e.g. ``small:validation`` and ``small:last``). Writes into
-``--results``:
+Prepares ``../shared/data/cxr_real_64.npz`` (or ``--data`` at ``--size``), trains each generator at its defaults
+(one ``cxrgan train`` process per run, ``--parallel`` at a time, one thread each; existing runs are resumed),
+samples ``--n`` images per class from each run's best checkpoint, and runs ``cxrgan tstr`` with the standard shift
+protocol under each classifier protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``, e.g. ``small:validation`` and
+``small:last``). Writes into ``--results``:
 
 - ``summary.md`` / ``summary.csv``: per generator and protocol, TRTR and TSTR ROC AUC and balanced accuracy on the
   test split, the TSTR/TRTR ratios there and averaged over the fourteen acquisition shifts (and the worst), and
@@ -16,8 +16,9 @@ protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``, e.g. ``small:validation`` and 
 Generators: ``cgan`` (50 epochs), ``dcgan-pair`` (a DCGAN per class, ``--pair-steps`` each), ``semicond`` (50
 epochs), all at width ``--channels``, and ``ddpm`` (the diffusion family, ``--ddpm-epochs``; its quality check draws
 ``--ddpm-eval-samples`` images with its full sampler every ``--ddpm-ckpt-every`` steps). Under each protocol the
-real-data arm (TRTR) is trained once and reused by the other generators' studies (``cxrgan tstr --reference``). ``walls.json`` in ``--work``
-keeps each run's training wall time, and the summary reports it with the sampling time per image.
+real-data arm (TRTR) is trained once and reused by the other generators' studies (``cxrgan tstr --reference``).
+``walls.json`` in ``--work`` keeps each run's training wall time, and the summary reports it with the sampling
+time per image.
 
     python benchmarks/shift_tstr.py --work /tmp/shift --results docs/results/shift/synthesis
 """
