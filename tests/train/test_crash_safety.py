@@ -132,7 +132,7 @@ def test_prepare_and_sample_killed_leave_nothing_that_looks_complete(phantom32, 
     deadline = time.time() + 120
     while not _leftovers(tmp_path) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
-    assert _kill_after(proc, float(np.random.default_rng(1).uniform(0.2, 1.0))), "finished before it could be killed"
+    assert _kill_after(proc, float(np.random.default_rng(1).uniform(0.05, 0.4))), "finished before it could be killed"
     assert not out.exists()  # no half dataset under the final name
     assert _leftovers(tmp_path)
     proc = _cli(*args, "--out", str(out))
