@@ -29,7 +29,6 @@ from .data.preprocess import Preprocess
 from .data.sources.folder import classify_file, walk_files
 from .errors import CxrganError
 from .evaluate import anomaly as am
-from .evaluate.anomaly import PANELS
 from .sample import LoadedRun, load_run
 from .runtime.execution import pick_device
 from .utils.images import labelled_rows, save_png, to_uint8
@@ -352,7 +351,7 @@ def anomaly(run: str | Path, data: str | Path, out: str | Path, normal_class: st
                       {name: res[1][0] for name, res in baselines.items()}, test_scores[chosen] >= table[0]["threshold"])
     _figures(out, ds, methods, test_ab, test_labels, test_u8, test_normals, test_residuals, test_scores[chosen],
              table[0]["threshold"], chosen)
-    summary["figures"] = [n for n in ("roc.png", "box.png", *(p + ".png" for p in PANELS)) if (out / n).is_file()]
+    summary["figures"] = [n for n in ("roc.png", "box.png", *(p + ".png" for p in am.PANELS)) if (out / n).is_file()]
     write_json_atomic(out / "anomaly.json", summary)
     write_text_atomic(out / "report.md", _markdown(summary))
     return summary
@@ -447,7 +446,7 @@ def _figures(out: Path, ds: PreparedDataset, methods: dict, abnormal: np.ndarray
     plt.close(fig)
 
     called = chosen_scores >= threshold
-    panels = dict(zip(PANELS, (~abnormal & ~called, abnormal & ~called, ~abnormal & called, abnormal & called)))
+    panels = dict(zip(am.PANELS, (~abnormal & ~called, abnormal & ~called, ~abnormal & called, abnormal & called)))
     for name, sel in panels.items():
         idx = np.flatnonzero(sel)
         # The most confident examples of each cell: far from the threshold.
@@ -499,7 +498,7 @@ def _markdown(s: dict) -> str:
                 lines.append(f"| {m} | {f(v['in_distribution'])} | {f(v['acquisition_mean'])} | "
                              f"{f(v['acquisition_worst'])} ({v['acquisition_worst_shift']}) |")
     lines += ["", f"Figures: {', '.join(s['figures'])}."]
-    empty = [n for n in PANELS if n + ".png" not in s["figures"]]
+    empty = [n for n in am.PANELS if n + ".png" not in s["figures"]]
     if empty:
         lines.append(f"No test image fell in {', '.join(n.replace('_', ' ') for n in empty)}: no panel for it.")
     return "\n".join(lines + [""])

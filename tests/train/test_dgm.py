@@ -217,7 +217,7 @@ def test_anomaly_end_to_end_reports_baselines_and_localization(dgm_run, phantom3
     for f in ("roc.png", "box.png", "report.md", "scores.csv", "abnormal_judged_abnormal.png"):
         assert (out / f).is_file(), f
     # The report names the panels there are, and says which cell had no image (none had its panel written).
-    from cxrgan.decompose import PANELS
+    from cxrgan.evaluate.anomaly import PANELS
 
     written = [p for p in PANELS if (out / f"{p}.png").is_file()]
     assert s["figures"] == ["roc.png", "box.png"] + [p + ".png" for p in written]
