@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from cxrgan.errors import CxrganError
+from cxrgan.models.base import Batch
 from cxrgan.models.ddpm import unet_layout
 from cxrgan.models.registry import build_family
 from cxrgan.report.plots import plot_run
@@ -51,6 +52,38 @@ def test_the_denoising_loss_learns(phantom32, tmp_path):
           tmp_path / "run", progress=False)
     mse = [float(r["denoise_mse"]) for r in read_metrics(tmp_path / "run" / "metrics.csv") if r["denoise_mse"]]
     assert mse[0] > 0.5 and mse[-1] < 0.6 * mse[0], mse
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+def test_min_snr_weights_the_timesteps(prediction):
+    fam = _family(f"model.prediction={prediction}", "model.min_snr_gamma=5")
+    t = torch.arange(fam.timesteps)
+    alpha_bar = fam.noise.alphas_cumprod.float()
+    snr = alpha_bar / (1 - alpha_bar)
+    w = fam.loss_weights(t)
+    noisy, clean = snr <= 5, snr > 5
+    assert noisy.any() and clean.any()
+    if prediction == "epsilon":  # Hang et al.: min(SNR, gamma) / SNR, 1 wherever SNR is at most gamma
+        assert torch.allclose(w[noisy], torch.ones(int(noisy.sum())))
+        assert torch.allclose(w[clean], 5 / snr[clean], rtol=1e-4)
+        assert bool((w[1:] >= w[:-1] - 1e-6).all())  # never more weight on a cleaner timestep
+    else:  # a velocity target: min(SNR, gamma) / (SNR + 1), at most gamma / (gamma + 1)
+        assert torch.allclose(w, snr.clamp(max=5) / (snr + 1), rtol=1e-4)
+        assert float(w.max()) <= 5 / 6 + 1e-6
+
+
+def test_min_snr_weighting_changes_the_loss_not_the_logged_mse():
+    fam = _family("model.min_snr_gamma=5")
+    batch = Batch(x=torch.rand(16, 1, 32, 32) * 2 - 1, y=torch.zeros(16, dtype=torch.long))
+    figures = {}
+    for gamma in (0.0, 5.0):
+        fam.min_snr_gamma = gamma
+        torch.manual_seed(3)  # the same noise and timesteps for both
+        loss, logged = fam.phase_loss("G", batch, None)
+        figures[gamma] = (float(loss), float(logged["denoise_mse"]))
+    assert figures[0.0][0] == pytest.approx(figures[0.0][1])  # unweighted: the loss is the MSE
+    assert figures[5.0][1] == pytest.approx(figures[0.0][1])  # the logged MSE stays comparable across settings
+    assert figures[5.0][0] < figures[5.0][1]  # weighted: the clean timesteps count for less
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
@@ -96,6 +129,7 @@ def test_guidance_mixes_the_conditional_and_unconditional_branches():
     (["model.schedule=quadratic"], "model.schedule must be one of"),
     (["loss.mode_seeking=0.3"], "a ddpm has no discriminator"),
     (["model.label_dropout=1"], "label_dropout"),
+    (["model.min_snr_gamma=-1"], "min_snr_gamma must be 0"),
 ])
 def test_bad_options_fail_with_one_message(phantom32, tmp_path, extra, message):
     with pytest.raises(CxrganError, match=message):

@@ -10,7 +10,9 @@ process, ``DDIMScheduler`` for sampling). MONAI needs only torch and NumPy (eino
   the network sees the noised image and predicts the noise (``prediction: epsilon``) or the velocity
   (``v_prediction``, Salimans & Ho 2022) under an MSE loss. The class is dropped to a null class with probability
   ``label_dropout``, so one network learns the conditional and the unconditional model (classifier-free guidance,
-  Ho & Salimans 2022). Every random draw comes from the global stream through :func:`sharded`, so torchrun trains
+  Ho & Salimans 2022). ``min_snr_gamma`` > 0 weights each image's loss by Min-SNR-gamma (Hang et al., 2023):
+  ``min(SNR(t), gamma) / SNR(t)`` for an epsilon target, ``/ (SNR(t) + 1)`` for a velocity, so the nearly clean
+  timesteps, whose loss is easy, no longer pull the network's capacity away from the noisier ones. Every random draw comes from the global stream through :func:`sharded`, so torchrun trains
   as one process does, and exact resume holds.
 - **Sampling** is DDIM (Song et al., 2021) with ``sample_steps`` steps and ``sample_eta`` (0: no noise added; 1: as
   much as the ancestral DDPM sampler adds, drawn per image from a generator seeded by its initial noise), so an image
@@ -93,7 +95,8 @@ class DDPM(Family):
 
     def __init__(self, *, z_dim: int, image_size: int, num_classes: int, g_channels: int = 64, res_blocks: int = 1,
                  attention_px: int = 8, timesteps: int = 1000, schedule: str = "cosine", prediction: str = "epsilon",
-                 sample_steps: int = 25, guidance: float = 1.0, sample_eta: float = 1.0, label_dropout: float = 0.1, **kw) -> None:
+                 sample_steps: int = 25, guidance: float = 1.0, sample_eta: float = 1.0, label_dropout: float = 0.1,
+                 min_snr_gamma: float = 0.0, **kw) -> None:
         if kw.get("mode_seeking") or kw.get("r1_gamma"):
             raise ValueError("loss.mode_seeking and loss.r1_gamma are terms of a GAN's losses; a ddpm has no discriminator")
         super().__init__(z_dim=z_dim, image_size=image_size, num_classes=num_classes, **kw)
@@ -107,6 +110,9 @@ class DDPM(Family):
             raise ValueError(f"model.label_dropout must be in [0, 1), got {label_dropout}")
         if res_blocks < 1:
             raise ValueError(f"model.res_blocks must be at least 1, got {res_blocks}")
+        if not (min_snr_gamma >= 0 and math.isfinite(min_snr_gamma)):
+            raise ValueError(f"model.min_snr_gamma must be 0 (off) or a positive number, got {min_snr_gamma}")
+        self.min_snr_gamma = float(min_snr_gamma)
         self.timesteps, self.schedule, self.prediction, self.label_dropout = timesteps, schedule, prediction, label_dropout
         self.sample_steps, self.guidance, self.eta = 1, 1.0, 0.0
         self.set_sampler(sample_steps, guidance, sample_eta)
@@ -198,8 +204,18 @@ class DDPM(Family):
         y = torch.where(drop, torch.full_like(batch.y, self.num_classes), batch.y)
         xt = self.noise.add_noise(original_samples=x0, noise=noise, timesteps=t)
         target = noise if self.prediction == "epsilon" else self.noise.get_velocity(x0, noise, t)
-        loss = nn.functional.mse_loss(self.G(xt, t, y).float(), target)
-        return loss, {"denoise_mse": loss.detach()}
+        per_image = (self.G(xt, t, y).float() - target).pow(2).flatten(1).mean(1)
+        mse = per_image.mean()
+        loss = (per_image * self.loss_weights(t)).mean() if self.min_snr_gamma > 0 else mse
+        return loss, {"denoise_mse": mse.detach()}
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma weight of each timestep in ``t`` for this family's prediction target (1 where SNR(t) <= gamma
+        for an epsilon target)."""
+        alpha_bar = self.noise.alphas_cumprod.to(t.device, torch.float32)[t]
+        snr = alpha_bar / (1 - alpha_bar).clamp(min=1e-12)
+        clipped = snr.clamp(max=self.min_snr_gamma)
+        return clipped / snr.clamp(min=1e-12) if self.prediction == "epsilon" else clipped / (snr + 1)
 
     def progress_text(self, row: dict) -> str:
         return f"denoising MSE {row['denoise_mse']:.4f}"

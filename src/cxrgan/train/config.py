@@ -38,7 +38,8 @@ class ModelConfig:
     mapped onto theirs (see ``nets.standardize``). For ``ddpm`` (see ``models.ddpm``):
     ``g_channels`` is the UNet's base width, ``res_blocks`` residual blocks per level, self-attention at resolutions
     up to ``attention_px``; ``timesteps`` of the ``schedule`` (``linear_beta``, ``scaled_linear_beta``,
-    ``sigmoid_beta``, ``cosine``); ``prediction`` (``epsilon`` or ``v_prediction``); ``label_dropout`` (the share of
+    ``sigmoid_beta``, ``cosine``); ``prediction`` (``epsilon`` or ``v_prediction``); ``min_snr_gamma`` (0 = every
+    image's loss weighted alike; gamma > 0: Min-SNR-gamma weighting of the timesteps); ``label_dropout`` (the share of
     training images shown with the null class, for classifier-free guidance); ``sample_steps`` (DDIM steps),
     ``guidance`` (classifier-free guidance weight, 1 = none) and ``sample_eta`` (DDIM's eta: 0 adds no noise while
     sampling, 1 as much as the ancestral sampler) for sampling, which ``cxrgan sample --sample-steps --guidance
@@ -80,6 +81,7 @@ class ModelConfig:
     timesteps: int = 1000
     schedule: str = "cosine"
     prediction: str = "epsilon"
+    min_snr_gamma: float = 0.0
     label_dropout: float = 0.1
     sample_steps: int = 25
     guidance: float = 1.0
