@@ -12,8 +12,9 @@ process, ``DDIMScheduler`` for sampling). MONAI needs only torch and NumPy (eino
   ``label_dropout``, so one network learns the conditional and the unconditional model (classifier-free guidance,
   Ho & Salimans 2022). ``min_snr_gamma`` > 0 weights each image's loss by Min-SNR-gamma (Hang et al., 2023):
   ``min(SNR(t), gamma) / SNR(t)`` for an epsilon target, ``/ (SNR(t) + 1)`` for a velocity, so the nearly clean
-  timesteps, whose loss is easy, no longer pull the network's capacity away from the noisier ones. Every random draw comes from the global stream through :func:`sharded`, so torchrun trains
-  as one process does, and exact resume holds.
+  timesteps, whose loss is easy, no longer pull the network's capacity away from the noisier ones. Every random
+  draw comes from the global stream through :func:`sharded`, so torchrun trains as one process does, and exact
+  resume holds.
 - **Sampling** is DDIM (Song et al., 2021) with ``sample_steps`` steps and ``sample_eta`` (0: no noise added; 1: as
   much as the ancestral DDPM sampler adds, drawn per image from a generator seeded by its initial noise), so an image
   is a function of its initial noise alone. That noise is this family's latent (``latent_dim`` = S x S): seeds, the
