@@ -22,12 +22,11 @@ def rows_of(path: Path, label: str, per_class: int) -> tuple[list[np.ndarray], l
     """The first ``per_class`` images of each class of the set at ``path``, one row per class, labelled
     ``"label, CLASS"``."""
     ds = PreparedDataset.open(path)
-    labels = np.asarray(ds.labels)
     rows, names = [], []
-    for k, name in enumerate(ds.class_names):
-        idx = np.flatnonzero(labels == k)[:per_class]
+    for name in ds.class_names:
+        idx = ds.indices(None, [name])[:per_class]
         if len(idx):
-            rows.append(np.asarray(ds.images)[idx])
+            rows.append(np.asarray(ds.images[idx]))
             names.append(f"{label}, {name}")
     return rows, names
 
