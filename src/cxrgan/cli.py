@@ -556,19 +556,27 @@ def _add_augment_study(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_augment_study(a: argparse.Namespace) -> int:
-    from .data.summary import info_text
-    from .studies.usefulness import augment_study, write_imbalanced
+    import numpy as np
 
-    if a.write_imbalanced:
-        print(info_text(write_imbalanced(a.real, a.minority_fraction, a.write_imbalanced)))
-        return 0
-    if not a.synthetic or not a.out:
-        raise CxrganError("augment-study needs --synthetic SYNTH... and --out DIR (or --write-imbalanced DIR)")
-    cfg, seeds = _classifier_cfg(a)
+    from .data.summary import info_text
+    from .studies.usefulness import augment_study, synthetic_needs, write_imbalanced
+
     try:
         ratios = [float(r) for r in _csv_list(a.synthetic_ratio) or []]
     except ValueError:
         raise CxrganError(f"--synthetic-ratio {a.synthetic_ratio!r}: expected numbers like 0.25,0.5,1,2") from None
+    if a.write_imbalanced:
+        ds = write_imbalanced(a.real, a.minority_fraction, a.write_imbalanced)
+        print(info_text(ds))
+        counts = np.bincount(np.asarray(ds.labels)[ds.indices("train")], minlength=len(ds.class_names))
+        most = np.max(np.stack(list(synthetic_needs(counts, ratios).values())), axis=0)
+        print("synthetic images the study's arms take (GS at --synthetic-ratio " + ",".join(f"{r:g}" for r in ratios)
+              + "), per class: " + ", ".join(f"{n} {int(k)}" for n, k in zip(ds.class_names, most))
+              + "; sample at least that many of each class so that no image repeats")
+        return 0
+    if not a.synthetic or not a.out:
+        raise CxrganError("augment-study needs --synthetic SYNTH... and --out DIR (or --write-imbalanced DIR)")
+    cfg, seeds = _classifier_cfg(a)
     augment_study(a.real, a.synthetic, a.out, a.minority_fraction, ratios, cfg, seeds, a.allow_leaky, progress=not a.quiet,
                   shifts=a.shifts, test_data=a.test_data)
     return 0

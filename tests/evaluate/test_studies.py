@@ -56,6 +56,9 @@ def test_tstr_and_augment_study_end_to_end(phantom32, synth32, tmp_path):
     assert by["GS@1"]["train_images"] == 2 * by["IR"]["train_images"]
     assert by["BR"]["train_images"] < by["IR"]["train_images"]
     assert (tmp_path / "aug" / "augment_study.md").is_file()
+    saved = json.loads((tmp_path / "aug" / "augment_study.json").read_text())
+    assert sum(saved["synthetic_taken"]["GS@1"].values()) == by["IR"]["train_images"]
+    assert sum(saved["synthetic_held"].values()) == 150
 
 
 def test_tstr_reuses_a_matching_trtr_reference_and_refuses_another(phantom32, synth32, tmp_path, monkeypatch):
@@ -96,6 +99,39 @@ def test_a_synthetic_set_of_another_size_is_judged_at_the_real_data_size(phantom
     assert "is 64 px: resized to 32 px" in caplog.text
     res = tstr(big, phantom32, tmp_path / "tstr", TINY, seeds=(0,), progress=False, shifts="none")
     assert res["rows"][1]["train_images"] == 90 and np.isfinite(res["rows"][1]["roc_auc_mean"])
+
+
+def test_synthetic_needs_and_a_warning_where_a_set_is_too_small(caplog):
+    from cxrgan.studies.usefulness import _warn_if_synthetic_repeats, synthetic_needs
+
+    needs = synthetic_needs(np.array([94, 2694]), (0.5, 1))
+    assert {k: v.tolist() for k, v in needs.items()} == {"BG": [2600, 0], "GS@0.5": [1394, 0], "GS@1": [2694, 94]}
+    with caplog.at_level("WARNING", logger="cxrgan.studies"):
+        held = _warn_if_synthetic_repeats(needs, np.repeat([0, 1], [1000, 1000]), ["NORMAL", "PNEUMONIA"])
+    assert held["synthetic_held"] == {"NORMAL": 1000, "PNEUMONIA": 1000}
+    assert held["synthetic_taken"]["GS@1"] == {"NORMAL": 2694, "PNEUMONIA": 94}
+    assert len(caplog.records) == 1  # NORMAL only: 1,000 PNEUMONIA images cover the 94 taken
+    text = caplog.records[0].getMessage()
+    assert "1000 NORMAL images" in text and "BG 2600, GS@0.5 1394, GS@1 2694" in text and "up to 3 times" in text
+    assert "--class NORMAL --n 2694" in text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="cxrgan.studies"):
+        _warn_if_synthetic_repeats(needs, np.repeat([0, 1], [2694, 94]), ["NORMAL", "PNEUMONIA"])
+    assert not caplog.records
+
+
+def test_write_imbalanced_says_how_many_synthetic_images_to_sample(phantom32, tmp_path, capsys):
+    assert main(["augment-study", "--real", str(phantom32), "--minority-fraction", "0.3", "--synthetic-ratio", "0.5,1",
+                 "--write-imbalanced", str(tmp_path / "cut")]) == 0
+    ds = PreparedDataset.open(tmp_path / "cut")
+    counts = np.bincount(np.asarray(ds.labels)[ds.indices("train")], minlength=len(ds.class_names))
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    # BG tops every class up to the largest; GS@1 adds one training set's worth, the smallest classes first
+    bg, gs1 = counts.max() - counts, water_fill(counts, int(counts.sum()))
+    assert (gs1 >= bg).all() and gs1.sum() == counts.sum()
+    assert line == ("synthetic images the study's arms take (GS at --synthetic-ratio 0.5,1), per class: "
+                    + ", ".join(f"{n} {k}" for n, k in zip(ds.class_names, gs1))
+                    + "; sample at least that many of each class so that no image repeats")
 
 
 def test_water_fill_levels_smallest_first():

@@ -342,6 +342,32 @@ def water_fill(counts: np.ndarray, extra: int) -> np.ndarray:
     return add
 
 
+def synthetic_needs(counts: np.ndarray, ratios: Sequence[float]) -> dict[str, np.ndarray]:
+    """How many synthetic images of each class every synthetic arm takes, for training class counts ``counts``: BG
+    tops each present class up to the largest, GS@r adds ``r`` x the training set by :func:`water_fill`. A set that
+    holds fewer images of a class than an arm takes is drawn from with replacement, so some images repeat."""
+    counts = np.asarray(counts, np.int64)
+    needs = {"BG": np.where(counts > 0, counts.max() - counts, 0)}
+    for r in ratios:
+        needs[f"GS@{r:g}"] = water_fill(counts, int(round(r * counts.sum())))
+    return needs
+
+
+def _warn_if_synthetic_repeats(needs: dict[str, np.ndarray], ys: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """Warn, once per class, where an arm takes more synthetic images of a class than the sets hold; returns what the
+    arms take and what the sets hold per class, for the study's record."""
+    have = np.bincount(ys, minlength=len(class_names))
+    most = np.max(np.stack(list(needs.values())), axis=0)
+    for c, name in enumerate(class_names):
+        if most[c] > have[c] > 0:
+            arms = ", ".join(f"{arm} {int(n[c])}" for arm, n in needs.items() if n[c] > have[c])
+            log.warning("WARNING: the synthetic sets hold %d %s images, fewer than the arms take (%s): their images repeat "
+                        "up to %d times; sample at least %d (cxrgan sample RUN --class %s --n %d) for arms of distinct "
+                        "images", have[c], name, arms, -(-int(most[c]) // int(have[c])), most[c], name, most[c])
+    return {"synthetic_taken": {arm: dict(zip(class_names, n.tolist())) for arm, n in needs.items()},
+            "synthetic_held": dict(zip(class_names, have.tolist()))}
+
+
 def _take_synthetic(xs: np.ndarray, ys: np.ndarray, per_class: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     rows = []
     for c, k in enumerate(per_class):
@@ -384,7 +410,9 @@ def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | 
     present = counts > 0
     br = np.concatenate([rng.choice(np.flatnonzero(y_ir == c), size=counts[present].min(), replace=False)
                          for c in np.flatnonzero(present)])
-    bg = _take_synthetic(xs, ys, np.where(present, counts.max() - counts, 0), rng)
+    needs = synthetic_needs(counts, ratios)
+    taken = _warn_if_synthetic_repeats(needs, ys, ds.class_names)
+    bg = _take_synthetic(xs, ys, needs["BG"], rng)
     arms: dict[str, tuple[np.ndarray, np.ndarray]] = {
         "BR": (x_ir[br], y_ir[br]),
         "BG": (np.concatenate([x_ir, xs[bg]]), np.concatenate([y_ir, ys[bg]])),
@@ -392,7 +420,7 @@ def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | 
         "RS": (np.concatenate([x_ir, rotate_scale_copies(x_ir, 0)]), np.concatenate([y_ir, y_ir])),
     }
     for r in ratios:
-        extra = _take_synthetic(xs, ys, water_fill(counts, int(round(r * len(y_ir)))), rng)
+        extra = _take_synthetic(xs, ys, needs[f"GS@{r:g}"], rng)
         arms[f"GS@{r:g}"] = (np.concatenate([x_ir, xs[extra]]), np.concatenate([y_ir, ys[extra]]))
     say = print if progress else (lambda s: None)
     say(f"augmentation study on {ds.root}: training class counts {dict(zip(ds.class_names, counts.tolist()))}"
@@ -409,7 +437,7 @@ def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | 
     verdict: dict[str, Any] = {"gs_minus_ir_balanced_accuracy": gs_best["balanced_accuracy_mean"] - ir["balanced_accuracy_mean"],
                                "ir_std": ir["balanced_accuracy_std"], "gs_best": gs_best["name"]}
     extra: dict[str, Any] = {"real": str(ds.root), "synthetic": [str(s) for s in synthetic], "minority_fraction": minority_fraction,
-                             "ratios": list(ratios), "classifier": cfg.__dict__, "train_counts": counts.tolist()}
+                             "ratios": list(ratios), "classifier": cfg.__dict__, "train_counts": counts.tolist(), **taken}
     shift_note = ""
     if len(conditions) > 1:
         table = _write_shift(Path(out), rows, conditions, "Augmentation study")
