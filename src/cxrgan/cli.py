@@ -550,6 +550,9 @@ def _add_augment_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic-ratio", default="1", help="GS arms: synthetic images as multiples of the real training set, e.g. 0.25,0.5,1,2")
     p.add_argument("--write-imbalanced", metavar="DIR", help="only write the real dataset with the minority cut applied "
                    "(train the generators for BG/GS on it), then exit")
+    p.add_argument("--reference", metavar="EARLIER_OUT", help="reuse the real-data arms (BR, IR, RS) of an earlier "
+                   "augment-study --out instead of training them again (they are the same for every generator); refused "
+                   "unless it used the same real data, minority cut, classifier settings, seeds and test conditions")
     _classifier_args(p)
     _shift_args(p)
     p.set_defaults(func=_cmd_augment_study)
@@ -578,7 +581,7 @@ def _cmd_augment_study(a: argparse.Namespace) -> int:
         raise CxrganError("augment-study needs --synthetic SYNTH... and --out DIR (or --write-imbalanced DIR)")
     cfg, seeds = _classifier_cfg(a)
     augment_study(a.real, a.synthetic, a.out, a.minority_fraction, ratios, cfg, seeds, a.allow_leaky, progress=not a.quiet,
-                  shifts=a.shifts, test_data=a.test_data)
+                  shifts=a.shifts, test_data=a.test_data, reference=a.reference)
     return 0
 
 

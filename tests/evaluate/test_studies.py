@@ -84,6 +84,27 @@ def test_tstr_reuses_a_matching_trtr_reference_and_refuses_another(phantom32, sy
         tstr(synth32, phantom32, tmp_path / "d", TINY, seeds=(0,), progress=False, shifts="noise:mild", reference=tmp_path / "nowhere")
 
 
+def test_augment_study_reuses_the_real_arms_of_a_matching_reference(phantom32, synth32, tmp_path, monkeypatch):
+    import cxrgan.studies.usefulness as usefulness
+
+    kw = dict(minority_fraction=0.3, cfg=TINY, seeds=(0,), progress=False, shifts="noise:mild")
+    first = augment_study(phantom32, [synth32], tmp_path / "a", **kw)
+    trained = []
+    real_run_arm = usefulness.run_arm
+    monkeypatch.setattr(usefulness, "run_arm", lambda name, *a, **k: (trained.append(name), real_run_arm(name, *a, **k))[1])
+    again = augment_study(phantom32, [synth32], tmp_path / "b", reference=tmp_path / "a", **kw)
+    assert trained == ["BG", "GS@1"]  # BR, IR and RS see no synthetic image: taken from the reference
+    by_first, by_again = ({r["name"]: r for r in res["rows"]} for res in (first, again))
+    for arm in ("BR", "IR", "RS"):
+        assert by_again[arm] == json.loads(json.dumps(by_first[arm]))
+    saved = json.loads((tmp_path / "b" / "augment_study.json").read_text())
+    assert saved["real_arms_reused_from"] == str(tmp_path / "a") and saved["reference_key"]["minority_fraction"] == 0.3
+    with pytest.raises(CxrganError, match="minority cut"):
+        augment_study(phantom32, [synth32], tmp_path / "c", reference=tmp_path / "a", **(kw | dict(minority_fraction=0.5)))
+    with pytest.raises(CxrganError, match="no augment_study.json"):
+        augment_study(phantom32, [synth32], tmp_path / "d", reference=tmp_path / "b" / "nowhere", **kw)
+
+
 def test_a_synthetic_set_of_another_size_is_judged_at_the_real_data_size(phantom32, tmp_path, caplog):
     from cxrgan.data import Preprocess, SourceOptions, prepare
     from cxrgan.data.preprocess import resize_images

@@ -174,45 +174,52 @@ def combined_synthetic(synthetic: Sequence[str | Path], ds: PreparedDataset) -> 
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def reference_key(ds: PreparedDataset, cfg: ClassifierConfig, seeds: Sequence[int], conditions: Sequence[Condition]) -> dict[str, Any]:
-    """What a TRTR reference depends on: the real dataset (its manifest hash), the classifier's configuration, the
-    seeds and the test conditions (a hash of their names, images and labels). Two ``tstr`` calls with equal keys
-    train the same real-data classifiers and test them on the same images."""
+REAL_ARMS = {"tstr": ("TRTR",), "augment_study": ("BR", "IR", "RS")}
+"""The arms of each study that see no synthetic image: the same for every generator compared under one classifier."""
+
+
+def reference_key(ds: PreparedDataset, cfg: ClassifierConfig, seeds: Sequence[int], conditions: Sequence[Condition],
+                  **more: Any) -> dict[str, Any]:
+    """What a study's real-data arms depend on: the real dataset (its manifest hash), the classifier's configuration,
+    the seeds, the test conditions (a hash of their names, images and labels) and ``more`` (the augmentation study's
+    minority cut). Two calls with equal keys train the same real-data classifiers and test them on the same images."""
     h = hashlib.sha256()
     for c in conditions:
         h.update(c.name.encode())
         h.update(np.ascontiguousarray(c.images).tobytes())
         h.update(np.ascontiguousarray(c.labels, np.int64).tobytes())
     key = {"real_manifest_sha256": ds.manifest_hash, "classifier": dict(cfg.__dict__), "seeds": [int(s) for s in seeds],
-           "test_conditions_sha256": h.hexdigest()}
-    return json.loads(json.dumps(key))  # as it reads back from tstr.json (tuples become lists)
+           "test_conditions_sha256": h.hexdigest(), **more}
+    return json.loads(json.dumps(key))  # as it reads back from the study's json (tuples become lists)
 
 
-def load_reference(path: str | Path, key: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The TRTR row and per-seed figures of an earlier ``tstr`` (its ``--out`` folder or ``tstr.json``), after
-    checking that its :func:`reference_key` equals ``key``; one clear error otherwise."""
+def load_reference(path: str | Path, key: dict[str, Any], stem: str = "tstr") -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The real-data arms (:data:`REAL_ARMS`) of an earlier study (its ``--out`` folder or ``STEM.json``) as
+    ``{arm: (summary row, per-seed figures)}``, after checking that its :func:`reference_key` equals ``key``; one
+    clear error otherwise."""
     path = Path(path)
-    f = path / "tstr.json" if path.is_dir() else path
-    what = "pass the --out folder of an earlier `cxrgan tstr` run on the same --real data"
+    f = path / f"{stem}.json" if path.is_dir() else path
+    verb = stem.replace("_", "-")
+    what = f"pass the --out folder of an earlier `cxrgan {verb}` run on the same --real data"
     if not f.is_file():
-        raise CxrganError(f"--reference {path}: no tstr.json there; {what}")
+        raise CxrganError(f"--reference {path}: no {stem}.json there; {what}")
     try:
         d = json.loads(f.read_text())
-        row = next(r for r in d["rows"] if r["name"] == "TRTR")
-        per_seed = d["per_seed"]["TRTR"]
+        arms = {name: (next(r for r in d["rows"] if r["name"] == name), d["per_seed"][name]) for name in REAL_ARMS[stem]}
     except (ValueError, KeyError, StopIteration, TypeError) as e:
-        raise CxrganError(f"--reference {f}: not a readable tstr.json ({type(e).__name__}: {e}); {what}") from None
+        raise CxrganError(f"--reference {f}: not a readable {stem}.json ({type(e).__name__}: {e}); {what}") from None
     got = d.get("reference_key")
     if got is None:
-        raise CxrganError(f"--reference {f} does not record what its TRTR was measured on (an older cxrgan wrote it); "
-                          "run that tstr again, or leave --reference out")
+        raise CxrganError(f"--reference {f} does not record what its real-data arms were measured on (an older cxrgan "
+                          f"wrote it); run that {verb} again, or leave --reference out")
     labels = {"real_manifest_sha256": "real dataset", "classifier": "classifier settings (--arch, --epochs, --epoch-choice)",
-              "seeds": "seeds (--seeds)", "test_conditions_sha256": "test conditions (--shifts, --test-data)"}
-    differ = [labels[k] for k in key if got.get(k) != key[k]]
+              "seeds": "seeds (--seeds)", "test_conditions_sha256": "test conditions (--shifts, --test-data)",
+              "minority_fraction": "minority cut (--minority-fraction)"}
+    differ = [labels.get(k, k) for k in key if got.get(k) != key[k]]
     if differ:
-        raise CxrganError(f"--reference {f} measured TRTR with other {' and '.join(differ)} than this call; use the same "
-                          "settings, or leave --reference out to train the real-data reference again")
-    return row, per_seed
+        raise CxrganError(f"--reference {f} measured {', '.join(REAL_ARMS[stem])} with other {' and '.join(differ)} than "
+                          "this call; use the same settings, or leave --reference out to train the real-data arms again")
+    return arms
 
 
 def tstr(synthetic: str | Path | Sequence[str | Path], real: str | Path, out: str | Path, cfg: ClassifierConfig | None = None,
@@ -231,7 +238,7 @@ def tstr(synthetic: str | Path | Sequence[str | Path], real: str | Path, out: st
     say = print if progress else (lambda s: None)
     conditions = protocol_conditions(ds, shifts, test_data)
     key = reference_key(ds, cfg, seeds, conditions)
-    reused = load_reference(reference, key) if reference is not None else None
+    reused = load_reference(reference, key)["TRTR"] if reference is not None else None
     val, test = _real(ds, "val"), (conditions[0].images, conditions[0].labels)
     rows, per_seed = [], {}
     for name, (x, y) in (("TRTR", _real(ds, "train")), ("TSTR", (xs, ys))):
@@ -389,9 +396,12 @@ def rotate_scale_copies(x: np.ndarray, seed: int) -> np.ndarray:
 def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | Path, minority_fraction: float = 1.0,
                   ratios: Sequence[float] = (1.0,), cfg: ClassifierConfig | None = None, seeds: Sequence[int] = (0, 1, 2),
                   allow_leaky: bool = False, progress: bool = True, shifts: str | None = "standard",
-                  test_data: Sequence[str | Path] = ()) -> dict[str, Any]:
+                  test_data: Sequence[str | Path] = (), reference: str | Path | None = None) -> dict[str, Any]:
     """BR, BG, IR, RS and GS@ratio for each ratio, on the real test split and under the shift protocol's
-    conditions (``shifts``, ``test_data``: see :func:`tstr`)."""
+    conditions (``shifts``, ``test_data``: see :func:`tstr`). ``reference``: an earlier ``augment_study`` output
+    whose real-data arms (BR, IR, RS) are reused instead of trained again (comparing several generators under one
+    classifier), refused unless it was measured exactly as this call would (:func:`reference_key`, the minority cut
+    included)."""
     if not 0 < minority_fraction <= 1:
         raise CxrganError(f"--minority-fraction must be in (0, 1], got {minority_fraction}")
     if not ratios or any(r <= 0 for r in ratios):
@@ -426,10 +436,16 @@ def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | 
     say(f"augmentation study on {ds.root}: training class counts {dict(zip(ds.class_names, counts.tolist()))}"
         + (f" (smallest class cut to {minority_fraction:g} of its images)" if minority_fraction < 1 else ""))
     conditions = protocol_conditions(ds, shifts, test_data)
+    key = reference_key(ds, cfg, seeds, conditions, minority_fraction=minority_fraction)
+    reused = load_reference(reference, key, "augment_study") if reference is not None else {}
     val, test = _real(ds, "val"), (conditions[0].images, conditions[0].labels)
     rows, per_seed = [], {}
     for name, (x, y) in arms.items():
-        row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say, conditions[1:])
+        if name in reused:
+            row, ps = reused[name]
+            say(f"  {name}: reused from {reference}")
+        else:
+            row, ps = run_arm(name, x, y, val, test, ds.class_names, cfg, seeds, say, conditions[1:])
         rows.append(row)
         per_seed[name] = ps
     ir = next(r for r in rows if r["name"] == "IR")
@@ -437,7 +453,8 @@ def augment_study(real: str | Path, synthetic: Sequence[str | Path], out: str | 
     verdict: dict[str, Any] = {"gs_minus_ir_balanced_accuracy": gs_best["balanced_accuracy_mean"] - ir["balanced_accuracy_mean"],
                                "ir_std": ir["balanced_accuracy_std"], "gs_best": gs_best["name"]}
     extra: dict[str, Any] = {"real": str(ds.root), "synthetic": [str(s) for s in synthetic], "minority_fraction": minority_fraction,
-                             "ratios": list(ratios), "classifier": cfg.__dict__, "train_counts": counts.tolist(), **taken}
+                             "ratios": list(ratios), "classifier": cfg.__dict__, "train_counts": counts.tolist(), **taken,
+                             "reference_key": key, "real_arms_reused_from": str(reference) if reused else None}
     shift_note = ""
     if len(conditions) > 1:
         table = _write_shift(Path(out), rows, conditions, "Augmentation study")
