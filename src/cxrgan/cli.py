@@ -513,8 +513,10 @@ def _cmd_evaluate(a: argparse.Namespace) -> int:
         return 0
     if not a.target or not a.out:
         raise CxrganError("evaluate needs TARGET (a synthetic set or run) and --out (or --check-features)")
-    evaluate(a.target, a.real, a.out, a.features, a.n, a.checkpoint, a.seed, progress=not a.quiet)
-    print(f"wrote {a.out}/metrics.md, metrics.csv, metrics.json, centroids.png, closest_pairs.png")
+    summary = evaluate(a.target, a.real, a.out, a.features, a.n, a.checkpoint, a.seed, progress=not a.quiet)
+    written = ["metrics.md", "metrics.csv", "metrics.json"] + (["label_agreement.md"] if "label_agreement" in summary else []) \
+        + (["centroids.png"] if "centroids" in summary else []) + ["closest_pairs.png"]
+    print(f"wrote {a.out}/" + ", ".join(written))
     return 0
 
 

@@ -155,6 +155,37 @@ def test_write_imbalanced_says_how_many_synthetic_images_to_sample(phantom32, tm
                     + "; sample at least that many of each class so that no image repeats")
 
 
+class _Bright(torch.nn.Module):
+    """A two-class 'classifier': BRIGHT where an image's mean is above 0 (in [-1, 1])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3)) * self.w
+        return torch.stack([-m, m], 1)
+
+
+def test_label_agreement_counts_synthetic_images_the_classifier_puts_in_another_class():
+    from cxrgan.evaluate.extractors import FeatureSpace, randconv_space
+    from cxrgan.studies.suite import label_agreement_rows
+
+    space = FeatureSpace(_Bright(), "classifier", "bright-0", {"class_names": ["DARK", "BRIGHT"]})
+    dark, bright = np.full((4, 8, 8), 40, np.uint8), np.full((4, 8, 8), 220, np.uint8)
+    # drawn as DARK: 3 dark and 5 bright images; drawn as BRIGHT: 4 bright; real test: all in their classes
+    synth = np.concatenate([dark[:3], bright, bright[:1], bright])
+    synth_y = np.array([0] * 8 + [1] * 4)
+    rows = label_agreement_rows(space, synth, synth_y, np.concatenate([dark, bright]), np.array([0] * 4 + [1] * 4),
+                                ["DARK", "BRIGHT"])
+    by = {r["class"]: r for r in rows}
+    assert by["DARK"]["synthetic_agreement"] == 3 / 8 and by["DARK"]["real_agreement"] == 1.0
+    assert by["DARK"]["most_confused_with"] == "BRIGHT" and by["DARK"]["most_confused_share"] == 5 / 8
+    assert by["BRIGHT"]["synthetic_agreement"] == 1.0 and by["BRIGHT"]["most_confused_with"] == ""
+    assert by["DARK"]["n_synthetic"] == 8 and by["BRIGHT"]["n_real_test"] == 4
+    assert label_agreement_rows(randconv_space(), synth, synth_y, synth, synth_y, ["DARK", "BRIGHT"]) == []
+
+
 def test_water_fill_levels_smallest_first():
     assert water_fill(np.array([10, 100]), 50).tolist() == [50, 0]
     assert water_fill(np.array([10, 100]), 110).tolist() == [100, 10]
@@ -188,7 +219,9 @@ def test_evaluate_cli_end_to_end_and_bad_input(phantom32, synth32, tmp_path, cap
     assert (out / "closest_pairs.png").is_file() and summary["memorization"][0]["space"] == "pixels"
     # the 'synthetic' images are training images: the audit must flag nearly all of them
     assert summary["memorization"][0]["flagged_fraction"] > 0.95
-    capsys.readouterr()
+    # randconv has no class head and no autoencoder ran: the CLI names only the files it wrote
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"wrote {out}/metrics.md, metrics.csv, metrics.json, closest_pairs.png"
+    assert "label_agreement" not in summary and not (out / "label_agreement.md").exists()
     assert main(["evaluate", str(tmp_path / "nope"), "--real", str(phantom32), "--out", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["evaluate", str(synth32), "--real", str(phantom32), "--out", str(out), "--features", "inception:/no/such.pt"]) == 2

@@ -5,6 +5,7 @@ import json
 import shutil
 
 from cxrgan.cli import main
+from cxrgan.data import PreparedDataset
 from cxrgan.demo import STAGES
 
 
@@ -15,12 +16,16 @@ def test_demo_end_to_end_and_rerun(tmp_path, capsys):
     for f in ("data/phantom32/manifest.json", "runs/dcgan/checkpoints/last.json", "runs/cgan/checkpoints/last.json",
               "runs/dgm/checkpoints/last.json", "synthetic/cgan/manifest.json", "features/classifier/extractor.json",
               "feature_check/check.json",
-              "evaluation/metrics.json", "tstr/tstr.json", "anomaly/anomaly.json", "decomposition/scores.csv",
+              "evaluation/metrics.json", "evaluation/label_agreement.md", "tstr/tstr.json", "anomaly/anomaly.json", "decomposition/scores.csv",
               "compare/summary.md", "report.html", "demo.json", "timings.json"):
         assert (out / f).is_file(), f
     # the report's path and the command that opens the app on the same folder come last
     assert first.strip().splitlines()[-2:] == [f"the report: {(out / 'report.html').resolve()}",
                                                f"to look and try in the browser: cxrgan app {out}"]
+    agreement = json.loads((out / "evaluation" / "metrics.json").read_text())["label_agreement"]
+    assert [r["class"] for r in agreement] == ["NORMAL", "PNEUMONIA", "COVID"]  # the CGAN draws every class
+    assert all(0 <= r["synthetic_agreement"] <= 1 and 0 <= r["real_agreement"] <= 1 for r in agreement)
+    assert sum(r["n_synthetic"] for r in agreement) == len(PreparedDataset.open(out / "synthetic" / "cgan").labels)
     timings = json.loads((out / "timings.json").read_text())
     assert set(timings) == {s.name for s in STAGES} | {"report"}
     html = (out / "report.html").read_text()

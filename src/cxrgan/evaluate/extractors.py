@@ -83,6 +83,14 @@ class FeatureSpace:
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     @torch.no_grad()
+    def classify_u8(self, images: np.ndarray, batch: int = 64) -> np.ndarray | None:
+        """:meth:`classify` of uint8 images ``(N, S, S)`` (memory-mapped arrays are read batch by batch)."""
+        if self.kind != "classifier":
+            return None
+        out = [self.net(x.float()).argmax(1).cpu().numpy() for x in batches(images, batch, self.device)]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    @torch.no_grad()
     def embed_u8(self, images: np.ndarray, batch: int = 64) -> np.ndarray:
         """Features of uint8 images ``(N, S, S)`` (memory-mapped arrays are read batch by batch)."""
         out = [self._forward(x.float()).double().cpu().numpy() for x in batches(images, batch, self.device)]

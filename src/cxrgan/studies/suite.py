@@ -95,6 +95,36 @@ def distribution_rows(space: FeatureSpace, validated: str, real_tr: np.ndarray, 
     return rows
 
 
+AGREEMENT_COLUMNS = ["space", "class", "n_synthetic", "synthetic_agreement", "n_real_test", "real_agreement", "ratio",
+                     "most_confused_with", "most_confused_share"]
+
+
+def label_agreement_rows(space: FeatureSpace, synth: np.ndarray, synth_y: np.ndarray, real: np.ndarray, real_y: np.ndarray,
+                         class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """How often a classifier space's own classifier (trained on the real training images) puts a synthetic image in
+    the class it was drawn for, per class, beside how often it puts a real test image in its labelled class. A
+    conditional generator whose minority class looks like the majority shows here first: such images teach a
+    classifier the wrong class when they are added to real data. ``[]`` for a space without a class head."""
+    pred_s, pred_r = space.classify_u8(synth), space.classify_u8(real)
+    if pred_s is None or pred_r is None:
+        return []
+    rows = []
+    for i, c in enumerate(class_names):
+        ms, mr = synth_y == i, real_y == i
+        if not ms.any():
+            continue
+        agree = float(np.mean(pred_s[ms] == i))
+        real_agree = float(np.mean(pred_r[mr] == i)) if mr.any() else float("nan")
+        other = np.bincount(pred_s[ms][pred_s[ms] != i], minlength=len(class_names))
+        worst = int(np.argmax(other))
+        rows.append({"space": space.ident, "class": c, "n_synthetic": int(ms.sum()), "synthetic_agreement": agree,
+                     "n_real_test": int(mr.sum()), "real_agreement": real_agree,
+                     "ratio": agree / real_agree if real_agree > 0 else float("nan"),
+                     "most_confused_with": class_names[worst] if other[worst] else "",
+                     "most_confused_share": float(other[worst] / ms.sum())})
+    return rows
+
+
 def load_targets(targets: Sequence[str | Path], out: Path, n: int, checkpoint: str, seed: int) -> SyntheticSet:
     """One or several synthetic sets or runs (for example a per-class pair) as one synthetic set."""
     sets = [load_synthetic(t, out / (f"target{i}" if len(targets) > 1 else ""), n, checkpoint, seed) for i, t in enumerate(targets)]
@@ -128,6 +158,7 @@ def evaluate(target: str | Path | Sequence[str | Path], real: str | Path, out: s
     synth_y = np.array([mapping.get(c, -1) for c in synth.classes]) if mapping else None
     spaces = resolve_spaces(features, ds, progress)
     rows: list[dict[str, Any]] = []
+    agreement: list[dict[str, Any]] = []
     feats: dict[str, dict[str, np.ndarray]] = {}
     for space in spaces:
         check = cached_check(ds, space, run_if_missing=False)
@@ -135,11 +166,16 @@ def evaluate(target: str | Path | Sequence[str | Path], real: str | Path, out: s
         f = {"train": space.embed_u8(x_tr), "test": space.embed_u8(x_te), "val": space.embed_u8(x_va), "synth": space.embed_u8(synth.images)}
         feats[space.ident] = f
         rows += distribution_rows(space, validated, f["train"], f["test"], y_tr, y_te, f["synth"], synth_y, ds.class_names, seed)
+        if synth_y is not None:
+            agreement += label_agreement_rows(space, synth.images, synth_y, x_te, y_te, ds.class_names)
         if progress:
             print(f"  {space.ident}: distribution metrics done", flush=True)
     md = write_table(rows, METRIC_COLUMNS, out / "metrics")
     summary: dict[str, Any] = {"target": [str(t) for t in targets], "synthetic": synth.source, "real": str(ds.root), "real_manifest_sha256": ds.manifest_hash,
                                "spaces": [s.ident for s in spaces], "metrics": rows}
+    if agreement:
+        agreement_md = write_table(agreement, AGREEMENT_COLUMNS, out / "label_agreement")
+        summary["label_agreement"] = agreement
     ae = next((s for s in spaces if s.kind == "autoencoder"), None)
     if ae is not None and mapping:
         f = feats[ae.ident]
@@ -154,6 +190,9 @@ def evaluate(target: str | Path | Sequence[str | Path], real: str | Path, out: s
     write_json_atomic(out / "metrics.json", summary)
     if progress:
         print(md)
+        if agreement:
+            print("label agreement: how often the real-trained classifier puts an image in the class it was drawn for "
+                  "(synthetic) or labelled (real test)\n" + agreement_md)
         for s in summary["memorization"]:
             print(f"memorization ({s['space']}): {s['flagged_fraction']:.2%} of synthetic images closer to a training image "
                   f"than 99% of real held-out images (held-out reference: {s['reference_fraction']:.2%})")
