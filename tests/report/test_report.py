@@ -85,8 +85,8 @@ def test_full_report_has_every_section(demo, tmp_path):
     # What each section must say: the class table, the best checkpoint and why, the references beside each
     # metric, the memorization audit, the arms of both studies, the baselines beside the DGM.
     for needle in ("NORMAL", "PNEUMONIA", "COVID", "imbalance", "finished: 20 steps", "real-vs-real references",
-                   "memorization audit", "TRTR", "TSTR", "BR", "GS", "autoencoder", "mean normal image",
-                   "normal judged abnormal", "synthesized normal", "config.yaml", "Feature-space check"):
+                   "memorization audit", "label agreement", "put in its class", "TRTR", "TSTR", "BR", "GS", "autoencoder",
+                   "mean normal image", "normal judged abnormal", "synthesized normal", "config.yaml", "Feature-space check"):
         assert needle in text, needle
     assert page.imgs >= 30
 

@@ -511,7 +511,8 @@ _METRICS = ("fd", "kid", "precision", "recall", "density", "coverage")
 
 
 def evaluation_section(folder: Path) -> Section:
-    """Every metric beside its real-vs-real references, the centroid study and the memorization audit."""
+    """Every metric beside its real-vs-real references, the label agreement, the centroid study and the memorization
+    audit."""
     sec = Section(f"Evaluation {folder.name}", str(folder))
     s = _json(folder / "metrics.json", sec)
     if s is not None:
@@ -533,6 +534,18 @@ def evaluation_section(folder: Path) -> Section:
                                 "each synthetic figure is followed by its real-vs-real references: two halves of the real "
                                 "training split / real training vs real test split. A synthetic set as good as real data "
                                 "scores like the references (FD and KID: lower is better; the others: higher)."))
+        agree = s.get("label_agreement") or []
+        if agree:
+            sec.blocks.append(Table(["space", "class", "synthetic n", "put in its class", "real test images", "put elsewhere"],
+                                    [[a.get("space", ""), a.get("class", ""), str(a.get("n_synthetic", "")),
+                                      f"{100 * float(a.get('synthetic_agreement', 0)):.1f}%",
+                                      f"{100 * float(a.get('real_agreement', 0)):.1f}%",
+                                      f"{100 * float(a.get('most_confused_share', 0)):.1f}% in {a['most_confused_with']}"
+                                      if a.get("most_confused_with") else "-"] for a in agree],
+                                    "label agreement: how often the classifier of the space (trained on the real training "
+                                    "images) puts a synthetic image in the class it was drawn for, beside how often it puts a "
+                                    "real test image in its own class; images of one class that read as another teach a "
+                                    "classifier the wrong class"))
         mem = s.get("memorization") or []
         if mem:
             sec.blocks.append(Table(["space", "flagged", "held-out reference", "threshold (1st pct.)"],
