@@ -561,10 +561,8 @@ def _add_augment_study(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_augment_study(a: argparse.Namespace) -> int:
-    import numpy as np
-
     from .data.summary import info_text
-    from .studies.usefulness import augment_study, synthetic_needs, write_imbalanced
+    from .studies.usefulness import augment_study, synthetic_to_sample, write_imbalanced
 
     try:
         ratios = [float(r) for r in _csv_list(a.synthetic_ratio) or []]
@@ -573,10 +571,8 @@ def _cmd_augment_study(a: argparse.Namespace) -> int:
     if a.write_imbalanced:
         ds = write_imbalanced(a.real, a.minority_fraction, a.write_imbalanced)
         print(info_text(ds))
-        counts = np.bincount(np.asarray(ds.labels)[ds.indices("train")], minlength=len(ds.class_names))
-        most = np.max(np.stack(list(synthetic_needs(counts, ratios).values())), axis=0)
         print("synthetic images the study's arms take (GS at --synthetic-ratio " + ",".join(f"{r:g}" for r in ratios)
-              + "), per class: " + ", ".join(f"{n} {int(k)}" for n, k in zip(ds.class_names, most))
+              + "), per class: " + ", ".join(f"{n} {k}" for n, k in synthetic_to_sample(ds, ratios).items())
               + "; sample at least that many of each class so that no image repeats")
         return 0
     if not a.synthetic or not a.out:

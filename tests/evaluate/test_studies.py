@@ -15,6 +15,7 @@ from cxrgan.errors import CxrganError
 from cxrgan.evaluate.classifier import ClassifierConfig, evaluate_classifier, train_classifier
 from cxrgan.evaluate.extractors import inception_space
 from cxrgan.studies.usefulness import augment_study, tstr, water_fill
+from tests.evaluate.helpers import BrightnessClassifier
 
 TINY = ClassifierConfig(width=4, epochs=2, batch_size=32, device="cpu")
 
@@ -155,23 +156,11 @@ def test_write_imbalanced_says_how_many_synthetic_images_to_sample(phantom32, tm
                     + "; sample at least that many of each class so that no image repeats")
 
 
-class _Bright(torch.nn.Module):
-    """A two-class 'classifier': BRIGHT where an image's mean is above 0 (in [-1, 1])."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.ones(1))
-
-    def forward(self, x):
-        m = x.mean(dim=(1, 2, 3)) * self.w
-        return torch.stack([-m, m], 1)
-
-
 def test_label_agreement_counts_synthetic_images_the_classifier_puts_in_another_class():
     from cxrgan.evaluate.extractors import FeatureSpace, randconv_space
     from cxrgan.studies.suite import label_agreement_rows
 
-    space = FeatureSpace(_Bright(), "classifier", "bright-0", {"class_names": ["DARK", "BRIGHT"]})
+    space = FeatureSpace(BrightnessClassifier(0.0), "classifier", "bright-0", {"class_names": ["DARK", "BRIGHT"]})
     dark, bright = np.full((4, 8, 8), 40, np.uint8), np.full((4, 8, 8), 220, np.uint8)
     # drawn as DARK: 3 dark and 5 bright images; drawn as BRIGHT: 4 bright; real test: all in their classes
     synth = np.concatenate([dark[:3], bright, bright[:1], bright])

@@ -17,6 +17,7 @@ from cxrgan.train.data import TrainData
 from cxrgan.train.loop import train
 from cxrgan.train.quality import QualityMonitor, better
 from cxrgan.utils.tensors import to_model_range
+from tests.evaluate.helpers import BrightnessClassifier
 from tests.train.helpers import tiny_config
 
 
@@ -158,21 +159,6 @@ def test_fd_chooses_in_a_validated_space_only():
     assert fd_chooses(FeatureSpace(nn.Linear(2, 2), "classifier", "classifier-x"))
 
 
-class _BrightnessClassifier(nn.Module):
-    """A stand-in for the trained classifier space: class 1 is "brighter than ``cut``"."""
-
-    def __init__(self, cut: float) -> None:
-        super().__init__()
-        self.cut = nn.Parameter(torch.tensor(cut), requires_grad=False)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([x.mean(dim=(1, 2, 3)), x.std(dim=(1, 2, 3))], dim=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = x.mean(dim=(1, 2, 3)) - self.cut
-        return torch.stack([-m, m], dim=1)
-
-
 def test_diversity_reference_is_every_training_image_whatever_the_seed(phantom32):
     """The real side of the mean distance is every training image (up to ``reference_max``), so monitors with
     other seeds and sizes share it exactly, where their own rows' figures differ; with ``reference_max=0`` it is the
@@ -203,7 +189,7 @@ def test_unconditional_monitor_reports_the_class_its_samples_under_draw(phantom3
     data = TrainData(PreparedDataset.open(phantom32))
     real = to_model_range(torch.from_numpy(data.uint8(np.arange(len(data)))))
     cut = float(real.mean(dim=(1, 2, 3)).median())
-    space = FeatureSpace(_BrightnessClassifier(cut), "classifier", "bright-0", {"class_names": ["DARK", "BRIGHT"]})
+    space = FeatureSpace(BrightnessClassifier(cut), "classifier", "bright-0", {"class_names": ["DARK", "BRIGHT"]})
     mon = QualityMonitor(data, 256, 8, 0, torch.device("cpu"), space)
     assert mon.real_share is not None and min(mon.real_share) > 0.3
     shuffled = real[torch.randperm(len(real), generator=torch.Generator().manual_seed(0))[:256]]
@@ -261,7 +247,7 @@ def test_unconditional_monitor_splits_pooled_diversity_into_its_parts(phantom32)
     data = TrainData(PreparedDataset.open(phantom32))
     real = to_model_range(torch.from_numpy(data.uint8(np.arange(len(data)))))
     cut = float(real.mean(dim=(1, 2, 3)).median())
-    space = FeatureSpace(_BrightnessClassifier(cut), "classifier", "bright-0", {"class_names": ["DARK", "BRIGHT"]})
+    space = FeatureSpace(BrightnessClassifier(cut), "classifier", "bright-0", {"class_names": ["DARK", "BRIGHT"]})
     mon = QualityMonitor(data, 256, 8, 0, torch.device("cpu"), space)
     same = mon.score(real[torch.randperm(len(real), generator=torch.Generator().manual_seed(1))[:256]])
     assert 0.8 < same["class_separation"] < 1.25 and 0.8 < same["class_within_ratio"] < 1.25

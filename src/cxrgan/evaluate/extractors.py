@@ -87,7 +87,7 @@ class FeatureSpace:
         """:meth:`classify` of uint8 images ``(N, S, S)`` (memory-mapped arrays are read batch by batch)."""
         if self.kind != "classifier":
             return None
-        out = [self.net(x.float()).argmax(1).cpu().numpy() for x in batches(images, batch, self.device)]
+        out = [self.classify(x, batch) for x in batches(images, batch, self.device)]
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     @torch.no_grad()

@@ -360,11 +360,25 @@ def synthetic_needs(counts: np.ndarray, ratios: Sequence[float]) -> dict[str, np
     return needs
 
 
+def most_taken(needs: dict[str, np.ndarray]) -> np.ndarray:
+    """The most synthetic images of each class that any arm of :func:`synthetic_needs` takes: what a synthetic set
+    must hold for no image to repeat."""
+    return np.max(np.stack(list(needs.values())), axis=0)
+
+
+def synthetic_to_sample(ds: PreparedDataset, ratios: Sequence[float]) -> dict[str, int]:
+    """Per class, how many synthetic images the augmentation study's arms take on ``ds`` as it is (for the output of
+    :func:`write_imbalanced`, the cut training split): sample at least that many of each class."""
+    train = ds.manifest["counts"]["train"]
+    counts = np.array([train.get(c, 0) for c in ds.class_names], np.int64)
+    return dict(zip(ds.class_names, most_taken(synthetic_needs(counts, ratios)).tolist()))
+
+
 def _warn_if_synthetic_repeats(needs: dict[str, np.ndarray], ys: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
     """Warn, once per class, where an arm takes more synthetic images of a class than the sets hold; returns what the
     arms take and what the sets hold per class, for the study's record."""
     have = np.bincount(ys, minlength=len(class_names))
-    most = np.max(np.stack(list(needs.values())), axis=0)
+    most = most_taken(needs)
     for c, name in enumerate(class_names):
         if most[c] > have[c] > 0:
             arms = ", ".join(f"{arm} {int(n[c])}" for arm, n in needs.items() if n[c] > have[c])
