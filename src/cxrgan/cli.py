@@ -551,7 +551,8 @@ def _add_augment_study(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--minority-fraction", type=float, default=1.0, help="keep this fraction of the smallest class's training images")
     p.add_argument("--synthetic-ratio", default="1", help="GS arms: synthetic images as multiples of the real training set, e.g. 0.25,0.5,1,2")
     p.add_argument("--write-imbalanced", metavar="DIR", help="only write the real dataset with the minority cut applied "
-                   "(train the generators for BG/GS on it), then exit")
+                   "(train the generators for BG/GS on it), print how many synthetic images of each class the arms "
+                   "take, then exit")
     p.add_argument("--reference", metavar="EARLIER_OUT", help="reuse the real-data arms (BR, IR, RS) of an earlier "
                    "augment-study --out instead of training them again (they are the same for every generator); refused "
                    "unless it used the same real data, minority cut, classifier settings, seeds and test conditions")
