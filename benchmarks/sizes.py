@@ -2,13 +2,15 @@
 
 For each size, embedded phantoms are prepared at that size; then, each in a fresh process (so its peak resident
 memory is its own), the plain eager fp32 DCGAN loop of ``cxrgan bench`` (the reference, measured in this run) and
-every family through cxrgan's training loop at its defaults (default precision, channels-last). Printed and
+every family through cxrgan's training loop at its defaults (default precision, channels-last, the width the image
+size sets: ``cxrgan.train.config.default_width``), or with the ``--set`` overrides given. Printed and
 written to ``--out`` (Markdown): images/s, the ratio to the reference at the same size, images/s relative to the
 family's own 64 px figure, peak resident memory (CPU) or peak allocated memory (GPU), and the time a 50-epoch run
 on the shared real split (3,632 training images) would take at that speed, beside the machine line (device,
 threads, CPU capability, bf16).
 
     python benchmarks/sizes.py --sizes 64,128,256 --out docs/results/sizes/speed.md
+    python benchmarks/sizes.py --sizes 64,128 --set model.g_channels=64 --set model.d_channels=64   # one width
 """
 
 from __future__ import annotations
@@ -30,21 +32,22 @@ from cxrgan.bench import loop_speed, reference_loop
 from cxrgan.data import PreparedDataset
 from cxrgan.runtime.execution import pick_device
 kind, data, work, batch, iters, device = sys.argv[1:7]
+overrides = sys.argv[7:]
 dev = pick_device(device)
 if kind == "reference":
     ds = PreparedDataset.open(data)
     images = torch.from_numpy(ds.images[: min(len(ds), 1024)].copy()).unsqueeze(1).float() / 127.5 - 1
     speed = reference_loop(images, int(batch), int(iters), dev)
 else:
-    speed = loop_speed(Path(data), Path(work), kind, int(batch), int(iters), "auto", device)
+    speed = loop_speed(Path(data), Path(work), kind, int(batch), int(iters), "auto", device, overrides=overrides)
 peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"img_per_s": speed, "peak_mib": peak}))
 """
 
 
-def measure(kind: str, data: Path, work: Path, batch: int, iters: int, device: str) -> dict:
-    """One variant in a process of its own: ``{"img_per_s", "peak_mib"}``."""
-    out = subprocess.run([sys.executable, "-c", CHILD, kind, str(data), str(work), str(batch), str(iters), device],
+def measure(kind: str, data: Path, work: Path, batch: int, iters: int, device: str, overrides: list[str] = ()) -> dict:
+    """One variant in a process of its own (a family with config ``overrides``): ``{"img_per_s", "peak_mib"}``."""
+    out = subprocess.run([sys.executable, "-c", CHILD, kind, str(data), str(work), str(batch), str(iters), device, *overrides],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -56,6 +59,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--iters", type=int, default=10, help="timed steps per variant (after warm-up)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for every family (e.g. model.g_channels=64); repeatable")
     ap.add_argument("--out", help="write the table as Markdown here too")
     a = ap.parse_args()
 
@@ -65,8 +70,9 @@ def main() -> None:
 
     machine = machine_line(pick_device(a.device))
     print(machine)
+    settings = f"families at their defaults with {', '.join(a.set)}" if a.set else "families at their defaults"
     lines = [f"Machine: {machine}. Batch {a.batch_size}, {a.iters} timed steps per variant, each variant in a process "
-             f"of its own; 50-epoch time = {EPOCHS} x {TRAIN_IMAGES:,} images / images per second (evaluation not "
+             f"of its own, {settings}; 50-epoch time = {EPOCHS} x {TRAIN_IMAGES:,} images / images per second (evaluation not "
              "counted).", "",
              "| size | variant | img/s | vs reference | vs its 64 px | peak memory (MiB) | 50 epochs (min) |",
              "|---|---|---|---|---|---|---|"]
@@ -79,7 +85,7 @@ def main() -> None:
             ref = measure("reference", data, work, a.batch_size, a.iters, a.device)
             variants = [("reference (plain eager DCGAN, fp32)", "reference")] + [(f, f) for f in a.families.split(",")]
             for name, kind in variants:  # each row printed as soon as it is measured
-                r = ref if kind == "reference" else measure(kind, data, work, a.batch_size, a.iters, a.device)
+                r = ref if kind == "reference" else measure(kind, data, work, a.batch_size, a.iters, a.device, a.set)
                 speed = r["img_per_s"]
                 if size == 64:
                     base[name] = speed

@@ -1,7 +1,13 @@
 import pytest
 
 from cxrgan.errors import CxrganError
-from cxrgan.train.config import OptimConfig, TrainConfig, load_config, save_config
+from torch import nn
+
+from cxrgan.models.registry import build_family
+from cxrgan.train.config import OptimConfig, TrainConfig, default_width, load_config, save_config
+from cxrgan.train.loop import train
+
+from .helpers import tiny_config
 
 
 def test_yaml_then_overrides(tmp_path):
@@ -99,3 +105,27 @@ def test_semicond_preset_starts_from_cgan():
     assert cfg.model.g_cond == "cbn"  # the class through G's batch norms, as for the cgan
     assert cfg.model.class_weight == 0.0  # its own: no auxiliary-classifier term (the projection D conditions)
     assert cfg.model.codes == ["bernoulli:5:p=0.5", "exponential:5:rate=1", "uniform:5:low=-1,high=1", "normal:5"]
+
+
+def _widths(family) -> tuple[int, int]:
+    """G's channels at half the image size (its last convolution's input) and D's (its first convolution's output)."""
+    g = [m for m in family.G.modules() if isinstance(m, nn.ConvTranspose2d)][-1].in_channels
+    d = [m for m in family.D.modules() if isinstance(m, nn.Conv2d)][0].out_channels
+    return g, d
+
+
+def test_width_follows_the_image_size_unless_set(phantom32, tmp_path):
+    assert [default_width(s) for s in (32, 64, 128, 256)] == [64, 64, 32, 32]
+    cfg = load_config(None, ["model.family=cgan"])
+    assert (cfg.model.g_channels, cfg.model.d_channels) == (0, 0)
+    assert _widths(build_family(cfg, 64, 2)) == (64, 64)
+    assert _widths(build_family(cfg, 128, 2)) == (32, 32)
+    chosen = load_config(None, ["model.family=cgan", "model.g_channels=48"])
+    assert _widths(build_family(chosen, 128, 2)) == (48, 32)
+    assert load_config(None, ["model.family=ddpm"]).for_size(128).model.g_channels == 32  # the family's own preset
+    with pytest.raises(CxrganError, match="model.g_channels and model.d_channels must be at least 0"):
+        load_config(None, ["model.d_channels=-1"]).validate()
+    # a run records the width it trained with, so its config.yaml rebuilds the same networks at any later default
+    train(tiny_config(phantom32, "dcgan", "model.g_channels=0", "model.d_channels=0", "steps=1"), tmp_path / "run", progress=False)
+    saved = load_config(tmp_path / "run" / "config.yaml")
+    assert (saved.model.g_channels, saved.model.d_channels) == (64, 64)

@@ -41,8 +41,9 @@ def build_family(cfg: Any, image_size: int, num_classes: int) -> Any:
     """Instantiate the family a run's configuration names, for ``image_size`` and ``num_classes``.
 
     ``cfg`` is a :class:`cxrgan.train.config.TrainConfig` (its ``model`` and ``loss`` sections are read); every
-    ``model`` key that the family's constructor (or a base class's) accepts is passed on."""
-    m = cfg.model
+    ``model`` key that the family's constructor (or a base class's) accepts is passed on, a width left at 0 set for
+    ``image_size`` (:meth:`cxrgan.train.config.ModelConfig.for_size`)."""
+    m = cfg.model.for_size(image_size)
     cls = get_family(m.family)
     accepted = {name for klass in cls.__mro__ if "__init__" in vars(klass) for name in inspect.signature(klass.__init__).parameters}
     kwargs = dict(z_dim=m.z_dim, image_size=image_size, num_classes=num_classes, loss=cfg.loss.kind,

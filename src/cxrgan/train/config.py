@@ -24,7 +24,9 @@ def _default_codes() -> list[str]:
 
 @dataclass
 class ModelConfig:
-    """Which family and how wide. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
+    """Which family and how wide. ``g_channels`` and ``d_channels``: the base widths of G and D (the channels of
+    their largest feature maps, at half the image size; each stage toward 4x4 doubles them, up to 8x); 0 (the default) sets them by image size
+    (:func:`default_width`), and a run's ``config.yaml`` records the width it trained with. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
     ``embed_dim`` for ``cgan`` and ``semicond``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan``, ``bigan``,
     ``cgan`` and ``semicond``, ``pack`` (D judges that many images at once, PacGAN; the batch must divide by it) and ``clusters`` (self-conditioning on that many label-free pixel clusters of the training images, see ``models.clusters``; 0 = off) and ``d_head`` (width of a hidden layer between D's last features and its logit; 0 = one 4x4 convolution, Radford et al.'s head) and ``d_classes`` (weight of a class head on D's features trained on the real images' labels; G stays unconditional; 0 = off) and ``d_class_projection`` (D's logit gains a projection on the class that head infers; off without the head) and ``g_class_share`` (weight of a term in G's loss: the divergence from the data's class shares to those the head finds among G's batch; off without the head) for ``dcgan`` and ``bigan``, ``unary`` (D also scores the image and the latent alone, BigBiGAN) for ``bigan``, ``mbstd_by_class`` (taken within each class of the batch) and ``g_cond`` (``concat``: class embedding beside z; ``cbn``: per-class modulation of G's batch norms) for ``cgan``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
     dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``. ``normal_class`` (the
@@ -47,8 +49,8 @@ class ModelConfig:
 
     family: str = "dcgan"
     z_dim: int = 100
-    g_channels: int = 64
-    d_channels: int = 64
+    g_channels: int = 0
+    d_channels: int = 0
     hidden: int = 256
     spectral_norm: bool = False
     cond_d: str = "projection"
@@ -86,6 +88,23 @@ class ModelConfig:
     sample_steps: int = 25
     guidance: float = 1.0
     sample_eta: float = 1.0
+
+    def for_size(self, image_size: int) -> "ModelConfig":
+        """This section with a width left at 0 (``g_channels``, ``d_channels``) set to :func:`default_width`."""
+        w = default_width(image_size)
+        return dataclasses.replace(self, g_channels=self.g_channels or w, d_channels=self.d_channels or w)
+
+
+def default_width(image_size: int) -> int:
+    """The width (``model.g_channels``, ``model.d_channels``) of a run that leaves it at 0, by image size: 64 up to
+    64 px, 32 from 128 px.
+
+    A convolutional network gains a stage per doubling of the size (:func:`cxrgan.nets.blocks.stage_channels`) and
+    doubles its channels at every resolution with it, so at a fixed width a 128 px run costs about four times a
+    64 px run per image. At width 32 a 128 px network has the 64 px default's channels at every resolution from 8x8
+    up, plus a 32-channel stage at full size; every 128 px figure of ``docs/results/sizes`` and the 128 px DGM were
+    measured at width 32, and a 50-epoch 128 px CGAN trains in about a third of the time it takes at width 64."""
+    return 64 if image_size <= 64 else 32
 
 
 @dataclass
@@ -217,6 +236,9 @@ class TrainConfig:
             (self.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {self.precision!r}"),
             (self.data.in_memory in ("auto", "always", "never"), f"data.in_memory must be auto, always or never, got {self.data.in_memory!r}"),
             (self.batch_size >= 2, f"batch_size must be at least 2, got {self.batch_size}"),
+            (min(self.model.g_channels, self.model.d_channels) >= 0,
+             f"model.g_channels and model.d_channels must be at least 0 (0: by image size), got {self.model.g_channels} "
+             f"and {self.model.d_channels}"),
             (self.steps >= 1 or self.epochs >= 1, "give a positive steps or epochs budget"),
             (self.optim.d_steps >= 1, "optim.d_steps must be at least 1"),
             (min(self.optim.lr_g, self.optim.lr_d) > 0 and self.optim.lr_e >= 0,
@@ -247,6 +269,11 @@ class TrainConfig:
         if unknown:
             raise CxrganError(f"augment.policy: unknown {', '.join(sorted(unknown))}; use translation, cutout, color")
         return self
+
+    def for_size(self, image_size: int) -> "TrainConfig":
+        """This configuration with the model's widths set for ``image_size`` (:meth:`ModelConfig.for_size`), as a
+        run on images of that size saves it."""
+        return dataclasses.replace(self, model=self.model.for_size(image_size))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -193,6 +193,7 @@ class _Loop:
         if not cfg.data.path:
             raise CxrganError("no dataset: pass --data DATASET (a directory written by `cxrgan prepare`)")
         ds = self.ds = PreparedDataset.open(cfg.data.path)
+        cfg = self.cfg = cfg.for_size(ds.size)  # widths left at 0 follow the data; config.yaml records them
         if self.resume and self.info.get("data_manifest_sha256") != ds.manifest_hash:
             raise CxrganError(f"dataset {cfg.data.path} differs from the one run {self.run_dir} was trained on (manifest hash "
                               "changed); resume with the original data or start a new run")
