@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 TRAIN_IMAGES = 3632  # cxr_real_64 / cxr_real_128 training split
@@ -45,7 +46,7 @@ print(json.dumps({"img_per_s": speed, "peak_mib": peak}))
 """
 
 
-def measure(kind: str, data: Path, work: Path, batch: int, iters: int, device: str, overrides: list[str] = ()) -> dict:
+def measure(kind: str, data: Path, work: Path, batch: int, iters: int, device: str, overrides: Sequence[str] = ()) -> dict:
     """One variant in a process of its own (a family with config ``overrides``): ``{"img_per_s", "peak_mib"}``."""
     out = subprocess.run([sys.executable, "-c", CHILD, kind, str(data), str(work), str(batch), str(iters), device, *overrides],
                          check=True, capture_output=True, text=True)

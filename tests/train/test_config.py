@@ -1,8 +1,7 @@
 import pytest
-
-from cxrgan.errors import CxrganError
 from torch import nn
 
+from cxrgan.errors import CxrganError
 from cxrgan.models.registry import build_family
 from cxrgan.train.config import OptimConfig, TrainConfig, default_width, load_config, save_config
 from cxrgan.train.loop import train

@@ -25,8 +25,9 @@ def _default_codes() -> list[str]:
 @dataclass
 class ModelConfig:
     """Which family and how wide. ``g_channels`` and ``d_channels``: the base widths of G and D (the channels of
-    their largest feature maps, at half the image size; each stage toward 4x4 doubles them, up to 8x); 0 (the default) sets them by image size
-    (:func:`default_width`), and a run's ``config.yaml`` records the width it trained with. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
+    their largest feature maps, at half the image size; each stage toward 4x4 doubles them, up to 8x); 0 (the
+    default) sets them by image size (:func:`default_width`), and a run's ``config.yaml`` records the width it
+    trained with. ``hidden`` is for the fully connected ``gan``; ``cond_d`` and
     ``embed_dim`` for ``cgan`` and ``semicond``; ``mbstd`` (minibatch standard deviation in D) for ``dcgan``, ``bigan``,
     ``cgan`` and ``semicond``, ``pack`` (D judges that many images at once, PacGAN; the batch must divide by it) and ``clusters`` (self-conditioning on that many label-free pixel clusters of the training images, see ``models.clusters``; 0 = off) and ``d_head`` (width of a hidden layer between D's last features and its logit; 0 = one 4x4 convolution, Radford et al.'s head) and ``d_classes`` (weight of a class head on D's features trained on the real images' labels; G stays unconditional; 0 = off) and ``d_class_projection`` (D's logit gains a projection on the class that head infers; off without the head) and ``g_class_share`` (weight of a term in G's loss: the divergence from the data's class shares to those the head finds among G's batch; off without the head) for ``dcgan`` and ``bigan``, ``unary`` (D also scores the image and the latent alone, BigBiGAN) for ``bigan``, ``mbstd_by_class`` (taken within each class of the batch) and ``g_cond`` (``concat``: class embedding beside z; ``cbn``: per-class modulation of G's batch norms) for ``cgan``. ``codes`` (blocks ``DIST:DIM[:k=v,...]``), ``code_correlation`` (between the
     dimensions of a block), ``code_weight`` and ``class_weight`` (of the MSE code and class terms) for ``semicond``. ``normal_class`` (the
