@@ -142,8 +142,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    "translation and zoom, each up to SCALE times its strong setting (augment.acquisition; 0 = off, the "
                    "default). The generator then draws radiographs acquired in all those ways: with 1, classifiers "
                    "trained on its images alone kept 0.99-1.00 of a real-trained classifier's ROC AUC under "
-                   "acquisition shifts (0.97-0.98 at 0), at the cost of fidelity to the training images (FD, "
-                   "precision); see docs/results/shift")
+                   "acquisition shifts (0.97-0.98 at 0), and its images added to the real ones of every class raised a "
+                   "classifier's balanced accuracy under those shifts from 0.965 to 0.979, at the cost "
+                   "of fidelity to the training images (FD, precision); see docs/results/shift")
     p.add_argument("--seed", type=int, help="seeds weights, latents, data order and augmentation (default 0)")
     p.add_argument("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
