@@ -25,15 +25,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import prepared, run_cli  # noqa: E402  (sibling scripts)
+from _cli import add_data_arguments, prepared, run_cli  # noqa: E402  (sibling scripts)
 from long_runs import REAL, ROOT, _run_all  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REAL), help="source to prepare (npz) or a prepared dataset")
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "shift" / "anomaly"))
+    add_data_arguments(ap, REAL, ROOT / "docs" / "results" / "shift" / "anomaly")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME[:KEY=VALUE...]",
                     help="a DGM variant: its name and config overrides (default: one variant 'default' at the defaults)")
     ap.add_argument("--steps", type=int, default=1200)
@@ -41,7 +39,6 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--size", type=int, default=64, help="image size the source is prepared at (px)")
     ap.add_argument("--no-cluster", action="store_true", help="train and score on the shared split only, not on the "
                     "held-out acquisition cluster split")
     ap.add_argument("--report-only", action="store_true", help="score and report the runs that exist, train nothing")

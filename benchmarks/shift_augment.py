@@ -30,10 +30,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import prepared, run_cli  # noqa: E402  (sibling scripts)
+from _cli import add_data_arguments, prepared, run_cli, train_command  # noqa: E402  (sibling scripts)
 from long_runs import REAL, ROOT, _run_all  # noqa: E402
 
 from cxrgan.data.dataset import PreparedDataset  # noqa: E402
+from cxrgan.evaluate.shift import summarize_conditions  # noqa: E402
+from cxrgan.report.tables import markdown_table  # noqa: E402
 from cxrgan.studies.usefulness import synthetic_to_sample  # noqa: E402
 
 STUDY_FILES = ("augment_study.md", "augment_study.csv", "shift.md", "shift.csv", "shift_balanced_accuracy.png")
@@ -41,10 +43,7 @@ STUDY_FILES = ("augment_study.md", "augment_study.csv", "shift.md", "shift.csv",
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REAL), help="source to prepare (npz) or a prepared dataset")
-    ap.add_argument("--size", type=int, default=64, help="image size the source is prepared at (px)")
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "shift" / "augmentation-natural"))
+    add_data_arguments(ap, REAL, ROOT / "docs" / "results" / "shift" / "augmentation-natural")
     ap.add_argument("--minority-fraction", type=float, default=1.0, help="keep this fraction of the smallest class")
     ap.add_argument("--steps", type=int, default=2000, help="training steps of each class's DCGAN")
     ap.add_argument("--small-class", type=int, default=256, help="classes with fewer training images use the small-class recipe")
@@ -94,14 +93,11 @@ def main() -> None:
 
 
 def _train(run: Path, data: Path, cls: str, n_images: int, a: argparse.Namespace) -> list[str]:
-    cmd = [sys.executable, "-m", "cxrgan", "--quiet", "train", "--out", str(run)]
-    if (run / "config.yaml").is_file():
-        return cmd + ["--resume"]  # a finished run given --resume stops at once
-    cmd += ["--model", "dcgan", "--data", str(data), "--classes", cls, "--set", f"model.g_channels={a.channels}",
-            "--set", f"model.d_channels={a.channels}", "--set", "ckpt_every=250", "--acquisition", f"{a.acquisition:g}"]
-    if n_images < a.small_class:
-        return cmd + ["--steps", str(a.small_steps), "--set", "batch_size=32", "--augment", "translation,cutout,color"]
-    return cmd + ["--steps", str(a.steps)]
+    recipe = (["--steps", str(a.small_steps), "--set", "batch_size=32", "--augment", "translation,cutout,color"]
+              if n_images < a.small_class else ["--steps", str(a.steps)])
+    return train_command(run, "--model", "dcgan", "--data", str(data), "--classes", cls, "--set",
+                         f"model.g_channels={a.channels}", "--set", f"model.d_channels={a.channels}", "--set",
+                         "ckpt_every=250", "--acquisition", f"{a.acquisition:g}", *recipe)
 
 
 def _summary(study: Path, results: Path) -> None:
@@ -110,27 +106,24 @@ def _summary(study: Path, results: Path) -> None:
     with open(study / "shift.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     arms = [k[: -len(" balanced_accuracy")] for k in table[0] if k.endswith(" balanced_accuracy")]
-    test = next(r for r in table if r["kind"] == "in-distribution")
-    acq = [r for r in table if r["kind"] == "acquisition"]
-    mean = lambda arm, k: sum(float(r[f"{arm} {k}"]) for r in acq) / len(acq)  # noqa: E731
+    # each arm's figure per test condition, summarized as the studies summarize it (in-distribution, acquisition mean, worst)
+    per = lambda arm, k: summarize_conditions({r["condition"]: float(r[f"{arm} {k}"]) for r in table})  # noqa: E731
+    ir = per("IR", "balanced_accuracy")
     rows = []
     for arm in arms:
-        worst = min(acq, key=lambda r: float(r[f"{arm} balanced_accuracy"]))
-        rows.append({"arm": arm, "test balanced accuracy": float(test[f"{arm} balanced_accuracy"]),
-                     "minus IR": float(test[f"{arm} balanced_accuracy"]) - float(test["IR balanced_accuracy"]),
-                     "seed std": float(test[f"{arm} balanced_accuracy std"]),
-                     "shifts: mean balanced accuracy": mean(arm, "balanced_accuracy"),
-                     "shifts: minus IR": mean(arm, "balanced_accuracy") - mean("IR", "balanced_accuracy"),
-                     "shifts: mean seed std": mean(arm, "balanced_accuracy std"),
-                     "worst shift": f"{float(worst[f'{arm} balanced_accuracy']):.3f} ({worst['condition']})",
-                     "test ROC AUC": float(test[f"{arm} roc_auc"]), "shifts: mean ROC AUC": mean(arm, "roc_auc")})
+        ba, std, auc = per(arm, "balanced_accuracy"), per(arm, "balanced_accuracy std"), per(arm, "roc_auc")
+        rows.append({"arm": arm, "test balanced accuracy": f"{ba['in_distribution']:.4f}",
+                     "minus IR": f"{ba['in_distribution'] - ir['in_distribution']:+.4f}",
+                     "seed std": f"{std['in_distribution']:.4f}",
+                     "shifts: mean balanced accuracy": f"{ba['acquisition_mean']:.4f}",
+                     "shifts: minus IR": f"{ba['acquisition_mean'] - ir['acquisition_mean']:+.4f}",
+                     "shifts: mean seed std": f"{std['acquisition_mean']:.4f}",
+                     "worst shift": f"{ba['acquisition_worst']:.3f} ({ba['acquisition_worst_shift']})",
+                     "test ROC AUC": f"{auc['in_distribution']:.4f}", "shifts: mean ROC AUC": f"{auc['acquisition_mean']:.4f}"})
     meta = json.loads((study / "augment_study.json").read_text())
     head = (f"Training class counts {meta.get('train_counts')} (minority fraction {meta.get('minority_fraction')}); "
             f"synthetic images taken per arm: {meta.get('synthetic_taken')}.\n\n")
-    cols = list(rows[0])
-    fmt = lambda c, v: v if isinstance(v, str) else (f"{v:+.4f}" if "minus" in c else f"{v:.4f}")  # noqa: E731
-    md = head + "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-                          + ["| " + " | ".join(fmt(c, r[c]) for c in cols) + " |" for r in rows]) + "\n"
+    md = head + markdown_table(rows, list(rows[0]))
     (results / "summary.md").write_text(md)
     print(md)
 

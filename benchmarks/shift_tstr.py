@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import prepared, run_cli  # noqa: E402  (sibling scripts)
+from _cli import add_data_arguments, prepared, run_cli, train_command  # noqa: E402  (sibling scripts)
 from long_runs import REAL, ROOT, _run_all  # noqa: E402
 
 from cxrgan.train.metrics import read_metrics  # noqa: E402
@@ -43,10 +43,7 @@ GENERATORS = ("cgan", "dcgan-pair", "semicond", "ddpm")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(REAL), help="source to prepare (npz) or a prepared dataset")
-    ap.add_argument("--size", type=int, default=64, help="image size the source is prepared at (px)")
-    ap.add_argument("--work", required=True)
-    ap.add_argument("--results", default=str(ROOT / "docs" / "results" / "shift" / "synthesis"))
+    add_data_arguments(ap, REAL, ROOT / "docs" / "results" / "shift" / "synthesis")
     ap.add_argument("--generators", default=",".join(GENERATORS))
     ap.add_argument("--protocols", default="small:validation,small:last")
     ap.add_argument("--epochs", type=int, default=50)
@@ -114,19 +111,17 @@ def _runs(gens: list[str], work: Path) -> dict[str, Path]:
 
 
 def _train(run: Path, data: Path, a: argparse.Namespace) -> list[str]:
-    cmd = [sys.executable, "-m", "cxrgan", "--quiet", "train", "--out", str(run)]
-    if (run / "config.yaml").is_file():
-        return cmd + ["--resume"]
     name = run.name
     family = "dcgan" if name.startswith("dcgan-pair") else name
-    cmd += ["--model", family, "--data", str(data), "--set", f"model.g_channels={a.channels}",
-            "--set", f"model.d_channels={a.channels}", "--set", "ckpt_every=250"]
     if name.startswith("dcgan-pair"):
-        return cmd + ["--classes", name.rsplit("-", 1)[1], "--steps", str(a.pair_steps)]
-    if family == "ddpm":
-        return cmd + ["--epochs", str(a.ddpm_epochs or a.epochs), "--set", f"eval_samples={a.ddpm_eval_samples}",
-                      "--set", f"ckpt_every={a.ddpm_ckpt_every}"]
-    return cmd + ["--epochs", str(a.epochs)]
+        budget = ["--classes", name.rsplit("-", 1)[1], "--steps", str(a.pair_steps)]
+    elif family == "ddpm":
+        budget = ["--epochs", str(a.ddpm_epochs or a.epochs), "--set", f"eval_samples={a.ddpm_eval_samples}",
+                  "--set", f"ckpt_every={a.ddpm_ckpt_every}"]
+    else:
+        budget = ["--epochs", str(a.epochs)]
+    return train_command(run, "--model", family, "--data", str(data), "--set", f"model.g_channels={a.channels}",
+                         "--set", f"model.d_channels={a.channels}", "--set", "ckpt_every=250", *budget)
 
 
 def _row(g: str, proto: str, s: dict) -> dict:

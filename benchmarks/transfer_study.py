@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _cli import prepared, run_cli  # noqa: E402  (sibling scripts)
+from _cli import prepared, run_cli, train_command  # noqa: E402  (sibling scripts)
 from long_runs import REAL, ROOT, _run_all  # noqa: E402
 from shift_tstr import _row  # noqa: E402
 
@@ -64,17 +64,10 @@ def train_acquisition_runs(names: list[str], work: Path, data: Path, a: argparse
     jobs = {}
     for g in sorted({g for n in names for g in VARIANTS[n][0] if g.endswith("-acq")}):
         for run in GENERATOR_RUNS[g]:
-            cmd = [sys.executable, "-m", "cxrgan", "--quiet", "train", "--out", str(work / run)]
-            if (work / run / "config.yaml").is_file():
-                jobs[run] = cmd + ["--resume"]
-                continue
-            cmd += ["--data", str(data), "--set", f"model.g_channels={a.channels}", "--set", f"model.d_channels={a.channels}",
-                    "--set", "ckpt_every=250", *ACQUISITION]
-            if run.startswith("dcgan-pair"):
-                cmd += ["--model", "dcgan", "--classes", run.rsplit("-", 1)[1], "--steps", str(a.pair_steps)]
-            else:
-                cmd += ["--model", "cgan", "--epochs", str(a.epochs)]
-            jobs[run] = cmd
+            budget = (["--model", "dcgan", "--classes", run.rsplit("-", 1)[1], "--steps", str(a.pair_steps)]
+                      if run.startswith("dcgan-pair") else ["--model", "cgan", "--epochs", str(a.epochs)])
+            jobs[run] = train_command(work / run, "--data", str(data), "--set", f"model.g_channels={a.channels}", "--set",
+                                      f"model.d_channels={a.channels}", "--set", "ckpt_every=250", *ACQUISITION, *budget)
     if jobs:
         _run_all(jobs, work, a.parallel)
 
