@@ -1,7 +1,8 @@
 """Synthetic images under distribution shift: do the decisions they teach hold on radiographs acquired elsewhere?
 
 Prepares ``../shared/data/cxr_real_64.npz`` (or ``--data`` at ``--size``), trains each generator at its defaults
-(one ``cxrgan train`` process per run, ``--parallel`` at a time, one thread each; existing runs are resumed),
+but for the budget, which the script sets (``--epochs``: 50, the original studies'; the cgan's and semicond's own
+default is 80) (one ``cxrgan train`` process per run, ``--parallel`` at a time, one thread each; existing runs are resumed),
 samples ``--n`` images per class from each run's best checkpoint, and runs ``cxrgan tstr`` with the standard shift
 protocol under each classifier protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``, e.g. ``small:validation`` and
 ``small:last``). Writes into ``--results``:
@@ -13,8 +14,8 @@ protocol under each classifier protocol (``--protocols``: ``ARCH:EPOCH_CHOICE``,
 - per generator, also its training compute, sampling time per image, and ``cxrgan evaluate``'s per-class FD,
   precision, recall, coverage and memorization share in the dataset's classifier space; ``tstr_vs_compute.png``.
 
-Generators: ``cgan`` (50 epochs), ``dcgan-pair`` (a DCGAN per class, ``--pair-steps`` each), ``semicond`` (50
-epochs), all at width ``--channels``, and ``ddpm`` (the diffusion family, ``--ddpm-epochs``; its quality check draws
+Generators: ``cgan`` (``--epochs``), ``dcgan-pair`` (a DCGAN per class, ``--pair-steps`` each), ``semicond``
+(``--epochs``), all at width ``--channels``, and ``ddpm`` (the diffusion family, ``--ddpm-epochs``; its quality check draws
 ``--ddpm-eval-samples`` images with its full sampler every ``--ddpm-ckpt-every`` steps). Under each protocol the
 real-data arm (TRTR) is trained once and reused by the other generators' studies (``cxrgan tstr --reference``).
 ``walls.json`` in ``--work`` keeps each run's training wall time, and the summary reports it with the sampling
@@ -46,7 +47,7 @@ def main() -> None:
     add_data_arguments(ap, REAL, ROOT / "docs" / "results" / "shift" / "synthesis")
     ap.add_argument("--generators", default=",".join(GENERATORS))
     ap.add_argument("--protocols", default="small:validation,small:last")
-    ap.add_argument("--epochs", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=50, help="cgan and semicond training epochs (their default budget: 80)")
     ap.add_argument("--pair-steps", type=int, default=2000)
     ap.add_argument("--ddpm-epochs", type=int, help="training epochs of the ddpm (default: --epochs)")
     ap.add_argument("--ddpm-eval-samples", type=int, default=256)

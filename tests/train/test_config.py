@@ -73,12 +73,16 @@ def test_family_presets_apply_under_the_users_choices(tmp_path):
     cgan = load_config(None, ["model.family=cgan"])
     assert cgan.loss.kind == "hinge" and cgan.model.spectral_norm and cgan.model.mbstd and cgan.optim.lr_d == 0.0004
     assert cgan.augment.policy == "translation" and cgan.loss.mode_seeking == 0.3
+    assert (cgan.steps, cgan.epochs) == (4500, 0)  # its own budget, 80 epochs of the Kermany split; others keep 2,000
+    assert load_config(None, ["model.family=cgan", "steps=10"]).steps == 10  # a given budget wins over the preset's
+    assert load_config(None, ["model.family=cgan", "epochs=3"]).epochs == 3
     dcgan = load_config(None, ["model.family=dcgan"])
     assert dcgan.loss.kind == "hinge" and dcgan.model.spectral_norm and (dcgan.optim.lr_g, dcgan.optim.lr_d) == (0.0016, 0.0016)
     assert dcgan.model.mbstd and dcgan.ema_decay == 0.999  # its own measured preset (configs/dcgan.yaml)
     assert dcgan.loss.mode_seeking == 0.3 and dcgan.augment.policy == ""  # the CGAN's recipe without its augmentation
     assert dcgan.model.d_classes == 1.0  # and D's trunk also learns the labels (models/label_aware.py)
     assert dcgan.model.d_class_projection  # and judges each image against the class its head infers
+    assert dcgan.steps == 2000
     bigan = load_config(None, ["model.family=bigan"])  # configs/bigan.yaml: the CGAN's D recipe, not its G or augmentation
     assert bigan.loss.kind == "hinge" and bigan.model.spectral_norm and (bigan.optim.lr_g, bigan.optim.lr_d, bigan.optim.beta1) == (0.0016, 0.0016, 0.0)
     assert bigan.model.mbstd and bigan.loss.mode_seeking == 0.3  # without them it collapsed at the default width
@@ -103,6 +107,7 @@ def test_semicond_preset_starts_from_cgan():
     assert (cfg.optim.lr_g, cfg.optim.lr_d) == (0.0004, 0.0008)  # its own: twice the cgan's learning rates
     assert cfg.model.g_cond == "cbn"  # the class through G's batch norms, as for the cgan
     assert cfg.model.class_weight == 0.0  # its own: no auxiliary-classifier term (the projection D conditions)
+    assert cfg.steps == 4500  # and the cgan's budget
     assert cfg.model.codes == ["bernoulli:5:p=0.5", "exponential:5:rate=1", "uniform:5:low=-1,high=1", "normal:5"]
 
 
